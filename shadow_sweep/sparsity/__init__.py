@@ -1,0 +1,1 @@
+"""Sparsity policy: importance scores -> keep masks."""

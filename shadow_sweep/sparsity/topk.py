@@ -1,0 +1,31 @@
+"""Exact top-k keep masks: level s keeps round((1 - s) * N) of every ranking pool."""
+
+import math
+
+import torch
+
+from shadow_sweep.models.adapters import ModelShape
+
+
+def keep_count(level: float, pool_size: int) -> int:
+    """round((1 - level) * pool_size), halves rounded up; level 0 keeps everything."""
+    if not 0.0 <= level < 1.0:
+        raise ValueError(f"sparsity level must be in [0, 1), got {level}")
+    return min(pool_size, math.floor((1.0 - level) * pool_size + 0.5 + 1e-9))
+
+
+def top_k_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """1.0 at the `keep` highest scores of the last dimension, 0.0 elsewhere."""
+    mask = torch.zeros_like(scores, dtype=torch.float32)
+    if keep > 0:
+        mask.scatter_(-1, scores.topk(keep, dim=-1).indices, 1.0)
+    return mask
+
+
+def random_masks(batch: int, shape: ModelShape, level: float, generator: torch.Generator
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded random masks [B, L, H] and [B, L, I] keeping exactly the top-k per layer."""
+    heads = torch.rand(batch, shape.num_layers, shape.num_heads, generator=generator)
+    neurons = torch.rand(batch, shape.num_layers, shape.num_neurons, generator=generator)
+    return (top_k_mask(heads, keep_count(level, shape.num_heads)),
+            top_k_mask(neurons, keep_count(level, shape.num_neurons)))

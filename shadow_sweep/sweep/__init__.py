@@ -1,0 +1,1 @@
+"""The Hydra app, stage orchestration and results."""
