@@ -60,7 +60,7 @@ class PerplexityConfig:
 
     max_documents: Optional[int] = 3  # first N articles of the test file; null = all 62
     window: int = 512  # tokens per forward pass (lm-eval: max_length)
-    stride: int = 256  # new tokens scored per window after the first
+    stride: Optional[int] = None  # new tokens scored per later window; null = window (lm-eval)
     batch_size: int = 4
 
 
@@ -100,7 +100,7 @@ def validate(cfg: AppConfig) -> None:
     _require(0.0 <= cfg.random_masks.level < 1.0, "random_masks.level", cfg.random_masks.level, "a number in [0, 1)")
     ppl = cfg.perplexity
     _require(ppl.window >= 2, "perplexity.window", ppl.window, "an integer >= 2")
-    _require(1 <= ppl.stride <= ppl.window, "perplexity.stride", ppl.stride, f"an integer in [1, window={ppl.window}]")
+    _require(ppl.stride is None or 1 <= ppl.stride <= ppl.window, "perplexity.stride", ppl.stride, f"null or an integer in [1, window={ppl.window}]")
     _require(ppl.batch_size >= 1, "perplexity.batch_size", ppl.batch_size, "an integer >= 1")
     _require(ppl.max_documents is None or ppl.max_documents >= 1, "perplexity.max_documents", ppl.max_documents,
              "null (all 62 articles) or an integer >= 1")

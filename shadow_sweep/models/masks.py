@@ -2,7 +2,8 @@
 
 `HeadNeuronMasks` multiplies, in every decoder layer l,
 - the head context  x [B, T, H*d] by heads[:, l]   ([B, H], broadcast over T and d),
-- the neuron activation x [B, T, I] by neurons[:, l] ([B, I], broadcast over T).
+- the neuron activation x [B, T, I] by neurons[:, l] ([B, I], broadcast over T);
+  OPT flattens it to [B*T, I] (batch-major), which is viewed back per example.
 Masks are read when each hook fires, so they can be set before a forward pass or
 during it (a predictor hooked on layer 0 may set the masks of all later layers).
 A mask of batch 1 broadcasts over the batch. Removing the hooks restores the model
@@ -77,6 +78,7 @@ class HeadNeuronMasks:
                 return None
             (x, *rest) = args
             mask = self.neurons[:, layer].to(dtype=x.dtype, device=x.device)  # [B, I]
-            return (x.mul(mask[:, None, :]), *rest)
+            per_example = x.view(mask.shape[0], -1, x.shape[-1]) if mask.shape[0] > 1 else x
+            return (per_example.mul(mask[:, None, :]).view(x.shape), *rest)
 
         return hook

@@ -46,7 +46,7 @@ def run_job(cfg: AppConfig, output_dir: Path) -> pd.DataFrame:
 
         for name, level, setter in (("dense", 0.0, None), ("random", cfg.random_masks.level, set_random)):
             started = time.perf_counter()
-            result = wikitext_perplexity(loaded, documents, ppl.window, ppl.stride, ppl.batch_size, setter,
+            result = wikitext_perplexity(loaded, documents, ppl.window, ppl.stride or ppl.window, ppl.batch_size, setter,
                                          progress=True)
             rows.append({"model": cfg.model.name, "masks": name, "sparsity": level,
                          "token_perplexity": result.token_perplexity, "word_perplexity": result.word_perplexity,

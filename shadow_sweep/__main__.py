@@ -1,0 +1,3 @@
+from shadow_sweep.sweep.app import main
+
+main()

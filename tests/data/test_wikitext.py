@@ -1,0 +1,26 @@
+"""WikiText-2 documents as lm-eval sees them, and the data-root error."""
+
+import pytest
+
+from shadow_sweep.data.root import DataRootError
+from shadow_sweep.data.wikitext import load_wikitext
+
+
+def test_test_split_has_the_62_articles_of_the_document_level_set(data_root):
+    docs = load_wikitext(data_root)
+    assert len(docs) == 62
+    assert docs[0].page.startswith(" = Robert Boulter = ")
+    assert all(d.page.lstrip("\n").startswith(" = ") for d in docs)
+    assert " @-@ " in docs[0].page and " @-@ " not in docs[0].text  # lm-eval's detokenizer applied
+    raw = (data_root / "wikitext-2-raw/wiki.test.raw").read_text()
+    joined = "\n".join(d.page for d in docs)
+    assert raw.endswith(joined) and not raw[:-len(joined)].strip()  # nothing but the leading blank line lost
+
+
+def test_slice_takes_the_first_documents(data_root):
+    assert [d.page for d in load_wikitext(data_root, 2)] == [d.page for d in load_wikitext(data_root)[:2]]
+
+
+def test_missing_data_root_names_the_path_and_the_setting(tmp_path):
+    with pytest.raises(DataRootError, match=r"nowhere.*paths\.data_root.*SHADOW_SWEEP_DATA"):
+        load_wikitext(tmp_path / "nowhere")

@@ -1,0 +1,39 @@
+"""The app end to end on a tiny model, and on the embedded default (slow)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from shadow_sweep.sweep.app import run_job
+from tests.conftest import compose_app, REPO
+
+
+def test_job_writes_dense_and_random_rows(tmp_path, data_root):
+    cfg = compose_app(["model=tiny-llama", f"paths.data_root={data_root}", f"paths.cache_dir={tmp_path / 'cache'}",
+                       "perplexity.max_documents=1", "perplexity.window=128", "random_masks.level=0.5"])
+    table = run_job(cfg, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [r["masks"] for r in rows] == ["dense", "random"] == list(table["masks"])
+    assert rows[0]["tokens"] == rows[1]["tokens"] > 0
+    assert rows[0]["token_perplexity"] != rows[1]["token_perplexity"]
+
+
+def test_missing_data_root_fails_before_the_model_loads(tmp_path):
+    cfg = compose_app([f"paths.data_root={tmp_path / 'none'}", "model=opt-13b"])
+    with pytest.raises(FileNotFoundError, match="paths.data_root"):
+        run_job(cfg, tmp_path)
+
+
+@pytest.mark.slow
+def test_console_command_runs_the_default_job(tmp_path, data_root):
+    """`shadow-sweep` as a user types it (slice shortened), from the repository root."""
+    command = [sys.executable, "-m", "shadow_sweep", f"paths.data_root={data_root}", "perplexity.max_documents=1",
+               f"hydra.run.dir={tmp_path}"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    dense, random = rows
+    assert dense["model"] == "smollm2-135m" and 5 < dense["token_perplexity"] < 60
+    assert random["token_perplexity"] > dense["token_perplexity"]
