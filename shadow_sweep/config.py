@@ -12,6 +12,8 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from shadow_sweep.data.converters import TASK_FILES as OFFLINE_TASKS
+
 
 class ModelSource(str, Enum):
     gguf_package = "gguf_package"  # a GGUF file shipped (or assembled) by a PyPI package
@@ -45,6 +47,7 @@ class ModelConfig:
     dtype: DType = DType.float32
     device: Device = Device.cpu
     attn_implementation: str = "sdpa"
+    add_bos_token: bool = False  # prepend BOS to every request (lm-eval does for Gemma)
     init_seed: int = 0  # seed of the random init of tiny models
 
 
@@ -52,6 +55,52 @@ class ModelConfig:
 class PathsConfig:
     data_root: str = "${oc.env:SHADOW_SWEEP_DATA,../shared/data}"
     cache_dir: str = "${oc.env:SHADOW_SWEEP_CACHE,outputs/cache}"
+
+
+class CriterionName(str, Enum):
+    plainact = "plainact"
+    fisher = "fisher"
+    grad_norm = "grad_norm"
+    snip = "snip"
+    grasp = "grasp"
+    l2_norm = "l2_norm"
+    nwot = "nwot"
+    jacov = "jacov"
+    epenas = "epenas"
+
+
+@dataclass
+class CriterionConfig:
+    """Importance criterion; formulas in docs/criteria.md."""
+
+    name: CriterionName = CriterionName.plainact
+    epsilon: float = 1e-5  # jacov / epenas: added to eigenvalues and |correlations|
+    min_class_size: int = 2  # epenas: rows a target-token class needs to count
+    neuron_block: Optional[int] = None  # jacov / epenas: neurons per block; null = head dim
+
+
+PAPER_TASKS = ["piqa", "copa", "openbookqa", "winogrande", "rte", "hellaswag", "arc_easy"]
+
+
+@dataclass
+class DataSplitConfig:
+    """How each validation file is split into a calibration and an evaluation part."""
+
+    calibration_fraction: float = 0.2  # tasks without a separate dev split (and WikiText articles)
+    seed: int = 1234
+
+
+@dataclass
+class CalibrationConfig:
+    """Calibration examples for traces: prompt + gold answer, loss on the answer."""
+
+    tasks: list[str] = field(default_factory=lambda: list(PAPER_TASKS))
+    examples_per_task: int = 16
+    shots: int = 3  # few-shot demonstrations from the calibration part
+    plain_text_examples: int = 0  # WikiText-2 calibration windows of max_length tokens
+    max_length: int = 256  # tokens; longer prompts are cut from the left
+    seed: int = 0  # which calibration documents are drawn
+    batch_size: int = 8  # does not change the traces (they are exact per example)
 
 
 @dataclass
@@ -76,6 +125,9 @@ class RandomMaskConfig:
 class AppConfig:
     model: ModelConfig = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
+    criterion: CriterionConfig = field(default_factory=CriterionConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    data_split: DataSplitConfig = field(default_factory=DataSplitConfig)
     perplexity: PerplexityConfig = field(default_factory=PerplexityConfig)
     random_masks: RandomMaskConfig = field(default_factory=RandomMaskConfig)
     seed: int = 0
@@ -104,6 +156,22 @@ def validate(cfg: AppConfig) -> None:
     _require(ppl.batch_size >= 1, "perplexity.batch_size", ppl.batch_size, "an integer >= 1")
     _require(ppl.max_documents is None or ppl.max_documents >= 1, "perplexity.max_documents", ppl.max_documents,
              "null (all 62 articles) or an integer >= 1")
+    cal = cfg.calibration
+    unknown = [t for t in cal.tasks if t not in OFFLINE_TASKS]
+    _require(not unknown, "calibration.tasks", unknown, f"tasks among {sorted(OFFLINE_TASKS)}")
+    _require(bool(cal.tasks) or cal.plain_text_examples > 0, "calibration.tasks", cal.tasks,
+             "at least one task, or calibration.plain_text_examples > 0")
+    for name in ("examples_per_task", "max_length", "batch_size"):
+        _require(getattr(cal, name) >= 1, f"calibration.{name}", getattr(cal, name), "an integer >= 1")
+    _require(cal.shots >= 0 and cal.plain_text_examples >= 0, "calibration.shots/plain_text_examples",
+             (cal.shots, cal.plain_text_examples), "integers >= 0")
+    _require(0.0 <= cfg.data_split.calibration_fraction < 1.0, "data_split.calibration_fraction",
+             cfg.data_split.calibration_fraction, "a number in [0, 1)")
+    crit = cfg.criterion
+    _require(crit.epsilon > 0, "criterion.epsilon", crit.epsilon, "a number > 0")
+    _require(crit.min_class_size >= 2, "criterion.min_class_size", crit.min_class_size, "an integer >= 2")
+    _require(crit.neuron_block is None or crit.neuron_block >= 3, "criterion.neuron_block", crit.neuron_block,
+             "null (the model's head dim) or an integer >= 3 dividing the FFN width")
     model = cfg.model
     if model.source == ModelSource.gguf_package:
         _require(bool(model.gguf_package and model.gguf_file), "model.gguf_package/gguf_file",

@@ -4,29 +4,18 @@ import os
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 
 from shadow_sweep.cache import StageCache  # noqa: E402
-from shadow_sweep.config import AppConfig, register_configs  # noqa: E402
 from shadow_sweep.models.loading import LoadedModel, load_model  # noqa: E402
-from shadow_sweep.sweep.app import CONF_DIR  # noqa: E402
+from shadow_sweep.sweep.compose import compose_config as compose_app  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("SHADOW_SWEEP_DATA", REPO.parent / "shared" / "data"))
 TINY_MODELS = ("tiny-opt", "tiny-llama", "tiny-gemma3")
-
-
-def compose_app(overrides: list[str] = ()) -> AppConfig:
-    """The typed app config for these overrides, exactly as `shadow-sweep` composes it."""
-    register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides))
-    return OmegaConf.to_object(cfg)
 
 
 @pytest.fixture(scope="session")

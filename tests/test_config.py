@@ -8,7 +8,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf.errors import ValidationError
 
 from shadow_sweep.config import ConfigError, ModelSource, validate
-from shadow_sweep.sweep.app import CONF_DIR
+from shadow_sweep.sweep.compose import CONF_DIR
 from tests.conftest import compose_app
 
 MODEL_NAMES = sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml"))

@@ -12,7 +12,9 @@ from pathlib import Path
 from lm_eval.tasks.wikitext.preprocess_wikitext import wikitext_detokenizer
 
 from shadow_sweep.data.root import data_file
+from shadow_sweep.data.tasks import CALIBRATION, SplitRule, partition
 
+WIKITEXT = "wikitext"
 WIKITEXT_TEST = "wikitext-2-raw/wiki.test.raw"
 
 
@@ -51,6 +53,12 @@ def split_articles(raw: str) -> list[str]:
     return pages
 
 
-def load_wikitext(data_root: str | Path, max_documents: int | None = None) -> list[WikiDocument]:
+def load_wikitext(data_root: str | Path, max_documents: int | None = None, part: str | None = None,
+                  rule: SplitRule = SplitRule()) -> list[WikiDocument]:
+    """The test articles in file order; `part` = calibration / evaluation keeps only the
+    articles of that part of the seeded split (see `shadow_sweep.data.tasks.partition`)."""
     pages = split_articles(data_file(data_root, WIKITEXT_TEST).read_text(encoding="utf-8"))
+    if part is not None:
+        calibration_ids, evaluation_ids = partition(WIKITEXT, len(pages), rule)
+        pages = [pages[i] for i in (calibration_ids if part == CALIBRATION else evaluation_ids)]
     return [WikiDocument(page) for page in pages[:max_documents]]

@@ -21,10 +21,8 @@ from shadow_sweep.data.wikitext import load_wikitext
 from shadow_sweep.evaluation.perplexity import wikitext_perplexity
 from shadow_sweep.models.loading import load_model
 from shadow_sweep.models.masks import HeadNeuronMasks
+from shadow_sweep.sweep.compose import CONF_DIR
 from shadow_sweep.sparsity.topk import random_masks
-
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
-
 
 def peak_memory_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,0 +1,1 @@
+"""Importance criteria: one small pure function per criterion, and their registry."""

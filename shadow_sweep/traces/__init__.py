@@ -1,0 +1,1 @@
+"""Traces: per calibration example, the predictors' inputs and every unit's criterion score."""
