@@ -24,13 +24,16 @@ def _unit_rows(g: torch.Tensor) -> torch.Tensor:
 
 
 def jacov(x: UnitTensors, eps: float) -> torch.Tensor:
-    rows = _unit_rows(x.g) * x.token_weights  # [B, T, U, k]
+    """In float64, eigenvalues under 1e-9 of the largest snapped to 0: 1/(v + eps) makes the
+    score very sensitive to rounding noise in the (many) zero eigenvalues."""
+    rows = _unit_rows(x.g.double()) * x.token_weights.double()  # [B, T, U, k]
     k = rows.shape[-1]
-    spectrum = torch.linalg.eigvalsh(torch.einsum("btuk,btul->bukl", rows, rows)).clamp_min(0.0)  # ascending
+    spectrum = torch.linalg.eigvalsh(torch.einsum("btuk,btul->bukl", rows, rows))  # ascending
+    spectrum = torch.where(spectrum > 1e-9 * spectrum[..., -1:].clamp_min(1e-300), spectrum, 0.0)
     kept = x.valid.sum(1).clamp(max=k)  # [B]: non-trivial eigenvalues per example
     take = torch.arange(k, device=rows.device)[None, :] >= (k - kept)[:, None]  # [B, k]
     terms = (spectrum + eps).log() + 1.0 / (spectrum + eps)
-    return -(terms * take[:, None, :]).sum(-1)
+    return -(terms * take[:, None, :]).sum(-1).to(x.g.dtype)
 
 
 def epenas(x: UnitTensors, eps: float, min_class_size: int) -> torch.Tensor:
