@@ -50,10 +50,17 @@ def pad_batch(encoded: list[EncodedExample], pad_id: int) -> tuple[torch.Tensor,
     return ids, valid, answer, targets
 
 
-def answer_loss(logits: torch.Tensor, ids: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
-    """Sum over examples and answer tokens of -log p(token | prefix)."""
-    nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none")
-    return (nll.view(ids.shape[0], -1) * answer[:, 1:]).sum()
+def scored_positions(answer: torch.Tensor) -> torch.Tensor:
+    """Positions whose logits predict an answer token in some row: the only logits computed
+    (`logits_to_keep`), which spares most of the vocabulary projection and its gradient."""
+    return answer[:, 1:].any(0).nonzero().squeeze(1)
+
+
+def answer_loss(logits: torch.Tensor, ids: torch.Tensor, answer: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Sum over examples and answer tokens of -log p(token | prefix); logits [B, K, V] are
+    those of `positions` (position p predicts token p + 1)."""
+    nll = F.cross_entropy(logits.flatten(0, 1).float(), ids[:, positions + 1].flatten(), reduction="none")
+    return (nll.view(ids.shape[0], -1) * answer[:, positions + 1]).sum()
 
 
 def score_batch(loaded: LoadedModel, criterion: Criterion, cfg: CriterionConfig, encoded: list[EncodedExample],
@@ -62,11 +69,13 @@ def score_batch(loaded: LoadedModel, criterion: Criterion, cfg: CriterionConfig,
     ids, valid, answer, targets = (t.to(device) for t in pad_batch(encoded, loaded.tokenizer.pad_token_id))
     batch = ids.shape[0]
     with LayerRecorder(loaded.model, loaded.adapter) as recorder, torch.set_grad_enabled(criterion.needs_grad):
-        logits = loaded.model(input_ids=ids, attention_mask=valid.long()).logits
+        positions = scored_positions(answer)
+        logits = loaded.model(input_ids=ids, attention_mask=valid.long(),
+                              logits_to_keep=positions if criterion.needs_grad else 1).logits
         heads, neurons = recorder.heads, recorder.neurons  # neurons may be [B*T, I] (OPT)
         head_grads = neuron_grads = head_hg = neuron_hg = [None] * shape.num_layers
         if criterion.needs_grad:
-            loss = answer_loss(logits, ids, answer)
+            loss = answer_loss(logits, ids, answer, positions)
             grads = torch.autograd.grad(loss, heads + neurons, create_graph=criterion.needs_hvp)
             if criterion.needs_hvp:
                 inner = sum((g * g.detach()).sum() for g in grads)
@@ -122,11 +131,14 @@ def attention_for(loaded: LoadedModel, criterion: Criterion):
 
 def collect(loaded: LoadedModel, criterion: Criterion, cfg: CriterionConfig, encoded: list[EncodedExample],
             labels: list[CalibrationExample], batch_size: int, progress: bool = True) -> TraceBatch:
-    """Score every example in batches of `batch_size`; the result is one TraceBatch of all."""
+    """Score every example in batches of `batch_size`, examples of similar length together
+    (less padding); the result is one TraceBatch in the order of `encoded`."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
     parts = []
-    starts = range(0, len(encoded), batch_size)
     with attention_for(loaded, criterion):
-        for start in tqdm(starts, desc=f"traces ({criterion.name})", disable=not progress):
-            parts.append(score_batch(loaded, criterion, cfg, encoded[start:start + batch_size],
-                                     labels[start:start + batch_size]))
-    return TraceBatch(*(torch.cat([getattr(p, f) for p in parts]) for f in TraceBatch.__dataclass_fields__))
+        for start in tqdm(range(0, len(order), batch_size), desc=f"traces ({criterion.name})", disable=not progress):
+            rows = order[start:start + batch_size]
+            parts.append(score_batch(loaded, criterion, cfg, [encoded[i] for i in rows], [labels[i] for i in rows]))
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    return TraceBatch(*(torch.cat([getattr(p, f) for p in parts])[inverse] for f in TraceBatch.__dataclass_fields__))

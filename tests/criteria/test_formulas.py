@@ -12,7 +12,7 @@ from shadow_sweep.criteria import activation, correlation
 from shadow_sweep.criteria.registry import CRITERIA, get_criterion
 from shadow_sweep.criteria.units import UnitTensors
 from shadow_sweep.data.calibration import CalibrationExample, EncodedExample
-from shadow_sweep.traces.collect import answer_loss, pad_batch, score_batch
+from shadow_sweep.traces.collect import pad_batch, score_batch
 
 
 def _examples(loaded, lengths=(9, 14), answer=4, seed=0):
@@ -38,7 +38,8 @@ def _masked_loss(loaded, example, head_mask=None, neuron_mask=None):
                 .view(args[0].shape)))
     try:
         ids, valid, answer, _ = pad_batch([example], loaded.tokenizer.pad_token_id)
-        return answer_loss(loaded.model(input_ids=ids).logits, ids, answer)
+        logits = loaded.model(input_ids=ids).logits[0, :-1]
+        return F.cross_entropy(logits, ids[0, 1:], reduction="none")[answer[0, 1:]].sum()
     finally:
         for handle in handles:
             handle.remove()
