@@ -18,6 +18,21 @@ from pathlib import Path
 import pandas as pd
 
 
+def forward_tokens_per_second(model, batch: int, tokens: int = 128, seconds: float = 3.0) -> float:
+    """The bare model's no-grad forward throughput at this batch size: the ceiling on what
+    batching can buy on this machine."""
+    import torch
+
+    ids = torch.randint(3, model.config.vocab_size, (batch, tokens))
+    with torch.no_grad():
+        model(input_ids=ids, logits_to_keep=1)
+        started, runs = time.perf_counter(), 0
+        while time.perf_counter() - started < seconds:
+            model(input_ids=ids, logits_to_keep=1)
+            runs += 1
+    return batch * tokens * runs / (time.perf_counter() - started)
+
+
 def measure(args: argparse.Namespace) -> dict:
     import torch
 
@@ -42,7 +57,10 @@ def measure(args: argparse.Namespace) -> dict:
     collect(loaded, criterion, cfg.criterion, encoded, examples, args.batch, progress=False)
     seconds = time.perf_counter() - started
     tokens = sum(len(e.input_ids) for e in encoded)
+    lengths = sorted(len(e.input_ids) for e in encoded)  # collect() batches by sorted length
+    padded = sum(len(lengths[i:i + args.batch]) * lengths[i:i + args.batch][-1] for i in range(0, len(lengths), args.batch))
     return {"criterion": args.criterion, "batch": args.batch, "examples": len(encoded), "tokens": tokens,
+            "padded_tokens": padded, "forward_tok_s": forward_tokens_per_second(loaded.model, args.batch),
             "seconds": seconds, "examples_per_s": len(encoded) / seconds,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 

@@ -122,6 +122,14 @@ class RandomMaskConfig:
 
 
 @dataclass
+class StagesConfig:
+    """Which stages a job runs (expensive stages are cached either way)."""
+
+    trace: bool = True
+    perplexity: bool = True
+
+
+@dataclass
 class AppConfig:
     model: ModelConfig = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -130,7 +138,7 @@ class AppConfig:
     data_split: DataSplitConfig = field(default_factory=DataSplitConfig)
     perplexity: PerplexityConfig = field(default_factory=PerplexityConfig)
     random_masks: RandomMaskConfig = field(default_factory=RandomMaskConfig)
-    seed: int = 0
+    stages: StagesConfig = field(default_factory=StagesConfig)
 
 
 def register_configs() -> None:

@@ -12,8 +12,11 @@ from tests.conftest import compose_app, REPO
 
 def test_job_writes_dense_and_random_rows(tmp_path, data_root):
     cfg = compose_app(["model=tiny-llama", f"paths.data_root={data_root}", f"paths.cache_dir={tmp_path / 'cache'}",
-                       "perplexity.max_documents=1", "perplexity.window=128", "random_masks.level=0.5"])
+                       "perplexity.max_documents=1", "perplexity.window=128", "random_masks.level=0.5",
+                       "calibration.examples_per_task=2", "calibration.max_length=64"])
     table = run_job(cfg, tmp_path)
+    traces = json.loads((tmp_path / "traces.json").read_text())
+    assert traces["examples"] == 14 and traces["criterion"] == "plainact" and not traces["cache_hit"]
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert [r["masks"] for r in rows] == ["dense", "random"] == list(table["masks"])
     assert rows[0]["tokens"] == rows[1]["tokens"] > 0
@@ -30,7 +33,7 @@ def test_missing_data_root_fails_before_the_model_loads(tmp_path):
 def test_console_command_runs_the_default_job(tmp_path, data_root):
     """`shadow-sweep` as a user types it (slice shortened), from the repository root."""
     command = [sys.executable, "-m", "shadow_sweep", f"paths.data_root={data_root}", "perplexity.max_documents=1",
-               f"hydra.run.dir={tmp_path}"]
+               "calibration.examples_per_task=2", f"hydra.run.dir={tmp_path}"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
