@@ -103,6 +103,64 @@ class CalibrationConfig:
     batch_size: int = 8  # does not change the traces (they are exact per example)
 
 
+# Functional form: `global` is a Python keyword, and OmegaConf matches enum member names.
+Ranking = Enum("Ranking", [("global", "global"), ("per_layer", "per_layer")], type=str)
+
+
+class PredictorName(str, Enum):
+    shadowllm = "shadowllm"  # one MLP after layer 0 predicts every later layer
+    dejavu = "dejavu"  # one MLP per layer on that layer's input
+    static = "static"  # mean calibration scores: one mask for every input
+    random = "random"  # seeded random scores per input
+    dense = "dense"  # no masks
+    oracle = "oracle"  # the criterion computed on the input itself (analysis only; runs a backward)
+
+
+# per_layer: min-max per example and layer (ShadowLLM); global: per example over all layers
+# (the paper's ablation). Functional form since `global` is a keyword (see Ranking).
+TargetNorm = Enum("TargetNorm", [("per_layer", "per_layer"), ("global", "global")], type=str)
+
+
+@dataclass
+class PredictorConfig:
+    """Predictor network and training; widths follow docs/predictors.md when null."""
+
+    name: PredictorName = PredictorName.shadowllm
+    width: Optional[int] = None  # hidden width; null: 64 * max(2, D // 128), capped (2048 / 1000)
+    depth: int = 1  # hidden layers of width `width`
+    bottleneck: Optional[int] = None  # rank before the output layer; null: width // 4; 0: none
+    target_norm: TargetNorm = TargetNorm.per_layer
+    epochs: int = 100
+    lr: float = 1e-3
+    batch_size: int = 32
+    weight_decay: float = 0.01
+    validation_fraction: float = 0.2
+    seed: int = 0
+    checkpoint: Optional[str] = None  # a trained predictor's folder: used instead of fitting
+
+
+
+
+class HeadGranularity(str, Enum):
+    query_head = "query_head"
+    kv_group = "kv_group"  # GQA: the query heads sharing a K/V head are kept or skipped together
+
+
+@dataclass
+class SparsityConfig:
+    """Scores -> masks. Level s keeps exactly round((1 - s) * N) units of each ranking pool."""
+
+    level: float = 0.5  # sets heads and neurons alike, unless head_level / neuron_level are set
+    levels: list[float] = field(default_factory=list)  # several levels in one job (overrides level)
+    head_level: Optional[float] = None
+    neuron_level: Optional[float] = None
+    ranking: Ranking = Ranking["global"]  # global: one pool over the pruned layers; per_layer
+    keep_first_layer_dense: bool = True  # layer 0 outside the pools, always kept (the paper's choice)
+    head_granularity: HeadGranularity = HeadGranularity.query_head
+    min_heads_per_layer: int = 0  # with global ranking: units (heads or K/V groups) every layer keeps
+    min_neurons_per_layer: int = 0
+
+
 @dataclass
 class PerplexityConfig:
     """WikiText-2 raw test, rolling windows as lm-eval's `wikitext` task defines them."""
@@ -114,18 +172,11 @@ class PerplexityConfig:
 
 
 @dataclass
-class RandomMaskConfig:
-    """Random masks at a sparsity level: the foundation's stand-in for a predictor."""
-
-    level: float = 0.5  # fraction of heads and of neurons skipped in each layer
-    seed: int = 0
-
-
-@dataclass
 class StagesConfig:
     """Which stages a job runs (expensive stages are cached either way)."""
 
     trace: bool = True
+    fit: bool = True
     perplexity: bool = True
 
 
@@ -134,10 +185,11 @@ class AppConfig:
     model: ModelConfig = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
     criterion: CriterionConfig = field(default_factory=CriterionConfig)
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     data_split: DataSplitConfig = field(default_factory=DataSplitConfig)
     perplexity: PerplexityConfig = field(default_factory=PerplexityConfig)
-    random_masks: RandomMaskConfig = field(default_factory=RandomMaskConfig)
     stages: StagesConfig = field(default_factory=StagesConfig)
 
 
@@ -157,7 +209,22 @@ def _require(ok: bool, field_name: str, value: Any, allowed: str) -> None:
 
 def validate(cfg: AppConfig) -> None:
     """Range checks that types cannot express; run before anything expensive."""
-    _require(0.0 <= cfg.random_masks.level < 1.0, "random_masks.level", cfg.random_masks.level, "a number in [0, 1)")
+    for level in cfg.sparsity.levels or [cfg.sparsity.level]:
+        _require(0.0 <= level < 1.0, "sparsity.level(s)", level, "numbers in [0, 1)")
+    for name in ("head_level", "neuron_level"):
+        value = getattr(cfg.sparsity, name)
+        _require(value is None or 0.0 <= value < 1.0, f"sparsity.{name}", value, "null or a number in [0, 1)")
+    pred = cfg.predictor
+    _require(0.0 < pred.validation_fraction < 1.0, "predictor.validation_fraction", pred.validation_fraction,
+             "a number in (0, 1)")
+    for name in ("epochs", "batch_size", "depth"):
+        _require(getattr(pred, name) >= 1, f"predictor.{name}", getattr(pred, name), "an integer >= 1")
+    _require(pred.width is None or pred.width >= 1, "predictor.width", pred.width, "null (the rule) or >= 1")
+    _require(pred.bottleneck is None or pred.bottleneck >= 0, "predictor.bottleneck", pred.bottleneck,
+             "null (width // 4), 0 (none) or >= 1")
+    if pred.name in (PredictorName.shadowllm, PredictorName.dejavu):
+        _require(cfg.sparsity.keep_first_layer_dense, "sparsity.keep_first_layer_dense", False,
+                 f"true with predictor={pred.name.value} (it predicts layers 1..L-1)")
     ppl = cfg.perplexity
     _require(ppl.window >= 2, "perplexity.window", ppl.window, "an integer >= 2")
     _require(ppl.stride is None or 1 <= ppl.stride <= ppl.window, "perplexity.stride", ppl.stride, f"null or an integer in [1, window={ppl.window}]")

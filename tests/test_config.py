@@ -45,8 +45,12 @@ def test_misspelt_key_is_rejected():
         compose_app(["perplexity.windw=3"])
 
 
-@pytest.mark.parametrize("override, field", [("random_masks.level=1.0", "random_masks.level"),
-                                             ("random_masks.level=-0.1", "random_masks.level"),
+@pytest.mark.parametrize("override, field", [("sparsity.level=1.0", "sparsity.level"),
+                                             ("sparsity.levels=[0.5,1.5]", "sparsity.level"),
+                                             ("sparsity.neuron_level=-0.1", "sparsity.neuron_level"),
+                                             ("sparsity.keep_first_layer_dense=false", "sparsity.keep_first_layer_dense"),
+                                             ("predictor.validation_fraction=0", "predictor.validation_fraction"),
+                                             ("calibration.tasks=[piqa,boolq]", "calibration.tasks"),
                                              ("perplexity.stride=999", "perplexity.stride"),
                                              ("perplexity.batch_size=0", "perplexity.batch_size")])
 def test_out_of_range_values_name_the_field(override, field):

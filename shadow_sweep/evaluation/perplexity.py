@@ -1,4 +1,4 @@
-"""Rolling-window perplexity with one mask per window.
+"""Rolling-window perplexity; a predictor sets one mask per window (per row of a batch).
 
 Windows are lm-eval's (`get_rolling_token_windows`): the first predicts its whole
 length from a prefix token, every later one predicts `stride` new tokens with
@@ -9,7 +9,6 @@ bits per byte = NLL / (bytes * ln 2), as lm-eval defines them (words, bytes of t
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -18,10 +17,6 @@ from tqdm.auto import tqdm
 
 from shadow_sweep.data.wikitext import WikiDocument
 from shadow_sweep.models.loading import LoadedModel
-
-# Called before each forward with (input_ids [B, T], attention_mask [B, T]) to set masks.
-MaskSetter = Callable[[torch.Tensor, torch.Tensor], None]
-
 
 @dataclass(frozen=True)
 class Window:
@@ -62,9 +57,10 @@ def prefix_token_id(tokenizer) -> int:
 
 
 @torch.no_grad()
-def window_nll(loaded: LoadedModel, windows: list[Window], batch_size: int,
-               set_masks: Optional[MaskSetter] = None, progress: bool = False) -> tuple[float, int]:
-    """Summed NLL of every window's scored tokens, windows right-padded into batches."""
+def window_nll(loaded: LoadedModel, windows: list[Window], batch_size: int, progress: bool = False
+               ) -> tuple[float, int]:
+    """Summed NLL of every window's scored tokens, windows right-padded into batches; masks,
+    if any, are predicted per window inside each forward (predictors.runtime)."""
     total, count = 0.0, 0
     pad = loaded.tokenizer.pad_token_id
     batches = range(0, len(windows), batch_size)
@@ -77,8 +73,6 @@ def window_nll(loaded: LoadedModel, windows: list[Window], batch_size: int,
             ids[row, :len(w.input_ids)] = torch.tensor(w.input_ids)
             attention[row, :len(w.input_ids)] = 1
         ids, attention = ids.to(loaded.device), attention.to(loaded.device)
-        if set_masks is not None:
-            set_masks(ids, attention)
         logits = loaded.model(input_ids=ids, attention_mask=attention).logits.float()
         for row, w in enumerate(chunk):
             n, k = len(w.input_ids), len(w.targets)
@@ -99,7 +93,7 @@ def document_windows(loaded: LoadedModel, documents: list[WikiDocument], window:
 
 
 def wikitext_perplexity(loaded: LoadedModel, documents: list[WikiDocument], window: int, stride: int,
-                        batch_size: int, set_masks: Optional[MaskSetter] = None, progress: bool = False) -> PerplexityResult:
+                        batch_size: int, progress: bool = False) -> PerplexityResult:
     windows = document_windows(loaded, documents, window, stride)
-    nll, tokens = window_nll(loaded, windows, batch_size, set_masks, progress)
+    nll, tokens = window_nll(loaded, windows, batch_size, progress)
     return PerplexityResult(nll, tokens, sum(d.num_words for d in documents), sum(d.num_bytes for d in documents))

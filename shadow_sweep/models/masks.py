@@ -35,6 +35,17 @@ class HeadNeuronMasks:
         self.heads = None if heads is None else self._checked(heads, self.shape.num_heads, "heads")
         self.neurons = None if neurons is None else self._checked(neurons, self.shape.num_neurons, "neurons")
 
+    def set_layer(self, layer: int, batch: int, heads: torch.Tensor, neurons: torch.Tensor) -> None:
+        """Set layer `layer`'s masks [B, H] and [B, I]; the other layers stay as they are
+        (all ones when no mask of this batch size is set yet)."""
+        s = self.shape
+        if self.heads is None or self.heads.shape[0] != batch:
+            self.heads = torch.ones(batch, s.num_layers, s.num_heads, device=heads.device)
+        if self.neurons is None or self.neurons.shape[0] != batch:
+            self.neurons = torch.ones(batch, s.num_layers, s.num_neurons, device=neurons.device)
+        self.heads[:, layer] = heads
+        self.neurons[:, layer] = neurons
+
     def clear(self) -> None:
         self.heads = None
         self.neurons = None

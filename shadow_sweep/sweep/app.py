@@ -1,13 +1,15 @@
 """`shadow-sweep`: the Hydra app.
 
-For now the job loads the configured model, collects the configured criterion's traces on
-the calibration examples (cached), and measures WikiText-2 perplexity on the first
-evaluation articles, dense and with seeded random masks at `random_masks.level`.
+A job runs load -> trace -> fit -> perplexity: it loads the model, collects the configured
+criterion's traces on the calibration examples, fits the configured predictor on them
+(both cached), reports the predictor's quality and cost, and measures WikiText-2 perplexity
+on the evaluation articles, dense and with the predictor's masks at every sparsity level.
 """
 
 import json
 import resource
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import hydra
@@ -17,51 +19,74 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from shadow_sweep.cache import StageCache
-from shadow_sweep.config import AppConfig, register_configs, validate
+from shadow_sweep.config import AppConfig, PredictorName, register_configs, validate
+from shadow_sweep.criteria.registry import get_criterion
 from shadow_sweep.data.tasks import EVALUATION, SplitRule
 from shadow_sweep.data.wikitext import load_wikitext
 from shadow_sweep.evaluation.perplexity import wikitext_perplexity
-from shadow_sweep.models.loading import load_model
-from shadow_sweep.models.masks import HeadNeuronMasks
+from shadow_sweep.models.loading import LoadedModel, load_model
+from shadow_sweep.predictors.cost import predictor_cost
+from shadow_sweep.predictors.fit import FittedPredictor, predictor_quality
+from shadow_sweep.predictors.runtime import ContextualMasks
+from shadow_sweep.predictors.stage import predictor_for
+from shadow_sweep.sparsity.policy import SparsityPolicy
+from shadow_sweep.sparsity.topk import keep_count
 from shadow_sweep.sweep.compose import CONF_DIR
-from shadow_sweep.sparsity.topk import random_masks
 from shadow_sweep.traces.stage import trace_key, traces_for
+from shadow_sweep.traces.store import TraceSet
+
 
 def peak_memory_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def trace_summary(cfg: AppConfig, loaded, cache: StageCache) -> dict:
-    """Collect (or reuse) the traces of the configured criterion and describe them."""
+def levels(cfg: AppConfig) -> list[float]:
+    return list(cfg.sparsity.levels) or [cfg.sparsity.level]
+
+
+def policy_at(cfg: AppConfig, level: float, loaded: LoadedModel) -> SparsityPolicy:
+    return SparsityPolicy(type(cfg.sparsity)(**{**asdict(cfg.sparsity), "level": level}), loaded.shape)
+
+
+def trace_stage(cfg: AppConfig, loaded: LoadedModel, cache: StageCache) -> tuple[TraceSet, dict]:
     started = time.perf_counter()
     hit = cache.has("traces", trace_key(cfg))
     traces, folder = traces_for(cfg, loaded, cache)
     size = sum(f.stat().st_size for f in folder.iterdir())
-    return {"model": cfg.model.name, "criterion": cfg.criterion.name.value, "examples": len(traces),
-            "cache_hit": hit, "seconds": time.perf_counter() - started, "bytes": size,
-            "bytes_per_1000_examples": size * 1000 / len(traces), "folder": str(folder)}
+    return traces, {"criterion": cfg.criterion.name.value, "examples": len(traces), "cache_hit": hit,
+                    "seconds": time.perf_counter() - started, "bytes": size,
+                    "bytes_per_1000_examples": size * 1000 / len(traces), "folder": str(folder)}
 
 
-def perplexity_rows(cfg: AppConfig, loaded, documents, load_seconds: float) -> list[dict]:
-    """WikiText-2 perplexity dense, then with seeded random masks at random_masks.level."""
+def fit_stage(cfg: AppConfig, loaded: LoadedModel, traces: TraceSet, cache: StageCache) -> tuple[FittedPredictor, dict]:
+    started = time.perf_counter()
+    fitted, folder = predictor_for(cfg, loaded, traces, cache)
+    policy = policy_at(cfg, levels(cfg)[0], loaded)
+    quality = predictor_quality(fitted, traces.batch, cfg.predictor, loaded.shape,
+                                keep_count(policy.heads.level, loaded.shape.num_heads),
+                                keep_count(policy.neurons.level, loaded.shape.num_neurons))
+    return fitted, {"predictor": cfg.predictor.name.value, "folder": str(folder), "seconds": time.perf_counter() - started,
+                    "quality_at_level": levels(cfg)[0], **fitted.metrics, **quality,
+                    **predictor_cost(fitted, loaded)}
+
+
+def perplexity_rows(cfg: AppConfig, loaded: LoadedModel, fitted: FittedPredictor, documents) -> list[dict]:
+    """Dense, then the predictor's masks at every level (the model and predictor loaded once)."""
     ppl = cfg.perplexity
-    generator = torch.Generator().manual_seed(cfg.random_masks.seed)
+    oracle = (get_criterion(cfg.criterion.name.value), cfg.criterion)
+    dense = FittedPredictor(PredictorName.dense, fitted.mean_head_scores, fitted.mean_neuron_scores)
+    points = [(dense, 0.0)] + [(fitted, level) for level in levels(cfg) if fitted.kind != PredictorName.dense]
     rows = []
-    with HeadNeuronMasks(loaded.model, loaded.adapter, loaded.shape) as masks:
-
-        def set_random(ids: torch.Tensor, _attention: torch.Tensor) -> None:
-            masks.set(*random_masks(ids.shape[0], loaded.shape, cfg.random_masks.level, generator))
-
-        for name, level, setter in (("dense", 0.0, None), ("random", cfg.random_masks.level, set_random)):
-            started = time.perf_counter()
+    for predictor, level in points:
+        started = time.perf_counter()
+        with ContextualMasks(loaded, predictor, policy_at(cfg, level, loaded), seed=cfg.predictor.seed, oracle=oracle):
             result = wikitext_perplexity(loaded, documents, ppl.window, ppl.stride or ppl.window, ppl.batch_size,
-                                         setter, progress=True)
-            rows.append({"model": cfg.model.name, "masks": name, "sparsity": level,
-                         "token_perplexity": result.token_perplexity, "word_perplexity": result.word_perplexity,
-                         "bits_per_byte": result.bits_per_byte, "tokens": result.tokens,
-                         "documents": len(documents), "eval_seconds": time.perf_counter() - started,
-                         "load_seconds": load_seconds, "peak_memory_mib": peak_memory_mib()})
-            masks.clear()
+                                         progress=True)
+        rows.append({"model": cfg.model.name, "criterion": cfg.criterion.name.value,
+                     "predictor": predictor.kind.value, "sparsity": level, "ranking": cfg.sparsity.ranking.value,
+                     "token_perplexity": result.token_perplexity, "word_perplexity": result.word_perplexity,
+                     "bits_per_byte": result.bits_per_byte, "tokens": result.tokens, "documents": len(documents),
+                     "eval_seconds": time.perf_counter() - started, "peak_memory_mib": peak_memory_mib()})
     return rows
 
 
@@ -70,16 +95,24 @@ def run_job(cfg: AppConfig, output_dir: Path) -> pd.DataFrame:
     rule = SplitRule(cfg.data_split.calibration_fraction, cfg.data_split.seed)
     documents = load_wikitext(cfg.paths.data_root, cfg.perplexity.max_documents, part=EVALUATION, rule=rule)
     cache = StageCache(Path(cfg.paths.cache_dir))
+    output_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     loaded = load_model(cfg.model, cache)
-    load_seconds = time.perf_counter() - started
-    output_dir.mkdir(parents=True, exist_ok=True)
+    summary = {"model": cfg.model.name, "load_seconds": time.perf_counter() - started}
+    for level in levels(cfg):  # impossible pools fail here, before anything expensive
+        policy_at(cfg, level, loaded)
+    fitted = FittedPredictor(PredictorName.dense, torch.zeros(0), torch.zeros(0))
     if cfg.stages.trace:
-        summary = trace_summary(cfg, loaded, cache)
-        (output_dir / "traces.json").write_text(json.dumps(summary, indent=2))
-        print(f"traces: {summary['examples']} examples of {summary['criterion']} in {summary['folder']}"
-              f" ({summary['bytes'] / 1e6:.1f} MB, cache hit: {summary['cache_hit']})")
-    rows = perplexity_rows(cfg, loaded, documents, load_seconds) if cfg.stages.perplexity else []
+        traces, summary["traces"] = trace_stage(cfg, loaded, cache)
+        print(f"traces: {len(traces)} examples of {cfg.criterion.name.value} ({summary['traces']['bytes'] / 1e6:.1f} MB,"
+              f" cache hit: {summary['traces']['cache_hit']})")
+        if cfg.stages.fit:
+            fitted, summary["predictor"] = fit_stage(cfg, loaded, traces, cache)
+            report = summary["predictor"]
+            print(f"predictor {report['predictor']}: " + ", ".join(
+                f"{k} {report[k]:.3g}" for k in report if k.endswith("_mean") or k.endswith("_percent_of_model")))
+    rows = perplexity_rows(cfg, loaded, fitted, documents) if cfg.stages.perplexity else []
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     with open(output_dir / "results.jsonl", "a") as sink:
         for row in rows:
             sink.write(json.dumps(row) + "\n")
@@ -92,7 +125,7 @@ def _hydra_entry(cfg: DictConfig) -> None:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     table = run_job(app_cfg, output_dir)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    print(f"results: {output_dir / 'results.jsonl'}")
+    print(f"results: {output_dir / 'results.jsonl'}, summary: {output_dir / 'summary.json'}")
 
 
 def main() -> None:

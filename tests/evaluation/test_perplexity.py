@@ -54,13 +54,3 @@ def test_perplexity_equals_independent_nll(data_root, session_cache):
     assert result.token_perplexity == pytest.approx(math.exp(nll / len(tokens)))
     batch_one, _ = window_nll(loaded, windows, batch_size=1)
     assert batch_one == pytest.approx(nll, rel=1e-5)
-
-
-def test_mask_setter_sees_every_batch(session_cache):
-    from tests.conftest import load_tiny
-
-    loaded = load_tiny("tiny-opt", session_cache)
-    windows = rolling_windows(list(range(10, 90)), 1, window=16, stride=16)
-    seen = []
-    window_nll(loaded, windows, batch_size=2, set_masks=lambda ids, attention: seen.append(tuple(ids.shape)))
-    assert seen == [(2, 16), (2, 16), (1, 16)]

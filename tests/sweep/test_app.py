@@ -10,17 +10,21 @@ from shadow_sweep.sweep.app import run_job
 from tests.conftest import compose_app, REPO
 
 
-def test_job_writes_dense_and_random_rows(tmp_path, data_root):
+@pytest.mark.parametrize("predictor", ["shadowllm", "dejavu", "static", "random"])
+def test_job_traces_fits_and_writes_a_row_per_level(tmp_path, data_root, predictor):
     cfg = compose_app(["model=tiny-llama", f"paths.data_root={data_root}", f"paths.cache_dir={tmp_path / 'cache'}",
-                       "perplexity.max_documents=1", "perplexity.window=128", "random_masks.level=0.5",
-                       "calibration.examples_per_task=2", "calibration.max_length=64"])
+                       "perplexity.max_documents=1", "perplexity.window=128", f"predictor={predictor}",
+                       "predictor.epochs=2", "sparsity.levels=[0.3,0.5]", "calibration.examples_per_task=2",
+                       "calibration.max_length=64"])
     table = run_job(cfg, tmp_path)
-    traces = json.loads((tmp_path / "traces.json").read_text())
-    assert traces["examples"] == 14 and traces["criterion"] == "plainact" and not traces["cache_hit"]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["traces"]["examples"] == 14 and not summary["traces"]["cache_hit"]
+    assert summary["predictor"]["predictor"] == predictor and "neurons_spearman_mean" in summary["predictor"]
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
-    assert [r["masks"] for r in rows] == ["dense", "random"] == list(table["masks"])
+    assert [(r["predictor"], r["sparsity"]) for r in rows] == [("dense", 0.0), (predictor, 0.3), (predictor, 0.5)]
+    assert list(table["sparsity"]) == [0.0, 0.3, 0.5]
     assert rows[0]["tokens"] == rows[1]["tokens"] > 0
-    assert rows[0]["token_perplexity"] != rows[1]["token_perplexity"]
+    assert rows[0]["token_perplexity"] != rows[2]["token_perplexity"]
 
 
 def test_missing_data_root_fails_before_the_model_loads(tmp_path):
@@ -33,10 +37,10 @@ def test_missing_data_root_fails_before_the_model_loads(tmp_path):
 def test_console_command_runs_the_default_job(tmp_path, data_root):
     """`shadow-sweep` as a user types it (slice shortened), from the repository root."""
     command = [sys.executable, "-m", "shadow_sweep", f"paths.data_root={data_root}", "perplexity.max_documents=1",
-               "calibration.examples_per_task=2", f"hydra.run.dir={tmp_path}"]
+               "calibration.examples_per_task=2", "predictor.epochs=5", f"hydra.run.dir={tmp_path}"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
-    dense, random = rows
+    dense, sparse = rows
     assert dense["model"] == "smollm2-135m" and 5 < dense["token_perplexity"] < 60
-    assert random["token_perplexity"] > dense["token_perplexity"]
+    assert sparse["predictor"] == "shadowllm" and sparse["token_perplexity"] > dense["token_perplexity"]

@@ -1,0 +1,176 @@
+"""Predictors: learning a known relation, quality metrics, masks inside the forward, checkpoints."""
+
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from shadow_sweep.config import (ConfigError, CriterionConfig, PredictorConfig, PredictorName, SparsityConfig)
+from shadow_sweep.criteria.registry import get_criterion
+from shadow_sweep.models.adapters import ModelShape
+from shadow_sweep.predictors.fit import default_width, fit, mlp_shape, predictor_quality
+from shadow_sweep.predictors.quality import spearman, top_k_recall
+from shadow_sweep.predictors.runtime import ContextualMasks, last_real_token
+from shadow_sweep.predictors.store import load_predictor, save_predictor
+from shadow_sweep.predictors.targets import normalise_inputs
+from shadow_sweep.sparsity.policy import SparsityPolicy
+from shadow_sweep.traces.collect import TraceBatch
+from tests.conftest import load_tiny
+
+
+def synthetic_traces(shape: ModelShape, n: int, seed: int = 0) -> TraceBatch:
+    """Scores that are a fixed smooth function of the inputs: ShadowLLM's from the layer-0
+    context, DejaVu's from each layer's input; a predictor must recover their rankings."""
+    g = torch.Generator().manual_seed(seed)
+    context = torch.rand(n, shape.num_heads * shape.head_dim, generator=g)
+    hidden = torch.rand(n, shape.num_layers, shape.hidden_size, generator=g)
+    mix_h = torch.randn(context.shape[1], shape.num_layers, shape.num_heads, generator=g)
+    mix_n = torch.randn(context.shape[1], shape.num_layers, shape.num_neurons, generator=g)
+    features = normalise_inputs(context)  # what the predictor sees
+    heads = (0.2 * torch.einsum("nf,flu->nlu", features, mix_h)).exp()
+    neurons = (0.2 * torch.einsum("nf,flu->nlu", features, mix_n)).exp()
+    return TraceBatch(context, hidden, heads, neurons)
+
+
+SHAPE = ModelShape(num_layers=4, num_heads=8, num_kv_heads=2, head_dim=4, num_neurons=24, hidden_size=32)
+
+
+def test_shadowllm_learns_a_known_relation():
+    traces = synthetic_traces(SHAPE, 600)
+    cfg = PredictorConfig(name=PredictorName.shadowllm, width=128, bottleneck=0, epochs=150, lr=3e-3)
+    fitted = fit(traces, cfg, SHAPE)
+    quality = predictor_quality(fitted, traces, cfg, SHAPE, keep_heads=2, keep_neurons=12)
+    assert quality["heads_spearman_mean"] > 0.95 and quality["neurons_spearman_mean"] > 0.95
+    assert quality["neurons_recall_mean"] > 0.85
+    assert fitted.metrics["validation_examples"] == 120
+
+
+def test_random_and_static_baselines_score_as_expected():
+    traces = synthetic_traces(SHAPE, 300)
+    random = predictor_quality(fit(traces, PredictorConfig(name=PredictorName.random), SHAPE), traces,
+                               PredictorConfig(name=PredictorName.random), SHAPE, 2, 12)
+    assert abs(random["neurons_spearman_mean"]) < 0.1
+
+
+def test_spearman_and_recall_match_independent_computations():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(5, 3, 40, generator=g), torch.rand(5, 3, 40, generator=g)
+    expected = torch.tensor([[spearmanr(a[i, l], b[i, l]).statistic for l in range(3)] for i in range(5)]).mean(0)
+    torch.testing.assert_close(spearman(a, b), expected.double(), rtol=1e-9, atol=1e-9)
+    target = torch.tensor([[[4.0, 3.0, 2.0, 1.0]]])
+    assert top_k_recall(torch.tensor([[[4.0, 1.0, 3.0, 2.0]]]), target, 2).item() == 0.5
+    assert top_k_recall(target, target, 2).item() == 1.0
+
+
+def test_default_widths_follow_the_rule_and_costs_add_up():
+    assert default_width(PredictorName.shadowllm, 576) == 256 and default_width(PredictorName.shadowllm, 5120) == 2048
+    assert default_width(PredictorName.dejavu, 5120) == 1000
+    smol = ModelShape(30, 9, 3, 64, 1536, 576)
+    shape = mlp_shape(PredictorConfig(name=PredictorName.shadowllm), smol)
+    assert shape.outputs == 29 * (9 + 1536) == 44805
+    assert shape.macs_per_group == 576 * 256 + 256 * 64 + 64 * 44805
+    dejavu = mlp_shape(PredictorConfig(name=PredictorName.dejavu, width=1000, bottleneck=0), smol)
+    assert dejavu.groups * dejavu.macs_per_group == 29 * (576 * 1000 + 1000 * 1545)
+
+
+@pytest.fixture(params=["tiny-llama", "tiny-opt"])
+def trained(request, session_cache):
+    loaded = load_tiny(request.param, session_cache)
+    return loaded, synthetic_traces(loaded.shape, 64)
+
+
+def _fitted(loaded, traces, kind):
+    return fit(traces, PredictorConfig(name=kind, epochs=3), loaded.shape)
+
+
+def _inputs(loaded, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 300, (3, 12), generator=g)
+    attention = torch.ones_like(ids)
+    attention[1, 9:] = 0  # right padding
+    attention[2, :4] = 0  # left padding
+    return ids, attention
+
+
+@pytest.mark.parametrize("kind, calls", [(PredictorName.shadowllm, 1), (PredictorName.dejavu, 2)])
+def test_network_runs_once_per_forward_or_once_per_layer(trained, kind, calls):
+    loaded, traces = trained
+    policy = SparsityPolicy(SparsityConfig(level=0.5), loaded.shape)
+    ids, attention = _inputs(loaded)
+    with ContextualMasks(loaded, _fitted(loaded, traces, kind), policy) as runtime:
+        with torch.no_grad():
+            loaded.model(input_ids=ids, attention_mask=attention)
+        assert runtime.network_calls == calls  # dejavu: layers 1 and 2 of 3
+        heads, neurons = runtime.masks.heads, runtime.masks.neurons
+    assert heads.shape == (3, 3, loaded.shape.num_heads)
+    assert not torch.equal(neurons[0], neurons[1]) and not torch.equal(neurons[0], neurons[2])
+    assert (heads[:, 0] == 1).all() and (neurons[:, 0] == 1).all()  # layer 0 stays dense
+
+
+@pytest.mark.parametrize("kind", list(PredictorName))
+def test_masks_of_a_padded_batch_equal_each_row_alone(trained, kind):
+    """Left- and right-padded rows get the masks they get alone; right-padded and unpadded
+    rows also the logits (left padding shifts Llama's positions, masks aside)."""
+    loaded, traces = trained
+    policy = SparsityPolicy(SparsityConfig(level=0.5), loaded.shape)
+    ids, attention = _inputs(loaded)
+    oracle = (get_criterion("plainact"), CriterionConfig())
+    with ContextualMasks(loaded, _fitted(loaded, traces, kind), policy, oracle=oracle) as runtime, torch.no_grad():
+        batched = loaded.model(input_ids=ids, attention_mask=attention).logits
+        batched_masks = runtime.masks.heads, runtime.masks.neurons
+        if kind in (PredictorName.random, PredictorName.dense):
+            return  # random masks differ per call by design; dense sets none
+        for row in range(3):
+            keep = attention[row].bool()
+            alone = loaded.model(input_ids=ids[row:row + 1, keep]).logits
+            for alone_mask, batch_mask in zip((runtime.masks.heads, runtime.masks.neurons), batched_masks):
+                torch.testing.assert_close(alone_mask[0], batch_mask[min(row, len(batch_mask) - 1)], rtol=0, atol=0)
+            if row < 2:
+                torch.testing.assert_close(alone[0], batched[row, keep], rtol=1e-4, atol=1e-4)
+
+
+def test_level_zero_gives_the_dense_logits(trained):
+    loaded, traces = trained
+    ids, attention = _inputs(loaded)
+    with torch.no_grad():
+        dense = loaded.model(input_ids=ids, attention_mask=attention).logits
+    policy = SparsityPolicy(SparsityConfig(level=0.0), loaded.shape)
+    with ContextualMasks(loaded, _fitted(loaded, traces, PredictorName.shadowllm), policy) as runtime, torch.no_grad():
+        masked = loaded.model(input_ids=ids, attention_mask=attention).logits
+        assert (runtime.masks.heads == 1).all() and (runtime.masks.neurons == 1).all()
+    assert torch.equal(masked, dense)
+
+
+def test_last_real_token_handles_left_and_right_padding():
+    attention = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    assert last_real_token(attention, 3, 5, "cpu").tolist() == [2, 4, 4]
+
+
+def test_saved_and_reloaded_predictor_gives_identical_masks(trained, tmp_path):
+    loaded, traces = trained
+    fitted = _fitted(loaded, traces, PredictorName.shadowllm)
+    save_predictor(fitted, tmp_path, loaded.name, loaded.shape, "plainact")
+    reloaded = load_predictor(tmp_path, loaded.name, loaded.shape, "plainact")
+    policy = SparsityPolicy(SparsityConfig(level=0.5), loaded.shape)
+    ids, attention = _inputs(loaded)
+    masks = []
+    for predictor in (fitted, reloaded):
+        with ContextualMasks(loaded, predictor, policy) as runtime, torch.no_grad():
+            loaded.model(input_ids=ids, attention_mask=attention)
+            masks.append((runtime.masks.heads, runtime.masks.neurons))
+    assert torch.equal(masks[0][0], masks[1][0]) and torch.equal(masks[0][1], masks[1][1])
+
+
+def test_a_predictor_for_another_model_or_criterion_is_rejected(trained, tmp_path):
+    loaded, traces = trained
+    save_predictor(_fitted(loaded, traces, PredictorName.static), tmp_path, loaded.name, loaded.shape, "plainact")
+    with pytest.raises(ConfigError, match="criterion plainact, but this job has criterion l2_norm"):
+        load_predictor(tmp_path, loaded.name, loaded.shape, "l2_norm")
+    with pytest.raises(ConfigError, match="model"):
+        load_predictor(tmp_path, "smollm2-135m", loaded.shape, "plainact")
+
+
+def test_shadowllm_needs_layer_zero_dense(trained):
+    loaded, traces = trained
+    policy = SparsityPolicy(SparsityConfig(level=0.5, keep_first_layer_dense=False), loaded.shape)
+    with pytest.raises(ConfigError, match="keep_first_layer_dense"):
+        ContextualMasks(loaded, _fitted(loaded, traces, PredictorName.shadowllm), policy)
