@@ -47,7 +47,7 @@ class ModelConfig:
     dtype: DType = DType.float32
     device: Device = Device.cpu
     attn_implementation: str = "sdpa"
-    add_bos_token: bool = False  # prepend BOS to every request (lm-eval does for Gemma)
+    add_bos_token: Optional[bool] = None  # null: the tokenizer's default, as lm-eval's HFLM
     init_seed: int = 0  # seed of the random init of tiny models
 
 
@@ -162,6 +162,19 @@ class SparsityConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Zero-/few-shot accuracy through lm-evaluation-harness, masks predicted per request."""
+
+    tasks: list[str] = field(default_factory=lambda: ["copa", "piqa", "arc_easy"])
+    num_fewshot: int = 0
+    limit: Optional[int] = 40  # documents per task; null = the whole evaluation part
+    batch_size: int = 8  # requests per forward; the scores equal batch size 1 (tested)
+    max_length: int = 2048  # tokens of context + continuation, cut from the left
+    predict_from: str = "input"  # input: the request's last input token (paper); context: its context's
+    fewshot_seed: int = 1234  # lm-eval's default
+
+
+@dataclass
 class PerplexityConfig:
     """WikiText-2 raw test, rolling windows as lm-eval's `wikitext` task defines them."""
 
@@ -177,6 +190,7 @@ class StagesConfig:
 
     trace: bool = True
     fit: bool = True
+    accuracy: bool = True
     perplexity: bool = True
 
 
@@ -189,6 +203,7 @@ class AppConfig:
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     data_split: DataSplitConfig = field(default_factory=DataSplitConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     perplexity: PerplexityConfig = field(default_factory=PerplexityConfig)
     stages: StagesConfig = field(default_factory=StagesConfig)
 
@@ -214,6 +229,12 @@ def validate(cfg: AppConfig) -> None:
     for name in ("head_level", "neuron_level"):
         value = getattr(cfg.sparsity, name)
         _require(value is None or 0.0 <= value < 1.0, f"sparsity.{name}", value, "null or a number in [0, 1)")
+    ev = cfg.eval
+    _require(ev.predict_from in ("input", "context"), "eval.predict_from", ev.predict_from, "input or context")
+    _require(ev.limit is None or ev.limit >= 1, "eval.limit", ev.limit, "null or an integer >= 1")
+    for name in ("batch_size", "max_length"):
+        _require(getattr(ev, name) >= 1, f"eval.{name}", getattr(ev, name), "an integer >= 1")
+    _require(ev.num_fewshot >= 0, "eval.num_fewshot", ev.num_fewshot, "an integer >= 0")
     pred = cfg.predictor
     _require(0.0 < pred.validation_fraction < 1.0, "predictor.validation_fraction", pred.validation_fraction,
              "a number in (0, 1)")

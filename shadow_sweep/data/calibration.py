@@ -10,11 +10,16 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from transformers import PreTrainedTokenizerBase
 
 from shadow_sweep.cache import StageCache
 from shadow_sweep.data.tasks import CALIBRATION, SplitRule, offline_task
 from shadow_sweep.data.wikitext import WIKITEXT, load_wikitext
+
+if TYPE_CHECKING:
+    from shadow_sweep.evaluation.lm import SparseLM
 
 
 @dataclass(frozen=True)
@@ -68,21 +73,9 @@ def plain_text_examples(tokenizer: PreTrainedTokenizerBase, count: int, length: 
     return examples
 
 
-def encode_example(tokenizer: PreTrainedTokenizerBase, example: CalibrationExample, max_length: int,
-                   prefix_token: int, add_bos: bool = False) -> EncodedExample:
-    """Tokenise as lm-eval's HFLM does (trailing context spaces move to the continuation; the
-    continuation's tokens are those of the whole string after the context's), an empty context
-    becomes the prefix token, then truncate from the left to `max_length` keeping the answer."""
-    context, continuation = example.context, example.continuation
-    spaces = len(context) - len(context.rstrip())
-    if spaces:
-        context, continuation = context[:-spaces], context[-spaces:] + continuation
-    bos = [tokenizer.bos_token_id] if add_bos and tokenizer.bos_token_id is not None else []
-    if context:
-        context_ids = bos + tokenizer(context, add_special_tokens=False).input_ids
-        whole = bos + tokenizer(context + continuation, add_special_tokens=False).input_ids
-        answer = whole[len(context_ids):]
-    else:
-        context_ids, answer = [prefix_token], tokenizer(continuation, add_special_tokens=False).input_ids
-    ids = (context_ids + answer)[-max_length:]
+def encode_example(lm: "SparseLM", example: CalibrationExample, max_length: int) -> EncodedExample:
+    """Tokenise as lm-eval does for a loglikelihood request (`SparseLM.encode_request`), then
+    truncate from the left to `max_length` keeping the answer."""
+    context, answer = lm.encode_request(example.context, example.continuation)
+    ids = (context + answer)[-max_length:]
     return EncodedExample(ids, max(1, len(ids) - len(answer)))

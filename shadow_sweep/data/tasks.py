@@ -72,12 +72,17 @@ def offline_task(task: str, data_root: str | Path, rule: SplitRule, cache: Stage
                 sink.writelines(json.dumps(doc) + "\n" for doc in docs)
 
     folder = cache.get_or_build("tasks", fields, write)
+    parts = [p for p in (CALIBRATION, EVALUATION) if (folder / f"{p}.jsonl").stat().st_size > 0]
+    if scored_split not in parts:
+        raise ValueError(f"task {task!r} has no {scored_split} documents (data_split.calibration_fraction="
+                         f"{rule.calibration_fraction})")
     config = load_yaml(Path(lm_eval.tasks.__file__).parent / TASK_FILES[task].lm_eval_yaml, resolve_func=True)
     for key in ("tag", "group"):
         config.pop(key, None)
     config.update(
         dataset_path="json", dataset_name=None,
-        dataset_kwargs={"data_files": {split: str(folder / f"{split}.jsonl") for split in (CALIBRATION, EVALUATION)}},
-        training_split=None, validation_split=None, test_split=scored_split, fewshot_split=CALIBRATION,
+        dataset_kwargs={"data_files": {split: str(folder / f"{split}.jsonl") for split in parts}},
+        training_split=None, validation_split=None, test_split=scored_split,
+        fewshot_split=CALIBRATION if CALIBRATION in parts else None,
     )
     return ConfigurableTask(config=config)

@@ -59,6 +59,12 @@ class ContextualMasks:
             self.static = policy.masks(fitted.mean_head_scores[None], fitted.mean_neuron_scores[None])
         self._handles = []
         self._busy = False
+        self._positions: Optional[torch.Tensor] = None
+
+    def predict_at(self, positions: Optional[torch.Tensor]) -> None:
+        """Predict the next forward's masks from these positions [B] instead of each row's last
+        real token (e.g. the last context token, so all answers of a question share a mask)."""
+        self._positions = positions
 
     def __enter__(self) -> "ContextualMasks":
         self.masks.__enter__()
@@ -84,6 +90,8 @@ class ContextualMasks:
         ids = kwargs.get("input_ids", args[0] if args else None)
         batch, length = ids.shape[:2]
         self.last = last_real_token(kwargs.get("attention_mask"), batch, length, ids.device)
+        if self._positions is not None:
+            self.last, self._positions = self._positions.to(ids.device), None
         self.masks.clear()
         kind = self.fitted.kind
         if kind == PredictorName.static:

@@ -23,6 +23,7 @@ from shadow_sweep.config import AppConfig, PredictorName, register_configs, vali
 from shadow_sweep.criteria.registry import get_criterion
 from shadow_sweep.data.tasks import EVALUATION, SplitRule
 from shadow_sweep.data.wikitext import load_wikitext
+from shadow_sweep.evaluation.lm import SparseLM
 from shadow_sweep.evaluation.perplexity import wikitext_perplexity
 from shadow_sweep.models.loading import LoadedModel, load_model
 from shadow_sweep.predictors.cost import predictor_cost
@@ -80,8 +81,8 @@ def perplexity_rows(cfg: AppConfig, loaded: LoadedModel, fitted: FittedPredictor
     for predictor, level in points:
         started = time.perf_counter()
         with ContextualMasks(loaded, predictor, policy_at(cfg, level, loaded), seed=cfg.predictor.seed, oracle=oracle):
-            result = wikitext_perplexity(loaded, documents, ppl.window, ppl.stride or ppl.window, ppl.batch_size,
-                                         progress=True)
+            lm = SparseLM(loaded, ppl.batch_size, add_bos_token=cfg.model.add_bos_token)
+            result = wikitext_perplexity(lm, documents, ppl.window, ppl.stride or ppl.window, progress=True)
         rows.append({"model": cfg.model.name, "criterion": cfg.criterion.name.value,
                      "predictor": predictor.kind.value, "sparsity": level, "ranking": cfg.sparsity.ranking.value,
                      "token_perplexity": result.token_perplexity, "word_perplexity": result.word_perplexity,

@@ -11,7 +11,7 @@ from shadow_sweep.config import AppConfig
 from shadow_sweep.criteria.registry import get_criterion
 from shadow_sweep.data.calibration import encode_example, plain_text_examples, task_examples
 from shadow_sweep.data.tasks import SplitRule
-from shadow_sweep.evaluation.perplexity import prefix_token_id
+from shadow_sweep.evaluation.lm import SparseLM
 from shadow_sweep.models.loading import LoadedModel
 from shadow_sweep.traces.collect import collect
 from shadow_sweep.traces.store import TraceSet, load_traces, save_traces
@@ -42,8 +42,8 @@ def calibration_set(cfg: AppConfig, loaded: LoadedModel, cache: StageCache):
     if cal.plain_text_examples:
         examples += plain_text_examples(loaded.tokenizer, cal.plain_text_examples, cal.max_length,
                                         cfg.paths.data_root, rule)
-    prefix = prefix_token_id(loaded.tokenizer)
-    encoded = [encode_example(loaded.tokenizer, e, cal.max_length, prefix, cfg.model.add_bos_token) for e in examples]
+    lm = SparseLM(loaded, add_bos_token=cfg.model.add_bos_token)
+    encoded = [encode_example(lm, e, cal.max_length) for e in examples]
     return examples, encoded
 
 

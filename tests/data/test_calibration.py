@@ -55,17 +55,19 @@ def test_examples_come_from_the_calibration_part_with_the_gold_answer(task, data
         assert e.context.count("\n\n") >= 2 or task == "winogrande"  # two demonstrations
 
 
-def test_encoding_moves_trailing_spaces_and_keeps_the_answer_when_truncating(session_cache):
+def test_encoding_is_lm_evals_and_keeps_the_answer_when_truncating(session_cache):
+    from shadow_sweep.evaluation.lm import SparseLM
     from tests.conftest import load_tiny
 
-    tokenizer = load_tiny("tiny-llama", session_cache).tokenizer
+    lm = SparseLM(load_tiny("tiny-llama", session_cache))
     example = CalibrationExample("t", 0, "Question: why? Answer: ", "because")
-    encoded = encode_example(tokenizer, example, max_length=100, prefix_token=1)
-    assert tokenizer.decode(encoded.input_ids[encoded.answer_start:]) == " because"
-    short = encode_example(tokenizer, example, max_length=10, prefix_token=1)
-    assert len(short.input_ids) == 10 and tokenizer.decode(short.input_ids[short.answer_start:]) == " because"
-    plain = encode_example(tokenizer, CalibrationExample("wikitext", 0, "", "abc"), 100, prefix_token=1)
-    assert plain.input_ids[0] == 1 and plain.answer_start == 1
+    context, answer = lm._encode_pair(example.context, example.continuation)  # lm-eval's own
+    encoded = encode_example(lm, example, max_length=100)
+    assert encoded.input_ids == context + answer and encoded.answer_start == len(context)
+    short = encode_example(lm, example, max_length=10)
+    assert short.input_ids == (context + answer)[-10:] and short.input_ids[short.answer_start:] == answer
+    plain = encode_example(lm, CalibrationExample("wikitext", 0, "", "abc"), 100)
+    assert plain.input_ids[0] == lm.prefix_token_id and plain.answer_start == 1
 
 
 def test_examples_are_deterministic(data_root, tmp_path):

@@ -5,29 +5,27 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from lm_eval.tasks.wikitext.preprocess_wikitext import process_results
+from lm_eval.utils import get_rolling_token_windows
 
-from shadow_sweep.evaluation.perplexity import (PerplexityResult, document_windows, prefix_token_id,
-                                                 rolling_windows, window_nll)
-from shadow_sweep.data.wikitext import load_wikitext
+from shadow_sweep.data.wikitext import WikiDocument, load_wikitext
+from shadow_sweep.evaluation.lm import SparseLM
+from shadow_sweep.evaluation.perplexity import wikitext_perplexity
+from tests.conftest import load_tiny
 
 
 @pytest.mark.parametrize("window, stride", [(16, 16), (16, 5), (7, 1)])
-def test_windows_score_every_token_once_with_full_context(window, stride):
+def test_windows_score_every_token_once(window, stride):
     tokens = list(range(100, 153))
-    windows = rolling_windows(tokens, prefix_token=1, window=window, stride=stride)
-    assert [t for w in windows for t in w.targets] == tokens
-    for w in windows:
-        assert len(w.input_ids) <= window
-        # the logits of the last len(targets) inputs predict the targets: inputs shifted by one
-        assert w.input_ids[len(w.input_ids) - len(w.targets) + 1:] == w.targets[:-1]
-    assert all(len(w.input_ids) == window for w in windows[1:])
+    windows = list(get_rolling_token_windows(tokens, 1, max_seq_len=window, context_len=window - stride + 1))
+    assert [t for _, targets in windows for t in targets] == tokens
+    assert all(len(inputs) <= window for inputs, _ in windows)
 
 
-def _independent_nll(loaded, tokens, window):
+def _independent_nll(loaded, tokens, window, prefix):
     """Disjoint chunks of `window` tokens scored by HF's own shifted cross-entropy: the first
     after the prefix token, every later one after as many preceding tokens as fit in the window
     (one for full chunks, more for the shorter last one), as lm-eval's rolling loglikelihood."""
-    prefix = prefix_token_id(loaded.tokenizer)
     total = 0.0
     for start in range(0, len(tokens), window):
         end = min(start + window, len(tokens))
@@ -39,18 +37,21 @@ def _independent_nll(loaded, tokens, window):
     return total
 
 
-def test_perplexity_equals_independent_nll(data_root, session_cache):
-    from tests.conftest import load_tiny
-
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_perplexity_equals_independent_nll(data_root, session_cache, batch_size):
     loaded = load_tiny("tiny-llama", session_cache)
-    docs = load_wikitext(data_root, 1)
-    docs = [type(docs[0])(docs[0].page[:700])]
-    tokens = loaded.tokenizer(docs[0].text, add_special_tokens=False).input_ids
-    windows = document_windows(loaded, docs, window=64, stride=64)
-    nll, count = window_nll(loaded, windows, batch_size=3)
-    assert count == len(tokens)
-    assert nll == pytest.approx(_independent_nll(loaded, tokens, 64), rel=1e-5)
-    result = PerplexityResult(nll, count, docs[0].num_words, docs[0].num_bytes)
-    assert result.token_perplexity == pytest.approx(math.exp(nll / len(tokens)))
-    batch_one, _ = window_nll(loaded, windows, batch_size=1)
-    assert batch_one == pytest.approx(nll, rel=1e-5)
+    doc = WikiDocument(load_wikitext(data_root, 1)[0].page[:700])
+    lm = SparseLM(loaded, batch_size=batch_size)
+    tokens = lm.tok_encode(doc.text)
+    result = wikitext_perplexity(lm, [doc], window=64, stride=64)
+    assert result.tokens == len(tokens)
+    assert result.nll == pytest.approx(_independent_nll(loaded, tokens, 64, lm.prefix_token_id), rel=1e-5)
+    assert result.token_perplexity == pytest.approx(math.exp(result.nll / len(tokens)))
+    words = process_results({"page": doc.page}, [0.0])["word_perplexity"][1]  # lm-eval's own count
+    assert result.word_perplexity == pytest.approx(math.exp(result.nll / words))
+
+
+def test_overlapping_windows_need_a_valid_stride(session_cache):
+    lm = SparseLM(load_tiny("tiny-opt", session_cache))
+    with pytest.raises(ValueError, match="perplexity.stride"):
+        wikitext_perplexity(lm, [WikiDocument("a b c")], window=8, stride=9)

@@ -1,0 +1,132 @@
+"""An lm-eval 0.4 model over a loaded model whose masks are predicted per request.
+
+`SparseLM` is a `TemplateLM`: lm-eval's own code turns requests into (context,
+continuation) token pairs exactly as its HFLM does; we score them in length-sorted,
+right-padded batches WITH an attention mask, so that the predictor (hooked into every
+forward by `ContextualMasks`) reads each row's own last real token. By default that is the
+last token of the request's input (the paper's protocol: context + continuation[:-1]);
+`predict_from="context"` uses the last context token instead, so all candidate answers of
+one question share one mask.
+"""
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from lm_eval.api.model import TemplateLM
+from lm_eval.models.utils import _add_special_kwargs, has_bos_prefix
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+from tqdm.auto import tqdm
+
+from shadow_sweep.models.loading import LoadedModel
+from shadow_sweep.predictors.runtime import ContextualMasks
+
+PREDICT_FROM = ("input", "context")
+
+
+class SparseLM(TemplateLM):
+    def __init__(self, loaded: LoadedModel, batch_size: int = 8, max_length: int = 2048,
+                 add_bos_token: Optional[bool] = None,
+                 runtime: Optional[ContextualMasks] = None, predict_from: str = "input"):
+        super().__init__()
+        if predict_from not in PREDICT_FROM:
+            raise ValueError(f"eval.predict_from must be one of {PREDICT_FROM}, got {predict_from!r}")
+        self.loaded, self.tokenizer = loaded, loaded.tokenizer
+        self.batch_size, self.max_length, self.add_bos_token = batch_size, max_length, add_bos_token
+        self.runtime, self.predict_from = runtime, predict_from
+
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        """HFLM's rule: BOS when the tokenizer has one, else EOS."""
+        bos = self.tokenizer.bos_token_id
+        return bos if bos is not None else self.eot_token_id
+
+    def tok_encode(self, string: str, add_special_tokens: Optional[bool] = None, **kwargs) -> list[int]:
+        """HFLM's rule: explicit flag, else `add_bos_token`, else the tokenizer's own default;
+        no second BOS when the string already starts with one."""
+        special = _add_special_kwargs(add_special_tokens, self.add_bos_token)
+        if add_special_tokens is None and has_bos_prefix(string, self.tokenizer.decode(self.prefix_token_id)):
+            special["add_special_tokens"] = False
+        return self.tokenizer.encode(string, **special)
+
+    def encode_request(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """(context tokens, continuation tokens) as TemplateLM.loglikelihood makes them."""
+        if context:
+            return self._encode_pair(context, continuation)
+        tokens = self.tok_encode(continuation, add_special_tokens=False)
+        return ([self.prefix_token_id], tokens) if tokens[:1] != [self.prefix_token_id] else (tokens[:1], tokens[1:])
+
+    def tok_decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    @torch.no_grad()
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
+        """Per request: (sum of log p(continuation | context), whether it is the greedy one)."""
+        inputs = []  # (model input = whole[:-1], the scored continuation = whole[-n:])
+        for _, context, continuation in requests:
+            whole = (context + continuation)[-(self.max_length + 1):]
+            inputs.append((whole[:-1], whole[-len(continuation):]))
+        order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i][0]))
+        results: list[Optional[tuple[float, bool]]] = [None] * len(inputs)
+        device = self.loaded.device
+        for start in tqdm(range(0, len(order), self.batch_size), desc="loglikelihood", disable=disable_tqdm):
+            rows = order[start:start + self.batch_size]
+            length = max(len(inputs[i][0]) for i in rows)
+            ids = torch.full((len(rows), length), self.tokenizer.pad_token_id, dtype=torch.long)
+            attention = torch.zeros_like(ids)
+            for r, i in enumerate(rows):
+                tokens = inputs[i][0]
+                ids[r, :len(tokens)] = torch.tensor(tokens)
+                attention[r, :len(tokens)] = 1
+            if self.runtime is not None and self.predict_from == "context":
+                self.runtime.predict_at(torch.tensor([len(inputs[i][0]) - len(inputs[i][1]) for i in rows]))
+            logits = self.loaded.model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits
+            log_probs = F.log_softmax(logits.float(), dim=-1).cpu()
+            for r, i in enumerate(rows):
+                tokens, continuation = inputs[i]
+                targets = torch.tensor(continuation)
+                scored = log_probs[r, len(tokens) - len(continuation):len(tokens)]
+                results[i] = (float(scored.gather(-1, targets[:, None]).sum()), bool((scored.argmax(-1) == targets).all()))
+                self.cache_hook.add_partial("loglikelihood", requests[i][0], results[i])
+        return results
+
+    def rolling(self, text: str, window: int, stride: int) -> tuple[float, int]:
+        """(log-likelihood, tokens) of a whole text in lm-eval's rolling windows of `window`
+        tokens: the first predicts its whole length from the prefix token, each later one
+        `stride` new tokens after `window - stride` tokens of context (stride = window is
+        lm-eval's `loglikelihood_rolling`). One mask per window."""
+        tokens = self.tok_encode(text)
+        windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
+            tokens, self.prefix_token_id, max_seq_len=window, context_len=window - stride + 1)]
+        scores = self._loglikelihood_tokens([(None, ctx, cont) for ctx, cont in windows], disable_tqdm=True)
+        return sum(score for score, _ in scores), len(tokens)
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        totals = []
+        for request in tqdm(requests, desc="rolling loglikelihood", disable=disable_tqdm):
+            totals.append(self.rolling(request.args[0], self.max_length, self.max_length)[0])
+            self.cache_hook.add_partial("loglikelihood_rolling", (request.args[0],), totals[-1])
+        return totals
+
+    @torch.no_grad()
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """Greedy generation, one request at a time (masks re-predicted at every step)."""
+        outputs = []
+        for request in tqdm(requests, desc="generate", disable=disable_tqdm):
+            context, kwargs = request.args
+            until = kwargs.get("until", [self.tok_decode([self.eot_token_id])])
+            until = [until] if isinstance(until, str) else until
+            ids = torch.tensor([self.tok_encode(context)[-self.max_length:]], device=self.loaded.device)
+            out = self.loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                             max_new_tokens=kwargs.get("max_gen_toks", 256),
+                                             pad_token_id=self.tokenizer.pad_token_id)
+            text = self.tok_decode(out[0, ids.shape[1]:].tolist())
+            for stop in until:
+                text = text.split(stop)[0]
+            outputs.append(text)
+            self.cache_hook.add_partial("generate_until", request.args, text)
+        return outputs

@@ -1,0 +1,124 @@
+"""The lm-eval model: equal to lm-eval's HFLM when dense, batch-invariant with masks, and
+offline requests equal to the built-in tasks' prompts."""
+
+import bz2
+import json
+
+import pytest
+import torch
+from lm_eval.models.huggingface import HFLM
+
+from shadow_sweep.cache import StageCache
+from shadow_sweep.config import EvalConfig, PredictorConfig, PredictorName, SparsityConfig
+from shadow_sweep.data.tasks import EVALUATION, SplitRule, offline_task, split_documents
+from shadow_sweep.evaluation.harness import build_tasks, check_tasks, task_accuracy
+from shadow_sweep.evaluation.lm import SparseLM
+from shadow_sweep.predictors.fit import fit
+from shadow_sweep.predictors.runtime import ContextualMasks
+from shadow_sweep.sparsity.policy import SparsityPolicy
+from tests.conftest import load_tiny
+from tests.predictors.test_predictors import synthetic_traces
+
+
+def _requests(task, n=6, shots=0):
+    task.set_fewshot_seed(1234)
+    requests = []
+    for doc_id, doc in enumerate(list(task.test_docs())[:n]):
+        requests += task.construct_requests(doc=doc, ctx=task.fewshot_context(doc, shots), metadata=("t", doc_id, 1))
+    return requests
+
+
+@pytest.fixture(scope="module")
+def copa(data_root, tmp_path_factory):
+    return offline_task("copa", data_root, SplitRule(), StageCache(tmp_path_factory.mktemp("tasks")), EVALUATION)
+
+
+def test_dense_scores_equal_lm_evals_own_hflm(copa, session_cache):
+    loaded = load_tiny("tiny-llama", session_cache)
+    requests = _requests(copa, shots=1)
+    ours = SparseLM(loaded, batch_size=4).loglikelihood(requests, disable_tqdm=True)
+    reference = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=1).loglikelihood(
+        requests, disable_tqdm=True)
+    for (ll, greedy), (ref_ll, ref_greedy) in zip(ours, reference):
+        assert ll == pytest.approx(ref_ll, rel=1e-5, abs=1e-4) and greedy == ref_greedy
+
+
+@pytest.fixture
+def shadow_runtime(session_cache):
+    loaded = load_tiny("tiny-llama", session_cache)
+    fitted = fit(synthetic_traces(loaded.shape, 64), PredictorConfig(name=PredictorName.shadowllm, epochs=3),
+                 loaded.shape)
+    return loaded, ContextualMasks(loaded, fitted, SparsityPolicy(SparsityConfig(level=0.5), loaded.shape))
+
+
+@pytest.mark.parametrize("predict_from", ["input", "context"])
+def test_batch_of_eight_equals_batch_of_one_with_masks(copa, shadow_runtime, predict_from):
+    loaded, runtime = shadow_runtime
+    requests = _requests(copa, n=8)
+    with runtime:
+        batched = SparseLM(loaded, 8, runtime=runtime, predict_from=predict_from).loglikelihood(requests, True)
+        single = SparseLM(loaded, 1, runtime=runtime, predict_from=predict_from).loglikelihood(requests, True)
+    for (a, ga), (b, gb) in zip(batched, single):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-4) and ga == gb
+
+
+def test_masks_differ_between_requests_and_context_mode_shares_them(copa, shadow_runtime, monkeypatch):
+    loaded, runtime = shadow_runtime
+    seen = []
+    original = runtime.masks.set
+    monkeypatch.setattr(runtime.masks, "set", lambda h=None, n=None: (seen.append(n.clone()), original(h, n)))
+    requests = _requests(copa, n=3)  # 2 choices each
+    with runtime:
+        SparseLM(loaded, 1, runtime=runtime).loglikelihood(requests, True)
+        per_input = torch.cat(seen)
+        seen.clear()
+        SparseLM(loaded, 1, runtime=runtime, predict_from="context").loglikelihood(requests, True)
+        per_context = torch.cat(seen)
+    assert len(per_input) == 6 and len({tuple(m.flatten().tolist()) for m in per_input}) == 6
+    # the two choices of one question share the context's mask; different questions differ
+    by_request = {r.args: m for r, m in zip(sorted(requests, key=lambda r: -len(r.args[0] + r.args[1])), per_context)}
+    assert len({tuple(m.flatten().tolist()) for m in per_context}) == 3 or len(by_request) == 6
+
+
+def test_offline_requests_render_the_builtin_prompts(data_root, tmp_path):
+    cache, rule = StageCache(tmp_path), SplitRule()
+    expected = {
+        "piqa": lambda d: (f"Question: {d['goal']}\nAnswer:", " " + [d["sol1"], d["sol2"]][0]),
+        "arc_easy": lambda d: (f"Question: {d['question']}\nAnswer:", " " + d["choices"]["text"][0]),
+        "openbookqa": lambda d: (d["question_stem"], " " + d["choices"]["text"][0]),
+        "rte": lambda d: (f"{d['sentence1']}\nQuestion: {d['sentence2']} True or False?\nAnswer:", " True"),
+        "copa": lambda d: (d["premise"].strip()[:-1] + {"cause": " because", "effect": " therefore"}[d["question"]],
+                           "  " + d["choice1"][0].lower() + d["choice1"][1:]),
+        "winogrande": lambda d: (d["sentence"][:d["sentence"].index("_")] + d["option1"],
+                                 " " + d["sentence"][d["sentence"].index("_") + 1:].strip()),
+    }
+    for name, render in expected.items():
+        task = offline_task(name, data_root, rule, cache, EVALUATION)
+        docs = split_documents(name, data_root, rule)[EVALUATION][:3]
+        requests = _requests(task, n=3)
+        firsts = [r for r in requests if r.idx == 0]
+        assert [r.args for r in firsts] == [render(d) for d in docs], name
+
+
+def test_hellaswag_query_capitalises_the_trailing_fragment_as_lm_eval_does(data_root, tmp_path):
+    lines = bz2.decompress((data_root / "hellaswag/hellaswag_val_full.txt.bz2").read_bytes()).decode().split("\n")
+    task = offline_task("hellaswag", data_root, SplitRule(0.0), StageCache(tmp_path), EVALUATION)  # all evaluated
+    doc = task.test_docs()[0]
+    assert lines[0] == "Roof shingle removal: A man is sitting on a roof. he"
+    assert doc["query"] == "Roof shingle removal: A man is sitting on a roof. He"
+    assert doc["choices"][int(doc["label"])] == lines[2 + int(lines[1])]
+
+
+def test_unavailable_task_fails_naming_it_and_the_data_root(monkeypatch, data_root):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(Exception, match=r"boolq.*data root.*offline"):
+        check_tasks(["copa", "boolq"], data_root)
+    check_tasks(["copa", "piqa"], data_root)
+
+
+def test_task_accuracy_runs_lm_eval_on_offline_tasks(data_root, tmp_path, session_cache):
+    loaded = load_tiny("tiny-opt", session_cache)
+    tasks = build_tasks(["copa", "arc_easy"], data_root, SplitRule(), StageCache(tmp_path))
+    scores = task_accuracy(SparseLM(loaded, 4), tasks, EvalConfig(tasks=["copa", "arc_easy"], limit=5))
+    assert set(scores) == {"copa", "arc_easy"} and 0.0 <= scores["copa"]["acc"] <= 1.0
+    assert "acc_norm" in scores["arc_easy"]
