@@ -172,6 +172,7 @@ class EvalConfig:
     max_length: int = 2048  # tokens of context + continuation, cut from the left
     predict_from: str = "input"  # input: the request's last input token (paper); context: its context's
     fewshot_seed: int = 1234  # lm-eval's default
+    dense_baseline: bool = True  # also evaluate without masks (sparsity 0) in this job
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """`shadow-sweep`: the Hydra app.
 
-A job runs load -> trace -> fit -> perplexity: it loads the model, collects the configured
+A job runs load -> trace -> fit -> evaluate: it loads the model, collects the configured
 criterion's traces on the calibration examples, fits the configured predictor on them
-(both cached), reports the predictor's quality and cost, and measures WikiText-2 perplexity
-on the evaluation articles, dense and with the predictor's masks at every sparsity level.
+(both cached), reports the predictor's quality and cost, and measures task accuracy
+(lm-eval) and WikiText-2 perplexity on the evaluation parts, dense and with the
+predictor's masks at every sparsity level.
 """
 
 import json
@@ -23,6 +24,7 @@ from shadow_sweep.config import AppConfig, PredictorName, register_configs, vali
 from shadow_sweep.criteria.registry import get_criterion
 from shadow_sweep.data.tasks import EVALUATION, SplitRule
 from shadow_sweep.data.wikitext import load_wikitext
+from shadow_sweep.evaluation.harness import build_tasks, check_tasks, task_accuracy
 from shadow_sweep.evaluation.lm import SparseLM
 from shadow_sweep.evaluation.perplexity import wikitext_perplexity
 from shadow_sweep.models.loading import LoadedModel, load_model
@@ -71,28 +73,46 @@ def fit_stage(cfg: AppConfig, loaded: LoadedModel, traces: TraceSet, cache: Stag
                     **predictor_cost(fitted, loaded)}
 
 
-def perplexity_rows(cfg: AppConfig, loaded: LoadedModel, fitted: FittedPredictor, documents) -> list[dict]:
-    """Dense, then the predictor's masks at every level (the model and predictor loaded once)."""
-    ppl = cfg.perplexity
+def evaluation_rows(cfg: AppConfig, loaded: LoadedModel, fitted: FittedPredictor, documents, cache: StageCache
+                    ) -> list[dict]:
+    """Dense, then the predictor's masks at every level (model and predictor loaded once):
+    task accuracy through lm-eval and WikiText-2 perplexity, one row per point."""
+    rule = SplitRule(cfg.data_split.calibration_fraction, cfg.data_split.seed)
+    tasks = build_tasks(cfg.eval.tasks, cfg.paths.data_root, rule, cache) if cfg.stages.accuracy else []
     oracle = (get_criterion(cfg.criterion.name.value), cfg.criterion)
     dense = FittedPredictor(PredictorName.dense, fitted.mean_head_scores, fitted.mean_neuron_scores)
-    points = [(dense, 0.0)] + [(fitted, level) for level in levels(cfg) if fitted.kind != PredictorName.dense]
+    points = [(dense, 0.0)] if cfg.eval.dense_baseline or fitted.kind == PredictorName.dense else []
+    points += [(fitted, level) for level in levels(cfg) if fitted.kind != PredictorName.dense]
     rows = []
     for predictor, level in points:
         started = time.perf_counter()
-        with ContextualMasks(loaded, predictor, policy_at(cfg, level, loaded), seed=cfg.predictor.seed, oracle=oracle):
-            lm = SparseLM(loaded, ppl.batch_size, add_bos_token=cfg.model.add_bos_token)
-            result = wikitext_perplexity(lm, documents, ppl.window, ppl.stride or ppl.window, progress=True)
-        rows.append({"model": cfg.model.name, "criterion": cfg.criterion.name.value,
-                     "predictor": predictor.kind.value, "sparsity": level, "ranking": cfg.sparsity.ranking.value,
-                     "token_perplexity": result.token_perplexity, "word_perplexity": result.word_perplexity,
-                     "bits_per_byte": result.bits_per_byte, "tokens": result.tokens, "documents": len(documents),
-                     "eval_seconds": time.perf_counter() - started, "peak_memory_mib": peak_memory_mib()})
+        row = {"model": cfg.model.name, "criterion": cfg.criterion.name.value, "predictor": predictor.kind.value,
+               "sparsity": level, "ranking": cfg.sparsity.ranking.value}
+        runtime = ContextualMasks(loaded, predictor, policy_at(cfg, level, loaded), seed=cfg.predictor.seed,
+                                  oracle=oracle)
+        with runtime:
+            if tasks:
+                lm = SparseLM(loaded, cfg.eval.batch_size, cfg.eval.max_length, cfg.model.add_bos_token, runtime,
+                              cfg.eval.predict_from)
+                accuracy = task_accuracy(lm, tasks, cfg.eval)
+                row.update({f"{metric}/{task}": value for task, metrics in accuracy.items()
+                            for metric, value in metrics.items()})
+                row["acc_mean"] = sum(m["acc"] for m in accuracy.values()) / len(accuracy)
+            if cfg.stages.perplexity:
+                lm = SparseLM(loaded, cfg.perplexity.batch_size, add_bos_token=cfg.model.add_bos_token)
+                ppl = wikitext_perplexity(lm, documents, cfg.perplexity.window,
+                                          cfg.perplexity.stride or cfg.perplexity.window, progress=True)
+                row.update(token_perplexity=ppl.token_perplexity, word_perplexity=ppl.word_perplexity,
+                           bits_per_byte=ppl.bits_per_byte, perplexity_tokens=ppl.tokens)
+        row.update(eval_seconds=time.perf_counter() - started, peak_memory_mib=peak_memory_mib())
+        rows.append(row)
     return rows
 
 
 def run_job(cfg: AppConfig, output_dir: Path) -> pd.DataFrame:
     validate(cfg)
+    if cfg.stages.accuracy:
+        check_tasks(cfg.eval.tasks, cfg.paths.data_root)
     rule = SplitRule(cfg.data_split.calibration_fraction, cfg.data_split.seed)
     documents = load_wikitext(cfg.paths.data_root, cfg.perplexity.max_documents, part=EVALUATION, rule=rule)
     cache = StageCache(Path(cfg.paths.cache_dir))
@@ -112,7 +132,8 @@ def run_job(cfg: AppConfig, output_dir: Path) -> pd.DataFrame:
             report = summary["predictor"]
             print(f"predictor {report['predictor']}: " + ", ".join(
                 f"{k} {report[k]:.3g}" for k in report if k.endswith("_mean") or k.endswith("_percent_of_model")))
-    rows = perplexity_rows(cfg, loaded, fitted, documents) if cfg.stages.perplexity else []
+    evaluate = cfg.stages.accuracy or cfg.stages.perplexity
+    rows = evaluation_rows(cfg, loaded, fitted, documents, cache) if evaluate else []
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     with open(output_dir / "results.jsonl", "a") as sink:
         for row in rows:

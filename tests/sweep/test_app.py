@@ -15,7 +15,7 @@ def test_job_traces_fits_and_writes_a_row_per_level(tmp_path, data_root, predict
     cfg = compose_app(["model=tiny-llama", f"paths.data_root={data_root}", f"paths.cache_dir={tmp_path / 'cache'}",
                        "perplexity.max_documents=1", "perplexity.window=128", f"predictor={predictor}",
                        "predictor.epochs=2", "sparsity.levels=[0.3,0.5]", "calibration.examples_per_task=2",
-                       "calibration.max_length=64"])
+                       "calibration.max_length=64", "eval.tasks=[copa,arc_easy]", "eval.limit=4"])
     table = run_job(cfg, tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["traces"]["examples"] == 14 and not summary["traces"]["cache_hit"]
@@ -23,8 +23,16 @@ def test_job_traces_fits_and_writes_a_row_per_level(tmp_path, data_root, predict
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert [(r["predictor"], r["sparsity"]) for r in rows] == [("dense", 0.0), (predictor, 0.3), (predictor, 0.5)]
     assert list(table["sparsity"]) == [0.0, 0.3, 0.5]
-    assert rows[0]["tokens"] == rows[1]["tokens"] > 0
+    assert rows[0]["perplexity_tokens"] == rows[1]["perplexity_tokens"] > 0
     assert rows[0]["token_perplexity"] != rows[2]["token_perplexity"]
+    assert all(0 <= r["acc/copa"] <= 1 and "acc_norm/arc_easy" in r and "acc_mean" in r for r in rows)
+
+
+def test_unavailable_task_fails_before_the_model_loads(tmp_path, data_root, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    cfg = compose_app([f"paths.data_root={data_root}", "model=opt-13b", "eval.tasks=[copa,mmlu]"])
+    with pytest.raises(Exception, match="mmlu"):
+        run_job(cfg, tmp_path)
 
 
 def test_missing_data_root_fails_before_the_model_loads(tmp_path):
@@ -37,10 +45,11 @@ def test_missing_data_root_fails_before_the_model_loads(tmp_path):
 def test_console_command_runs_the_default_job(tmp_path, data_root):
     """`shadow-sweep` as a user types it (slice shortened), from the repository root."""
     command = [sys.executable, "-m", "shadow_sweep", f"paths.data_root={data_root}", "perplexity.max_documents=1",
-               "calibration.examples_per_task=2", "predictor.epochs=5", f"hydra.run.dir={tmp_path}"]
+               "calibration.examples_per_task=2", "predictor.epochs=5", "eval.limit=5", f"hydra.run.dir={tmp_path}"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     dense, sparse = rows
     assert dense["model"] == "smollm2-135m" and 5 < dense["token_perplexity"] < 60
     assert sparse["predictor"] == "shadowllm" and sparse["token_perplexity"] > dense["token_perplexity"]
+    assert {"acc/copa", "acc/piqa", "acc/arc_easy"} <= set(dense)
