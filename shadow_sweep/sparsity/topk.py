@@ -4,7 +4,6 @@ import math
 
 import torch
 
-from shadow_sweep.models.adapters import ModelShape
 
 
 def keep_count(level: float, pool_size: int) -> int:
@@ -20,12 +19,3 @@ def top_k_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
     if keep > 0:
         mask.scatter_(-1, scores.topk(keep, dim=-1).indices, 1.0)
     return mask
-
-
-def random_masks(batch: int, shape: ModelShape, level: float, generator: torch.Generator
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded random masks [B, L, H] and [B, L, I] keeping exactly the top-k per layer."""
-    heads = torch.rand(batch, shape.num_layers, shape.num_heads, generator=generator)
-    neurons = torch.rand(batch, shape.num_layers, shape.num_neurons, generator=generator)
-    return (top_k_mask(heads, keep_count(level, shape.num_heads)),
-            top_k_mask(neurons, keep_count(level, shape.num_neurons)))

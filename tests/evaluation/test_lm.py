@@ -2,7 +2,6 @@
 offline requests equal to the built-in tasks' prompts."""
 
 import bz2
-import json
 
 import pytest
 import torch

@@ -17,6 +17,12 @@ def _logits(model, ids):
         return model(input_ids=ids).logits
 
 
+def _masked_logits(loaded, ids, heads=None, neurons=None):
+    with HeadNeuronMasks(loaded.model, loaded.adapter, loaded.shape) as masks:
+        masks.set(heads, neurons)
+        return _logits(loaded.model, ids)
+
+
 def _ones(loaded, batch):
     s = loaded.shape
     return torch.ones(batch, s.num_layers, s.num_heads), torch.ones(batch, s.num_layers, s.num_neurons)
@@ -25,10 +31,7 @@ def _ones(loaded, batch):
 def test_all_ones_masks_are_bit_identical(tiny):
     ids = _ids(tiny)
     reference = _logits(tiny.model, ids)
-    with HeadNeuronMasks(tiny.model, tiny.adapter, tiny.shape) as masks:
-        masks.set(*_ones(tiny, ids.shape[0]))
-        masked = _logits(tiny.model, ids)
-    assert torch.equal(masked, reference)
+    assert torch.equal(_masked_logits(tiny, ids, *_ones(tiny, ids.shape[0])), reference)
 
 
 def test_zeroed_head_equals_zeroed_output_projection_columns(tiny):
@@ -40,11 +43,9 @@ def test_zeroed_head_equals_zeroed_output_projection_columns(tiny):
     with torch.no_grad():
         o_proj.weight[:, head * d:(head + 1) * d] = 0.0
     expected = _logits(reference_model, ids)
-    heads, neurons = _ones(tiny, 1)
+    heads, _ = _ones(tiny, 1)
     heads[:, layer, head] = 0.0
-    with HeadNeuronMasks(tiny.model, tiny.adapter, tiny.shape) as masks:
-        masks.set(heads=heads)
-        masked = _logits(tiny.model, ids)
+    masked = _masked_logits(tiny, ids, heads=heads)
     torch.testing.assert_close(masked, expected, rtol=0, atol=1e-5)
     assert not torch.allclose(masked, _logits(tiny.model, ids), atol=1e-4)  # the head mattered
 
@@ -58,10 +59,7 @@ def test_zeroed_neuron_equals_zeroed_down_projection_column(tiny):
     expected = _logits(reference_model, ids)
     _, neurons = _ones(tiny, 1)
     neurons[:, layer, neuron] = 0.0
-    with HeadNeuronMasks(tiny.model, tiny.adapter, tiny.shape) as masks:
-        masks.set(neurons=neurons)
-        masked = _logits(tiny.model, ids)
-    torch.testing.assert_close(masked, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(_masked_logits(tiny, ids, neurons=neurons), expected, rtol=0, atol=1e-5)
 
 
 def test_batch_with_per_row_masks_equals_rows_alone(tiny):

@@ -9,7 +9,6 @@ from shadow_sweep.criteria.registry import Criterion, get_criterion
 from shadow_sweep.data.calibration import CalibrationExample, EncodedExample
 from shadow_sweep.traces.collect import NonFiniteScoreError, collect
 from shadow_sweep.traces.stage import traces_for
-from shadow_sweep.traces.store import load_traces
 from tests.conftest import compose_app, load_tiny
 
 SMALL = ["model=tiny-llama", "calibration.examples_per_task=2", "calibration.tasks=[copa,arc_easy]",
