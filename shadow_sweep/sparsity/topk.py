@@ -5,7 +5,6 @@ import math
 import torch
 
 
-
 def keep_count(level: float, pool_size: int) -> int:
     """round((1 - level) * pool_size), halves rounded up; level 0 keeps everything."""
     if not 0.0 <= level < 1.0:
