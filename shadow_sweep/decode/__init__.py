@@ -1,0 +1,1 @@
+"""Latency path: a decode loop that never computes skipped heads and neurons."""

@@ -1,0 +1,101 @@
+"""Batch-1 decode that computes only kept heads and neurons.
+
+Per layer: q/k/v rows of the kept query heads and the K/V groups they read, attention over
+the cache, the output projection over the kept heads' rows of its transposed weight; the
+MLP over the kept neurons' up/gate rows and down rows (transposed). Norms, rotary
+embeddings and activations are the model's own modules.
+
+KV-cache policy: with masks fixed for a sequence (`per_sequence`, the accuracy path's
+protocol), the prompt runs through the same sliced layers, so the cache holds only the kept
+K/V groups and nothing skipped is ever needed later. With masks re-predicted every token,
+later tokens may keep heads that earlier tokens skipped, so `LayerCache` then stores K/V of
+every group (k/v projections stay dense; q, o and the MLP are sparse): the cost of that
+policy is the dense k/v projection, reported by the benchmark.
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from shadow_sweep.decode.families import DECODE_FAMILIES, LlamaFamily, OPTFamily
+from shadow_sweep.decode.weights import LayerWeights, linear, linear_transposed
+from shadow_sweep.models.loading import LoadedModel
+
+
+@dataclass
+class LayerCache:
+    """Preallocated K/V of one layer: [max_len, groups, d]; `length` positions are filled."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    length: int = 0
+
+    @classmethod
+    def empty(cls, max_len: int, groups: int, head_dim: int, like: torch.Tensor) -> "LayerCache":
+        shape = (max_len, groups, head_dim)
+        return cls(like.new_empty(shape), like.new_empty(shape))
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + k.shape[0]
+        self.k[self.length:end], self.v[self.length:end] = k, v
+        self.length = end
+        return self.k[:end], self.v[:end]
+
+
+class SparseDecoder:
+    def __init__(self, loaded: LoadedModel):
+        family = loaded.adapter.family
+        if family not in DECODE_FAMILIES:
+            raise ValueError(f"the sparse decode path supports the families {DECODE_FAMILIES}, not {family!r}")
+        self.loaded, self.shape = loaded, loaded.shape
+        self.family = LlamaFamily(loaded.model) if family == "llama" else OPTFamily(loaded.model)
+        self.layers = list(loaded.adapter.decoder_layers(loaded.model))
+        self.dense = [self.family.weights(layer) for layer in self.layers]
+        for w in self.dense:
+            w.query_heads = torch.arange(self.shape.num_heads)
+            w.kv_of_query = w.query_heads // self.shape.queries_per_kv
+
+    def sliced(self, layer: int, heads: torch.Tensor, neurons: torch.Tensor) -> LayerWeights:
+        """Layer weights for boolean keep masks heads [H] and neurons [I]."""
+        return self.dense[layer].sliced(self.shape.head_dim, heads.nonzero().squeeze(1), neurons.nonzero().squeeze(1),
+                                        self.shape.queries_per_kv)
+
+    def new_cache(self, max_len: int, weights: list[LayerWeights]) -> list[LayerCache]:
+        like = self.dense[0].q
+        return [LayerCache.empty(max_len, w.k.shape[0] // self.shape.head_dim, self.shape.head_dim, like)
+                for w in weights]
+
+    def layer(self, index: int, x: torch.Tensor, positions: torch.Tensor, w: LayerWeights, cache: LayerCache,
+              kv: Optional[LayerWeights] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [T, D] -> (x [T, D], head context [T, |Q| d]). `kv` (the dense weights) supplies
+        K/V for every group when masks change per token; else K/V of `w`'s kept groups only."""
+        layer, d, f = self.layers[index], self.shape.head_dim, self.family
+        tokens = x.shape[0]
+        h = f.attention_input(layer, x)
+        source = kv or w
+        q = linear(h, w.q, w.q_bias).view(tokens, -1, d).transpose(0, 1)[None]  # [1, |Q|, T, d]
+        k = linear(h, source.k, source.k_bias).view(tokens, -1, d).transpose(0, 1)[None]
+        v = linear(h, source.v, source.v_bias).view(tokens, -1, d)
+        q, k = f.position_queries_keys(q, k, positions, h[None])
+        keys, values = cache.append(k[0].transpose(0, 1), v)  # [S, groups, d]
+        groups = w.kv_of_query if kv is None else w.query_heads // self.shape.queries_per_kv
+        keys, values = keys[:, groups].transpose(0, 1)[None], values[:, groups].transpose(0, 1)[None]
+        context = F.scaled_dot_product_attention(q, keys, values, is_causal=tokens > 1, scale=f.scale)
+        context = context[0].transpose(0, 1).reshape(tokens, -1)
+        x = x + linear_transposed(context, w.o, w.o_bias)
+        h = f.mlp_input(layer, x)
+        gate = linear(h, w.gate, None) if w.gate is not None else None
+        x = x + linear_transposed(f.activation(layer, gate, linear(h, w.up, w.up_bias)), w.down, w.down_bias)
+        return x, context
+
+    @torch.no_grad()
+    def forward(self, ids: torch.Tensor, start: int, weights: list[LayerWeights], caches: list[LayerCache],
+                dense_kv: bool = False) -> torch.Tensor:
+        """Tokens ids [T] at positions start.. -> logits [T, V], with fixed per-layer weights."""
+        positions = torch.arange(start, start + ids.shape[0], device=ids.device)
+        x = self.family.embed(ids, positions)
+        for index, (w, cache) in enumerate(zip(weights, caches)):
+            x, _ = self.layer(index, x, positions, w, cache, self.dense[index] if dense_kv else None)
+        return self.family.logits(x)

@@ -1,0 +1,59 @@
+"""Per-layer weights cut down to the kept structures, laid out for row gathers.
+
+For one decoder layer and kept query heads Q (and the K/V groups G they read), kept
+neurons N:
+    q  [|Q| d, D]   k, v [|G| d, D]      rows of the projections (row-major: a kept head's rows
+    o  [|Q| d, D]                          are contiguous); o and down are stored TRANSPOSED so
+    up, gate [|N|, D]   down [|N|, D]      that their kept columns are contiguous rows too.
+`LayerWeights.full(...)` keeps everything (the dense path); `sliced(keep_heads, keep_neurons)`
+gathers once (per sequence, or per token in the re-predicting mode).
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+
+@dataclass
+class LayerWeights:
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    o: torch.Tensor  # transposed
+    up: torch.Tensor
+    down: torch.Tensor  # transposed
+    gate: Optional[torch.Tensor] = None  # gated MLPs (Llama family)
+    q_bias: Optional[torch.Tensor] = None
+    k_bias: Optional[torch.Tensor] = None
+    v_bias: Optional[torch.Tensor] = None
+    o_bias: Optional[torch.Tensor] = None
+    up_bias: Optional[torch.Tensor] = None
+    down_bias: Optional[torch.Tensor] = None
+    query_heads: Optional[torch.Tensor] = None  # [|Q|] kept query heads (model numbering)
+    kv_of_query: Optional[torch.Tensor] = None  # [|Q|] each kept query head's K/V group among the kept groups
+
+    def sliced(self, head_dim: int, keep_heads: torch.Tensor, keep_neurons: torch.Tensor,
+               queries_per_kv: int) -> "LayerWeights":
+        """Only the kept query heads (with the K/V groups they read) and kept neurons."""
+        groups = torch.unique(keep_heads // queries_per_kv)
+        q_rows = (keep_heads[:, None] * head_dim + torch.arange(head_dim)).flatten()
+        kv_rows = (groups[:, None] * head_dim + torch.arange(head_dim)).flatten()
+        pick = lambda t, rows: None if t is None else t.index_select(0, rows).contiguous()  # noqa: E731
+        return LayerWeights(
+            q=pick(self.q, q_rows), k=pick(self.k, kv_rows), v=pick(self.v, kv_rows), o=pick(self.o, q_rows),
+            up=pick(self.up, keep_neurons), down=pick(self.down, keep_neurons), gate=pick(self.gate, keep_neurons),
+            q_bias=pick(self.q_bias, q_rows), k_bias=pick(self.k_bias, kv_rows), v_bias=pick(self.v_bias, kv_rows),
+            o_bias=self.o_bias, up_bias=pick(self.up_bias, keep_neurons), down_bias=self.down_bias,
+            query_heads=keep_heads, kv_of_query=torch.searchsorted(groups, keep_heads // queries_per_kv))
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """x @ weight^T + bias for weights stored as rows (q, k, v, up, gate)."""
+    return torch.nn.functional.linear(x, weight, bias)
+
+
+def linear_transposed(x: torch.Tensor, weight_t: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """x @ weight_t (+ bias) for weights stored transposed (o, down)."""
+    out = x @ weight_t
+    return out if bias is None else out + bias
