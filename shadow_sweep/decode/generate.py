@@ -1,0 +1,130 @@
+"""Greedy decoding on the sparse path with the predictor on the critical path.
+
+Mask update policies (`bench.update`):
+- per_sequence: masks predicted once from the prompt (ShadowLLM after layer 0 at the last
+  prompt token; DejaVu at each layer's input at the last prompt token; static: fixed), the
+  kept rows gathered once (`gather_s`), then prompt and new tokens run on the sliced weights;
+- per_token: masks re-predicted for every new token and the kept rows gathered again
+  (eager `index_select`: copies the kept rows every token), K/V kept dense for every group;
+- dense: no masks, all weights (our dense path).
+Layer 0 is always dense (it feeds ShadowLLM's predictor).
+"""
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from shadow_sweep.config import PredictorName
+from shadow_sweep.decode.engine import SparseDecoder
+from shadow_sweep.decode.weights import LayerWeights
+from shadow_sweep.predictors.fit import FittedPredictor, split_outputs
+from shadow_sweep.predictors.targets import normalise_inputs
+from shadow_sweep.sparsity.policy import SparsityPolicy
+
+UPDATES = ("per_sequence", "per_token", "dense")
+
+
+@dataclass
+class DecodeRun:
+    tokens: list[int]
+    logits: list[torch.Tensor]  # [V] per generated token (the first from the prompt)
+    prefill_s: float = 0.0
+    decode_s: float = 0.0  # the new tokens after the first
+    predictor_s: float = 0.0
+    gather_s: float = 0.0
+    kept_heads: list[float] = field(default_factory=list)
+
+
+class MaskPredictor:
+    """The fitted predictor, as the decode loop calls it (batch 1, float32)."""
+
+    def __init__(self, fitted: FittedPredictor, policy: SparsityPolicy, decoder: SparseDecoder):
+        self.fitted, self.policy, self.shape = fitted, policy, decoder.shape
+        self.budgets = None
+        if fitted.kind == PredictorName.dejavu and policy.cfg.ranking.value == "global":
+            self.budgets = policy.budgets_from(fitted.mean_head_scores, fitted.mean_neuron_scores)
+        self.static = policy.masks(fitted.mean_head_scores[None], fitted.mean_neuron_scores[None])
+
+    def all_layers(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ShadowLLM: layer-0 head context at one token [H*d] -> keep masks [L, H], [L, I]."""
+        out = self.fitted.net(normalise_inputs(context.float())[None, None])
+        heads, neurons = split_outputs(PredictorName.shadowllm, out, self.shape)
+        pad = lambda t: torch.cat([t.new_zeros(1, 1, t.shape[2]), t], 1)  # noqa: E731
+        heads, neurons = self.policy.masks(pad(heads), pad(neurons))
+        return heads[0].bool(), neurons[0].bool()
+
+    def one_layer(self, layer: int, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """DejaVu: layer input at one token [D] -> keep masks [H], [I] of that layer."""
+        out = self.fitted.net(normalise_inputs(hidden.float())[None, None], group=slice(layer - 1, layer))[0, 0]
+        heads, neurons = self.policy.layer_masks(layer, out[None, :self.shape.num_heads],
+                                                 out[None, self.shape.num_heads:], self.budgets)
+        return heads[0].bool(), neurons[0].bool()
+
+
+class Generator:
+    def __init__(self, decoder: SparseDecoder, predictor: MaskPredictor | None, update: str):
+        if update not in UPDATES:
+            raise ValueError(f"bench.update must be one of {UPDATES}, got {update!r}")
+        self.decoder, self.predictor, self.update = decoder, predictor, update
+        self.kind = predictor.fitted.kind if predictor else PredictorName.dense
+        self.static_weights = None
+        if self.kind == PredictorName.static and update != "dense":  # one gather for every sequence
+            heads, neurons = (m[0].bool() for m in predictor.static)
+            self.static_weights = self._slice_all(heads, neurons)
+
+    def _slice_all(self, heads: torch.Tensor, neurons: torch.Tensor) -> list[LayerWeights]:
+        return [self.decoder.dense[0]] + [self.decoder.sliced(l, heads[l], neurons[l])
+                                          for l in range(1, self.decoder.shape.num_layers)]
+
+    def _run(self, ids: torch.Tensor, start: int, weights: list, caches: list, run: DecodeRun, predict: bool
+             ) -> torch.Tensor:
+        """One forward over ids at positions start..; predicts and gathers when `predict`."""
+        d = self.decoder
+        positions = torch.arange(start, start + ids.shape[0])
+        dense_kv = self.update == "per_token"
+        x = d.family.embed(ids, positions)
+        for layer in range(d.shape.num_layers):
+            if predict and self.kind == PredictorName.dejavu and layer > 0:
+                began = time.perf_counter()
+                masks = self.predictor.one_layer(layer, x[-1])
+                run.predictor_s += time.perf_counter() - began
+                began = time.perf_counter()
+                weights[layer] = d.sliced(layer, *masks)
+                run.gather_s += time.perf_counter() - began
+            if caches[layer] is None:
+                source = d.dense[layer] if dense_kv else weights[layer]
+                caches[layer] = d.new_cache(self.max_len, [source])[0]
+            x, context = d.layer(layer, x, positions, weights[layer], caches[layer],
+                                 d.dense[layer] if dense_kv else None)
+            if predict and self.kind == PredictorName.shadowllm and layer == 0:
+                began = time.perf_counter()
+                heads, neurons = self.predictor.all_layers(context[-1])
+                run.predictor_s += time.perf_counter() - began
+                began = time.perf_counter()
+                weights[1:] = self._slice_all(heads, neurons)[1:]
+                run.gather_s += time.perf_counter() - began
+        return d.family.logits(x[-1:])[0]
+
+    @torch.no_grad()
+    def generate(self, prompt: torch.Tensor, new_tokens: int) -> DecodeRun:
+        d = self.decoder
+        self.max_len = prompt.shape[0] + new_tokens
+        run = DecodeRun([], [])
+        weights = list(self.static_weights or d.dense)
+        caches = [None] * d.shape.num_layers
+        learned = self.kind in (PredictorName.shadowllm, PredictorName.dejavu) and self.update != "dense"
+        began = time.perf_counter()
+        logits = self._run(prompt, 0, weights, caches, run, predict=learned)
+        run.prefill_s = time.perf_counter() - began
+        began = time.perf_counter()
+        for step in range(new_tokens):
+            token = int(logits.argmax())
+            run.tokens.append(token)
+            run.logits.append(logits)
+            if step == new_tokens - 1:
+                break
+            logits = self._run(torch.tensor([token]), prompt.shape[0] + step, weights, caches, run,
+                               predict=learned and self.update == "per_token")
+        run.decode_s = time.perf_counter() - began
+        return run

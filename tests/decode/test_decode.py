@@ -1,0 +1,108 @@
+"""The sparse decode path gives the masked dense path's logits for the same masks."""
+
+import pytest
+import torch
+
+from shadow_sweep.config import PredictorConfig, PredictorName, Ranking, SparsityConfig
+from shadow_sweep.decode.engine import SparseDecoder
+from shadow_sweep.decode.generate import Generator, MaskPredictor
+from shadow_sweep.models.masks import HeadNeuronMasks
+from shadow_sweep.predictors.fit import fit
+from shadow_sweep.predictors.runtime import ContextualMasks
+from shadow_sweep.sparsity.policy import SparsityPolicy
+from tests.conftest import compose_app, load_tiny
+from tests.predictors.test_predictors import synthetic_traces
+
+STEPS = 32
+TOLERANCE = dict(rtol=1e-4, atol=1e-4)  # fp32: the sparse path sums fewer terms in another order
+
+
+def _prompt(seed=0, length=10):
+    return torch.randint(3, 300, (length,), generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def reference_logits(loaded, prompt, tokens):
+    """HF's own forward with a KV cache, fed the sparse path's tokens: logits per step."""
+    out = loaded.model(input_ids=prompt[None], use_cache=True)
+    logits, cache = [out.logits[0, -1]], out.past_key_values
+    for token in tokens[:-1]:
+        out = loaded.model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True)
+        logits.append(out.logits[0, -1])
+        cache = out.past_key_values
+    return logits
+
+
+def _static(loaded, heads, neurons):
+    """A static predictor whose masks are exactly `heads`/`neurons` at level 0.5 per layer."""
+    fitted = fit(synthetic_traces(loaded.shape, 8), PredictorConfig(name=PredictorName.static), loaded.shape)
+    fitted.mean_head_scores, fitted.mean_neuron_scores = heads.float(), neurons.float()
+    return fitted
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-opt"])
+def test_fixed_masks_match_the_masked_path_over_32_tokens(name, session_cache):
+    loaded = load_tiny(name, session_cache)
+    s = loaded.shape
+    policy = SparsityPolicy(SparsityConfig(level=0.5, ranking=Ranking["per_layer"]), s)
+    scores = torch.rand(1, s.num_layers, s.num_heads), torch.rand(1, s.num_layers, s.num_neurons)
+    heads, neurons = policy.masks(*scores)
+    generator = Generator(SparseDecoder(loaded), MaskPredictor(_static(loaded, heads[0], neurons[0]), policy,
+                                                               SparseDecoder(loaded)), "per_sequence")
+    run = generator.generate(_prompt(), STEPS)
+    with HeadNeuronMasks(loaded.model, loaded.adapter, s) as masks:
+        masks.set(heads, neurons)
+        expected = reference_logits(loaded, _prompt(), run.tokens)
+    assert len(run.logits) == STEPS
+    for ours, theirs in zip(run.logits, expected):
+        torch.testing.assert_close(ours, theirs, **TOLERANCE)
+
+
+@pytest.mark.parametrize("kind", [PredictorName.shadowllm, PredictorName.dejavu])
+def test_per_token_prediction_matches_masks_predicted_in_every_forward(kind, session_cache):
+    loaded = load_tiny("tiny-llama", session_cache)
+    fitted = fit(synthetic_traces(loaded.shape, 64), PredictorConfig(name=kind, epochs=3), loaded.shape)
+    policy = SparsityPolicy(SparsityConfig(level=0.5), loaded.shape)
+    decoder = SparseDecoder(loaded)
+    run = Generator(decoder, MaskPredictor(fitted, policy, decoder), "per_token").generate(_prompt(1), STEPS)
+    with ContextualMasks(loaded, fitted, policy):
+        expected = reference_logits(loaded, _prompt(1), run.tokens)
+    for ours, theirs in zip(run.logits, expected):
+        torch.testing.assert_close(ours, theirs, **TOLERANCE)
+
+
+@pytest.mark.parametrize("update", ["dense", "per_sequence"])
+def test_sparsity_zero_equals_dense(update, session_cache):
+    loaded = load_tiny("tiny-opt", session_cache)
+    fitted = fit(synthetic_traces(loaded.shape, 32), PredictorConfig(name=PredictorName.shadowllm, epochs=2),
+                 loaded.shape)
+    decoder = SparseDecoder(loaded)
+    policy = SparsityPolicy(SparsityConfig(level=0.0), loaded.shape)
+    run = Generator(decoder, MaskPredictor(fitted, policy, decoder), update).generate(_prompt(2), STEPS)
+    for ours, theirs in zip(run.logits, reference_logits(loaded, _prompt(2), run.tokens)):
+        torch.testing.assert_close(ours, theirs, **TOLERANCE)
+
+
+def test_unsupported_family_is_named(session_cache):
+    with pytest.raises(ValueError, match="supports the families"):
+        SparseDecoder(load_tiny("tiny-gemma3", session_cache))
+
+
+@pytest.mark.slow
+def test_smollm2_sparse_path_matches_the_masked_path(embedded_cache):
+    from shadow_sweep.models.loading import load_model
+
+    loaded = load_model(compose_app().model, embedded_cache)
+    s = loaded.shape
+    policy = SparsityPolicy(SparsityConfig(level=0.5), s)
+    g = torch.Generator().manual_seed(0)
+    heads, neurons = policy.masks(torch.rand(1, s.num_layers, s.num_heads, generator=g),
+                                  torch.rand(1, s.num_layers, s.num_neurons, generator=g))
+    decoder = SparseDecoder(loaded)
+    run = Generator(decoder, MaskPredictor(_static(loaded, heads[0], neurons[0]), policy, decoder),
+                    "per_sequence").generate(_prompt(3, 16), STEPS)
+    with HeadNeuronMasks(loaded.model, loaded.adapter, s) as masks:
+        masks.set(heads, neurons)
+        expected = reference_logits(loaded, _prompt(3, 16), run.tokens)
+    for ours, theirs in zip(run.logits, expected):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=2e-3)  # logits up to ~40: relative 5e-5
