@@ -176,6 +176,21 @@ class EvalConfig:
 
 
 @dataclass
+class BenchConfig:
+    """Decode latency on the sparse path (batch 1), dense and sparse measured in the same run."""
+
+    prompt_length: int = 128
+    new_tokens: int = 128
+    repeats: int = 3
+    warmup: int = 1
+    threads: int = 2  # torch intra-op threads while timing
+    levels: list[float] = field(default_factory=lambda: [0.5])
+    predictors: list[str] = field(default_factory=lambda: ["shadowllm", "dejavu", "static"])
+    updates: list[str] = field(default_factory=lambda: ["per_sequence", "per_token"])
+    seed: int = 0
+
+
+@dataclass
 class PerplexityConfig:
     """WikiText-2 raw test, rolling windows as lm-eval's `wikitext` task defines them."""
 
@@ -206,6 +221,7 @@ class AppConfig:
     data_split: DataSplitConfig = field(default_factory=DataSplitConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     perplexity: PerplexityConfig = field(default_factory=PerplexityConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
     stages: StagesConfig = field(default_factory=StagesConfig)
 
 
@@ -236,6 +252,16 @@ def validate(cfg: AppConfig) -> None:
     for name in ("batch_size", "max_length"):
         _require(getattr(ev, name) >= 1, f"eval.{name}", getattr(ev, name), "an integer >= 1")
     _require(ev.num_fewshot >= 0, "eval.num_fewshot", ev.num_fewshot, "an integer >= 0")
+    bench = cfg.bench
+    for name in ("prompt_length", "new_tokens", "repeats", "threads"):
+        _require(getattr(bench, name) >= 1, f"bench.{name}", getattr(bench, name), "an integer >= 1")
+    _require(bench.new_tokens >= 2, "bench.new_tokens", bench.new_tokens, "an integer >= 2")
+    wrong = [u for u in bench.updates if u not in ("per_sequence", "per_token")]
+    _require(not wrong, "bench.updates", wrong, "per_sequence and/or per_token")
+    wrong = [p for p in bench.predictors if p not in ("shadowllm", "dejavu", "static")]
+    _require(not wrong, "bench.predictors", wrong, "shadowllm, dejavu and/or static")
+    for level in bench.levels:
+        _require(0.0 <= level < 1.0, "bench.levels", level, "numbers in [0, 1)")
     pred = cfg.predictor
     _require(0.0 < pred.validation_fraction < 1.0, "predictor.validation_fraction", pred.validation_fraction,
              "a number in (0, 1)")

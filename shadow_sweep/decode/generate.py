@@ -11,7 +11,7 @@ Layer 0 is always dense (it feeds ShadowLLM's predictor).
 """
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -29,11 +29,12 @@ UPDATES = ("per_sequence", "per_token", "dense")
 class DecodeRun:
     tokens: list[int]
     logits: list[torch.Tensor]  # [V] per generated token (the first from the prompt)
-    prefill_s: float = 0.0
+    prefill_s: float = 0.0  # the prompt pass (gives the first new token)
     decode_s: float = 0.0  # the new tokens after the first
-    predictor_s: float = 0.0
-    gather_s: float = 0.0
-    kept_heads: list[float] = field(default_factory=list)
+    predictor_s: float = 0.0  # inside decode_s
+    gather_s: float = 0.0  # inside decode_s
+    prefill_predictor_s: float = 0.0  # inside prefill_s
+    prefill_gather_s: float = 0.0  # inside prefill_s
 
 
 class MaskPredictor:
@@ -117,6 +118,7 @@ class Generator:
         began = time.perf_counter()
         logits = self._run(prompt, 0, weights, caches, run, predict=learned)
         run.prefill_s = time.perf_counter() - began
+        run.prefill_predictor_s, run.prefill_gather_s, run.predictor_s, run.gather_s = run.predictor_s, run.gather_s, 0, 0
         began = time.perf_counter()
         for step in range(new_tokens):
             token = int(logits.argmax())

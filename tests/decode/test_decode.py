@@ -106,3 +106,19 @@ def test_smollm2_sparse_path_matches_the_masked_path(embedded_cache):
         expected = reference_logits(loaded, _prompt(3, 16), run.tokens)
     for ours, theirs in zip(run.logits, expected):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=2e-3)  # logits up to ~40: relative 5e-5
+
+
+def test_benchmark_runs_end_to_end_on_a_tiny_model(session_cache):
+    from shadow_sweep.config import BenchConfig
+    from shadow_sweep.decode.benchmark import run_benchmark
+
+    loaded = load_tiny("tiny-llama", session_cache)
+    predictors = {kind.value: fit(synthetic_traces(loaded.shape, 16), PredictorConfig(name=kind, epochs=1), loaded.shape)
+                  for kind in (PredictorName.shadowllm, PredictorName.dejavu, PredictorName.static)}
+    policies = {0.5: SparsityPolicy(SparsityConfig(level=0.5), loaded.shape)}
+    cfg = BenchConfig(prompt_length=8, new_tokens=4, repeats=1, warmup=0, threads=1)
+    table = run_benchmark(loaded, predictors, policies, cfg)
+    assert list(table.path) == ["hf_generate", "ours"] + ["ours"] * 5
+    assert set(zip(table["predictor"], table["update"])) >= {("shadowllm", "per_token"), ("dejavu", "per_sequence"),
+                                                        ("static", "per_sequence"), ("dense", "dense")}
+    assert (table.ms_per_token > 0).all() and table.speedup_vs_dense.notna().all()

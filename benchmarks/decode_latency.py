@@ -1,0 +1,41 @@
+"""Batch-1 decode latency, dense vs sparse (skipped heads and neurons never computed), with
+the predictors fitted by the pipeline's own stages (cached). Any Hydra override works:
+
+    .venv/bin/python benchmarks/decode_latency.py bench.levels=[0.3,0.5,0.7] bench.repeats=3
+
+shadowllm and static use `criterion` (default plainact); dejavu uses l2_norm (DejaVu's).
+"""
+
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from shadow_sweep.cache import StageCache
+from shadow_sweep.config import validate
+from shadow_sweep.decode.benchmark import run_benchmark
+from shadow_sweep.models.loading import load_model
+from shadow_sweep.predictors.stage import predictor_for
+from shadow_sweep.sparsity.policy import SparsityPolicy
+from shadow_sweep.sweep.compose import compose_config
+from shadow_sweep.traces.stage import traces_for
+
+
+def main(overrides: list[str]) -> None:
+    cfg = compose_config(overrides)
+    validate(cfg)
+    cache = StageCache(Path(cfg.paths.cache_dir))
+    loaded = load_model(cfg.model, cache)
+    predictors = {}
+    for name in cfg.bench.predictors:
+        criterion = "l2_norm" if name == "dejavu" else cfg.criterion.name.value
+        stage_cfg = compose_config(overrides + [f"predictor={name}", f"criterion={criterion}"])
+        traces, _ = traces_for(stage_cfg, loaded, cache)
+        predictors[name] = predictor_for(stage_cfg, loaded, traces, cache)[0]
+    policies = {level: SparsityPolicy(type(cfg.sparsity)(**{**asdict(cfg.sparsity), "level": level}), loaded.shape)
+                for level in cfg.bench.levels}
+    table = run_benchmark(loaded, predictors, policies, cfg.bench)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,77 @@
+"""Decode latency table: HF generate and our dense path, then every (predictor, level,
+update) on the sparse path, all in one run; ratios are against our dense path of this run.
+
+ms/token counts the new tokens after the first (the first comes from the prompt pass,
+reported as prefill_ms); the predictor's and the gathers' times are inside ms/token and
+also reported alone (predictor_share = predictor time / decode time).
+"""
+
+import statistics
+import time
+
+import pandas as pd
+import torch
+
+from shadow_sweep.config import BenchConfig
+from shadow_sweep.decode.engine import SparseDecoder
+from shadow_sweep.decode.generate import Generator, MaskPredictor
+from shadow_sweep.models.loading import LoadedModel
+from shadow_sweep.predictors.fit import FittedPredictor
+from shadow_sweep.sparsity.policy import SparsityPolicy
+
+
+def _median(runs: list, field: str) -> float:
+    return statistics.median(getattr(r, field) for r in runs)
+
+
+def _hf_generate_ms_per_token(loaded: LoadedModel, prompt: torch.Tensor, cfg: BenchConfig) -> float:
+    """(time for new_tokens - time for 1 token) / (new_tokens - 1), greedy, HF's own cache."""
+    def timed(tokens: int) -> float:
+        ids = prompt[None]
+        began = time.perf_counter()
+        loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
+                              min_new_tokens=tokens, do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id)
+        return time.perf_counter() - began
+
+    for _ in range(cfg.warmup):
+        timed(2)
+    full = statistics.median(timed(cfg.new_tokens) for _ in range(cfg.repeats))
+    first = statistics.median(timed(1) for _ in range(cfg.repeats))
+    return 1000 * (full - first) / (cfg.new_tokens - 1)
+
+
+def run_benchmark(loaded: LoadedModel, predictors: dict[str, FittedPredictor], policies: dict[float, SparsityPolicy],
+                  cfg: BenchConfig) -> pd.DataFrame:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        decoder = SparseDecoder(loaded)
+        g = torch.Generator().manual_seed(cfg.seed)
+        prompt = torch.randint(3, loaded.model.config.vocab_size, (cfg.prompt_length,), generator=g)
+        rows = [{"path": "hf_generate", "predictor": "dense", "update": "dense", "sparsity": 0.0,
+                 "ms_per_token": _hf_generate_ms_per_token(loaded, prompt, cfg)}]
+        points = [("dense", "dense", 0.0)] + [(p, u, level) for p in cfg.predictors for level in cfg.levels
+                                              for u in (cfg.updates if p != "static" else ["per_sequence"])]
+        for predictor, update, level in points:
+            fitted = predictors.get(predictor)
+            masks = MaskPredictor(fitted, policies[level], decoder) if fitted is not None else None
+            generator = Generator(decoder, masks, update)
+            for _ in range(cfg.warmup):
+                generator.generate(prompt, 4)
+            runs = [generator.generate(prompt, cfg.new_tokens) for _ in range(cfg.repeats)]
+            steps = cfg.new_tokens - 1
+            decode_ms = 1000 * _median(runs, "decode_s") / steps
+            rows.append({"path": "ours", "predictor": predictor, "update": update, "sparsity": level,
+                         "ms_per_token": decode_ms, "prefill_ms": 1000 * _median(runs, "prefill_s"),
+                         "predictor_ms_per_token": 1000 * _median(runs, "predictor_s") / steps,
+                         "gather_ms_per_token": 1000 * _median(runs, "gather_s") / steps,
+                         "prefill_predictor_ms": 1000 * _median(runs, "prefill_predictor_s"),
+                         "prefill_gather_ms": 1000 * _median(runs, "prefill_gather_s"),
+                         "predictor_share": _median(runs, "predictor_s") / max(_median(runs, "decode_s"), 1e-12)})
+    finally:
+        torch.set_num_threads(threads)
+    table = pd.DataFrame(rows)
+    table["tokens_per_s"] = 1000.0 / table["ms_per_token"]
+    dense = table[(table.path == "ours") & (table.predictor == "dense")].ms_per_token.iloc[0]
+    table["speedup_vs_dense"] = dense / table["ms_per_token"]
+    return table
