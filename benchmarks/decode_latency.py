@@ -13,6 +13,7 @@ from pathlib import Path
 from shadow_sweep.cache import StageCache
 from shadow_sweep.config import validate
 from shadow_sweep.decode.benchmark import run_benchmark
+from shadow_sweep.decode.fused import build_dir, kernels
 from shadow_sweep.models.loading import load_model
 from shadow_sweep.predictors.stage import predictor_for
 from shadow_sweep.sparsity.policy import SparsityPolicy
@@ -33,7 +34,8 @@ def main(overrides: list[str]) -> None:
         predictors[name] = predictor_for(stage_cfg, loaded, traces, cache)[0]
     policies = {level: SparsityPolicy(type(cfg.sparsity)(**{**asdict(cfg.sparsity), "level": level}), loaded.shape)
                 for level in cfg.bench.levels}
-    table = run_benchmark(loaded, predictors, policies, cfg.bench)
+    compiled = kernels(build_dir(cfg.paths.cache_dir)) if cfg.bench.kernel == "fused" else None
+    table = run_benchmark(loaded, predictors, policies, cfg.bench, compiled)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
 
 

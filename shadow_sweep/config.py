@@ -187,6 +187,7 @@ class BenchConfig:
     levels: list[float] = field(default_factory=lambda: [0.5])
     predictors: list[str] = field(default_factory=lambda: ["shadowllm", "dejavu", "static"])
     updates: list[str] = field(default_factory=lambda: ["per_sequence", "per_token"])
+    kernel: str = "fused"  # per_token rows: fused (C++ gather-GEMV, no copy) or eager (index_select copies)
     seed: int = 0
 
 
@@ -258,6 +259,7 @@ def validate(cfg: AppConfig) -> None:
     _require(bench.new_tokens >= 2, "bench.new_tokens", bench.new_tokens, "an integer >= 2")
     wrong = [u for u in bench.updates if u not in ("per_sequence", "per_token")]
     _require(not wrong, "bench.updates", wrong, "per_sequence and/or per_token")
+    _require(bench.kernel in ("fused", "eager"), "bench.kernel", bench.kernel, "fused or eager")
     wrong = [p for p in bench.predictors if p not in ("shadowllm", "dejavu", "static")]
     _require(not wrong, "bench.predictors", wrong, "shadowllm, dejavu and/or static")
     for level in bench.levels:

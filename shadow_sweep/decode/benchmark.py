@@ -41,11 +41,12 @@ def _hf_generate_ms_per_token(loaded: LoadedModel, prompt: torch.Tensor, cfg: Be
 
 
 def run_benchmark(loaded: LoadedModel, predictors: dict[str, FittedPredictor], policies: dict[float, SparsityPolicy],
-                  cfg: BenchConfig) -> pd.DataFrame:
+                  cfg: BenchConfig, kernels=None) -> pd.DataFrame:
+    """`kernels`: the compiled fused module (decode.fused) for per_token rows, or None (eager)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        decoder = SparseDecoder(loaded)
+        decoder = SparseDecoder(loaded, kernels)
         g = torch.Generator().manual_seed(cfg.seed)
         prompt = torch.randint(3, loaded.model.config.vocab_size, (cfg.prompt_length,), generator=g)
         rows = [{"path": "hf_generate", "predictor": "dense", "update": "dense", "sparsity": 0.0,
@@ -62,6 +63,7 @@ def run_benchmark(loaded: LoadedModel, predictors: dict[str, FittedPredictor], p
             steps = cfg.new_tokens - 1
             decode_ms = 1000 * _median(runs, "decode_s") / steps
             rows.append({"path": "ours", "predictor": predictor, "update": update, "sparsity": level,
+                         "kernel": "fused" if kernels is not None and update == "per_token" else "torch",
                          "ms_per_token": decode_ms, "prefill_ms": 1000 * _median(runs, "prefill_s"),
                          "predictor_ms_per_token": 1000 * _median(runs, "predictor_s") / steps,
                          "gather_ms_per_token": 1000 * _median(runs, "gather_s") / steps,

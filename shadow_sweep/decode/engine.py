@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from shadow_sweep.decode.families import DECODE_FAMILIES, LlamaFamily, OPTFamily
-from shadow_sweep.decode.weights import LayerWeights, linear, linear_transposed
+from shadow_sweep.decode.weights import IndexedLayer, LayerWeights, linear, linear_transposed
 from shadow_sweep.models.loading import LoadedModel
 
 
@@ -45,7 +45,9 @@ class LayerCache:
 
 
 class SparseDecoder:
-    def __init__(self, loaded: LoadedModel):
+    def __init__(self, loaded: LoadedModel, kernels=None):
+        """`kernels`: the compiled fused gather-GEMV module (decode.fused), for IndexedLayer."""
+        self.kernels = kernels
         family = loaded.adapter.family
         if family not in DECODE_FAMILIES:
             raise ValueError(f"the sparse decode path supports the families {DECODE_FAMILIES}, not {family!r}")
@@ -56,6 +58,11 @@ class SparseDecoder:
         for w in self.dense:
             w.query_heads = torch.arange(self.shape.num_heads)
             w.kv_of_query = w.query_heads // self.shape.queries_per_kv
+
+    def indexed(self, layer: int, heads: torch.Tensor, neurons: torch.Tensor) -> IndexedLayer:
+        """Row indices for boolean keep masks, read in place by the fused kernels (no copy)."""
+        return IndexedLayer.of(self.dense[layer], self.shape.head_dim, heads.nonzero().squeeze(1),
+                               neurons.nonzero().squeeze(1))
 
     def sliced(self, layer: int, heads: torch.Tensor, neurons: torch.Tensor) -> LayerWeights:
         """Layer weights for boolean keep masks heads [H] and neurons [I]."""
@@ -71,6 +78,8 @@ class SparseDecoder:
               kv: Optional[LayerWeights] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x [T, D] -> (x [T, D], head context [T, |Q| d]). `kv` (the dense weights) supplies
         K/V for every group when masks change per token; else K/V of `w`'s kept groups only."""
+        if isinstance(w, IndexedLayer):
+            return self._indexed_layer(index, x, positions, w, cache)
         layer, d, f = self.layers[index], self.shape.head_dim, self.family
         tokens = x.shape[0]
         h = f.attention_input(layer, x)
@@ -89,6 +98,30 @@ class SparseDecoder:
         gate = linear(h, w.gate, None) if w.gate is not None else None
         x = x + linear_transposed(f.activation(layer, gate, linear(h, w.up, w.up_bias)), w.down, w.down_bias)
         return x, context
+
+    def _indexed_layer(self, index: int, x: torch.Tensor, positions: torch.Tensor, w: IndexedLayer,
+                       cache: LayerCache) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token through the fused kernels: q, o, up, gate, down read only the kept rows
+        in place; k and v stay dense (every group is cached under per-token masks)."""
+        if x.shape[0] != 1:
+            raise ValueError("the fused kernels decode one token at a time")
+        kernels, layer, d, f, full = self.kernels, self.layers[index], self.shape.head_dim, self.family, w.dense
+        h = f.attention_input(layer, x)
+        add = lambda y, b, rows=None: y if b is None else y + (b if rows is None else b[rows])  # noqa: E731
+        q = add(kernels.gather_gemv(full.q, w.q_rows, h[0]), full.q_bias, w.q_rows).view(1, -1, 1, d)
+        k = linear(h, full.k, full.k_bias).view(1, -1, d).transpose(0, 1)[None]
+        v = linear(h, full.v, full.v_bias).view(1, -1, d)
+        q, k = f.position_queries_keys(q, k, positions, h[None])
+        keys, values = cache.append(k[0].transpose(0, 1), v)
+        groups = w.query_heads // self.shape.queries_per_kv
+        keys, values = keys[:, groups].transpose(0, 1)[None], values[:, groups].transpose(0, 1)[None]
+        context = F.scaled_dot_product_attention(q, keys, values, scale=f.scale)[0].transpose(0, 1).reshape(1, -1)
+        x = x + add(kernels.gather_transposed_gemv(full.o, w.q_rows, context[0]), full.o_bias)
+        h = f.mlp_input(layer, x)[0]
+        up = add(kernels.gather_gemv(full.up, w.neuron_rows, h), full.up_bias, w.neuron_rows)
+        gate = kernels.gather_gemv(full.gate, w.neuron_rows, h) if full.gate is not None else None
+        hidden = f.activation(layer, gate, up)
+        return x + add(kernels.gather_transposed_gemv(full.down, w.neuron_rows, hidden), full.down_bias), context
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, start: int, weights: list[LayerWeights], caches: list[LayerCache],

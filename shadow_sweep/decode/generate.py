@@ -4,8 +4,9 @@ Mask update policies (`bench.update`):
 - per_sequence: masks predicted once from the prompt (ShadowLLM after layer 0 at the last
   prompt token; DejaVu at each layer's input at the last prompt token; static: fixed), the
   kept rows gathered once (`gather_s`), then prompt and new tokens run on the sliced weights;
-- per_token: masks re-predicted for every new token and the kept rows gathered again
-  (eager `index_select`: copies the kept rows every token), K/V kept dense for every group;
+- per_token: masks re-predicted for every new token, K/V kept dense for every group; the
+  kept rows are read in place by the fused gather-GEMV kernels when the decoder has them
+  (`IndexedLayer`), else gathered again every token (eager `index_select`, a copy);
 - dense: no masks, all weights (our dense path).
 Layer 0 is always dense (it feeds ShadowLLM's predictor).
 """
@@ -78,6 +79,12 @@ class Generator:
         return [self.decoder.dense[0]] + [self.decoder.sliced(l, heads[l], neurons[l])
                                           for l in range(1, self.decoder.shape.num_layers)]
 
+    def _select(self, layer: int, heads: torch.Tensor, neurons: torch.Tensor, single: bool):
+        """Fused row indices for one-token steps when kernels exist, else a gathered copy."""
+        if single and self.decoder.kernels is not None and self.update == "per_token":
+            return self.decoder.indexed(layer, heads, neurons)
+        return self.decoder.sliced(layer, heads, neurons)
+
     def _run(self, ids: torch.Tensor, start: int, weights: list, caches: list, run: DecodeRun, predict: bool
              ) -> torch.Tensor:
         """One forward over ids at positions start..; predicts and gathers when `predict`."""
@@ -91,7 +98,7 @@ class Generator:
                 masks = self.predictor.one_layer(layer, x[-1])
                 run.predictor_s += time.perf_counter() - began
                 began = time.perf_counter()
-                weights[layer] = d.sliced(layer, *masks)
+                weights[layer] = self._select(layer, *masks, single=ids.shape[0] == 1)
                 run.gather_s += time.perf_counter() - began
             if caches[layer] is None:
                 source = d.dense[layer] if dense_kv else weights[layer]
@@ -103,7 +110,8 @@ class Generator:
                 heads, neurons = self.predictor.all_layers(context[-1])
                 run.predictor_s += time.perf_counter() - began
                 began = time.perf_counter()
-                weights[1:] = self._slice_all(heads, neurons)[1:]
+                single = ids.shape[0] == 1
+                weights[1:] = [self._select(l, heads[l], neurons[l], single) for l in range(1, d.shape.num_layers)]
                 run.gather_s += time.perf_counter() - began
         return d.family.logits(x[-1:])[0]
 

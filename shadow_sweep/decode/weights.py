@@ -48,6 +48,24 @@ class LayerWeights:
             query_heads=keep_heads, kv_of_query=torch.searchsorted(groups, keep_heads // queries_per_kv))
 
 
+@dataclass
+class IndexedLayer:
+    """A layer's dense weights plus the rows to read: the fused kernels compute only those
+    rows without copying them (per-token masks); q_rows index q and o, neuron_rows up, gate
+    and down."""
+
+    dense: LayerWeights
+    q_rows: torch.Tensor
+    neuron_rows: torch.Tensor
+    query_heads: torch.Tensor
+
+    @classmethod
+    def of(cls, dense: LayerWeights, head_dim: int, keep_heads: torch.Tensor, keep_neurons: torch.Tensor
+           ) -> "IndexedLayer":
+        q_rows = (keep_heads[:, None] * head_dim + torch.arange(head_dim)).flatten()
+        return cls(dense, q_rows, keep_neurons, keep_heads)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     """x @ weight^T + bias for weights stored as rows (q, k, v, up, gate)."""
     return torch.nn.functional.linear(x, weight, bias)

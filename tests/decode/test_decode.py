@@ -122,3 +122,25 @@ def test_benchmark_runs_end_to_end_on_a_tiny_model(session_cache):
     assert set(zip(table["predictor"], table["update"])) >= {("shadowllm", "per_token"), ("dejavu", "per_sequence"),
                                                         ("static", "per_sequence"), ("dense", "dense")}
     assert (table.ms_per_token > 0).all() and table.speedup_vs_dense.notna().all()
+
+
+def test_fused_kernels_match_the_eager_gather(session_cache, embedded_cache):
+    from shadow_sweep.decode.fused import build_dir, kernels
+
+    compiled = kernels(build_dir(embedded_cache.root))  # compiled once per machine
+    g = torch.Generator().manual_seed(0)
+    weight, x = torch.randn(40, 24, generator=g), torch.randn(24, generator=g)
+    rows = torch.tensor([0, 3, 4, 17, 39])
+    torch.testing.assert_close(compiled.gather_gemv(weight, rows, x), weight[rows] @ x)
+    a = torch.randn(5, generator=g)
+    torch.testing.assert_close(compiled.gather_transposed_gemv(weight, rows, a), a @ weight[rows])
+    loaded = load_tiny("tiny-llama", session_cache)
+    fitted = fit(synthetic_traces(loaded.shape, 32), PredictorConfig(name=PredictorName.shadowllm, epochs=2),
+                 loaded.shape)
+    policy = SparsityPolicy(SparsityConfig(level=0.5), loaded.shape)
+    runs = []
+    for decoder in (SparseDecoder(loaded), SparseDecoder(loaded, compiled)):
+        runs.append(Generator(decoder, MaskPredictor(fitted, policy, decoder), "per_token").generate(_prompt(4), 16))
+    assert runs[0].tokens == runs[1].tokens
+    for eager, fused in zip(runs[0].logits, runs[1].logits):
+        torch.testing.assert_close(fused, eager, **TOLERANCE)
