@@ -5,6 +5,7 @@
 // between torch's intra-op threads; the transposed form sums per-thread partial outputs.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <algorithm>
 #include <vector>
 
 torch::Tensor gather_gemv(torch::Tensor weight, torch::Tensor rows, torch::Tensor x) {
@@ -17,13 +18,24 @@ torch::Tensor gather_gemv(torch::Tensor weight, torch::Tensor rows, torch::Tenso
   const float* xp = xc.data_ptr<float>();
   const int64_t* ip = idx.data_ptr<int64_t>();
   float* op = out.data_ptr<float>();
-  at::parallel_for(0, k, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t j = begin; j < end; ++j) {
-      const float* row = w + ip[j] * d;
-      float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t c = 0; c < d; ++c) acc += row[c] * xp[c];
-      op[j] = acc;
+  // four kept rows per pass share each load of x; 8-wide partial sums vectorise without -ffast-math
+  at::parallel_for(0, (k + 3) / 4, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t j0 = block * 4, n = std::min<int64_t>(4, k - j0);
+      const float* r[4];
+      for (int64_t i = 0; i < 4; ++i) r[i] = w + ip[j0 + std::min<int64_t>(i, n - 1)] * d;
+      float acc[4][8] = {};
+      int64_t c = 0;
+      for (; c + 8 <= d; c += 8)
+        for (int64_t i = 0; i < 4; ++i)
+#pragma omp simd
+          for (int64_t l = 0; l < 8; ++l) acc[i][l] += r[i][c + l] * xp[c + l];
+      for (int64_t i = 0; i < n; ++i) {
+        float sum = 0.f;
+        for (int64_t l = 0; l < 8; ++l) sum += acc[i][l];
+        for (int64_t t = c; t < d; ++t) sum += r[i][t] * xp[t];
+        op[j0 + i] = sum;
+      }
     }
   });
   return out;
