@@ -14,7 +14,8 @@ import torch
 
 from shadow_sweep.config import BenchConfig
 from shadow_sweep.decode.engine import SparseDecoder
-from shadow_sweep.decode.generate import Generator, MaskPredictor
+from shadow_sweep.decode.generate import Generator
+from shadow_sweep.predictors.inference import MaskPredictor
 from shadow_sweep.models.loading import LoadedModel
 from shadow_sweep.predictors.fit import FittedPredictor
 from shadow_sweep.sparsity.policy import SparsityPolicy
@@ -55,7 +56,7 @@ def run_benchmark(loaded: LoadedModel, predictors: dict[str, FittedPredictor], p
                                               for u in (cfg.updates if p != "static" else ["per_sequence"])]
         for predictor, update, level in points:
             fitted = predictors.get(predictor)
-            masks = MaskPredictor(fitted, policies[level], decoder) if fitted is not None else None
+            masks = MaskPredictor(fitted, policies[level]) if fitted is not None else None
             generator = Generator(decoder, masks, update)
             for _ in range(cfg.warmup):
                 generator.generate(prompt, 4)

@@ -19,9 +19,7 @@ import torch
 from shadow_sweep.config import PredictorName
 from shadow_sweep.decode.engine import SparseDecoder
 from shadow_sweep.decode.weights import LayerWeights
-from shadow_sweep.predictors.fit import FittedPredictor, split_outputs
-from shadow_sweep.predictors.targets import normalise_inputs
-from shadow_sweep.sparsity.policy import SparsityPolicy
+from shadow_sweep.predictors.inference import MaskPredictor
 
 UPDATES = ("per_sequence", "per_token", "dense")
 
@@ -36,32 +34,6 @@ class DecodeRun:
     gather_s: float = 0.0  # inside decode_s
     prefill_predictor_s: float = 0.0  # inside prefill_s
     prefill_gather_s: float = 0.0  # inside prefill_s
-
-
-class MaskPredictor:
-    """The fitted predictor, as the decode loop calls it (batch 1, float32)."""
-
-    def __init__(self, fitted: FittedPredictor, policy: SparsityPolicy, decoder: SparseDecoder):
-        self.fitted, self.policy, self.shape = fitted, policy, decoder.shape
-        self.budgets = None
-        if fitted.kind == PredictorName.dejavu and policy.cfg.ranking.value == "global":
-            self.budgets = policy.budgets_from(fitted.mean_head_scores, fitted.mean_neuron_scores)
-        self.static = policy.masks(fitted.mean_head_scores[None], fitted.mean_neuron_scores[None])
-
-    def all_layers(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """ShadowLLM: layer-0 head context at one token [H*d] -> keep masks [L, H], [L, I]."""
-        out = self.fitted.net(normalise_inputs(context.float())[None, None])
-        heads, neurons = split_outputs(PredictorName.shadowllm, out, self.shape)
-        pad = lambda t: torch.cat([t.new_zeros(1, 1, t.shape[2]), t], 1)  # noqa: E731
-        heads, neurons = self.policy.masks(pad(heads), pad(neurons))
-        return heads[0].bool(), neurons[0].bool()
-
-    def one_layer(self, layer: int, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """DejaVu: layer input at one token [D] -> keep masks [H], [I] of that layer."""
-        out = self.fitted.net(normalise_inputs(hidden.float())[None, None], group=slice(layer - 1, layer))[0, 0]
-        heads, neurons = self.policy.layer_masks(layer, out[None, :self.shape.num_heads],
-                                                 out[None, self.shape.num_heads:], self.budgets)
-        return heads[0].bool(), neurons[0].bool()
 
 
 class Generator:
@@ -95,7 +67,7 @@ class Generator:
         for layer in range(d.shape.num_layers):
             if predict and self.kind == PredictorName.dejavu and layer > 0:
                 began = time.perf_counter()
-                masks = self.predictor.one_layer(layer, x[-1])
+                masks = (m[0].bool() for m in self.predictor.one_layer(layer, x[-1:]))
                 run.predictor_s += time.perf_counter() - began
                 began = time.perf_counter()
                 weights[layer] = self._select(layer, *masks, single=ids.shape[0] == 1)
@@ -107,7 +79,7 @@ class Generator:
                                  d.dense[layer] if dense_kv else None)
             if predict and self.kind == PredictorName.shadowllm and layer == 0:
                 began = time.perf_counter()
-                heads, neurons = self.predictor.all_layers(context[-1])
+                heads, neurons = (m[0].bool() for m in self.predictor.all_layers(context[-1:]))
                 run.predictor_s += time.perf_counter() - began
                 began = time.perf_counter()
                 single = ids.shape[0] == 1

@@ -23,8 +23,8 @@ from shadow_sweep.criteria.registry import Criterion
 from shadow_sweep.data.calibration import CalibrationExample, EncodedExample
 from shadow_sweep.models.loading import LoadedModel
 from shadow_sweep.models.masks import HeadNeuronMasks
-from shadow_sweep.predictors.fit import FittedPredictor, split_outputs
-from shadow_sweep.predictors.targets import normalise_inputs
+from shadow_sweep.predictors.fit import FittedPredictor
+from shadow_sweep.predictors.inference import MaskPredictor
 from shadow_sweep.sparsity.policy import SparsityPolicy
 from shadow_sweep.traces.collect import score_batch
 
@@ -47,16 +47,11 @@ class ContextualMasks:
         if fitted.kind == PredictorName.oracle and oracle is None:
             raise ValueError("the oracle predictor needs the criterion")
         self.loaded, self.fitted, self.policy, self.oracle = loaded, fitted, policy, oracle
+        self.predictor = MaskPredictor(fitted, policy)
         self.masks = HeadNeuronMasks(loaded.model, loaded.adapter, loaded.shape)
         self.generator = torch.Generator().manual_seed(seed)
         self.network_calls = 0
         self.last: Optional[torch.Tensor] = None
-        self.budgets = None
-        if fitted.kind == PredictorName.dejavu and policy.cfg.ranking.value == "global":
-            self.budgets = policy.budgets_from(fitted.mean_head_scores, fitted.mean_neuron_scores)
-        self.static = None
-        if fitted.kind == PredictorName.static:
-            self.static = policy.masks(fitted.mean_head_scores[None], fitted.mean_neuron_scores[None])
         self._handles = []
         self._busy = False
         self._positions: Optional[torch.Tensor] = None
@@ -95,7 +90,7 @@ class ContextualMasks:
         self.masks.clear()
         kind = self.fitted.kind
         if kind == PredictorName.static:
-            self.masks.set(*self.static)
+            self.masks.set(*self.predictor.static)
         elif kind == PredictorName.random:
             s = self.loaded.shape
             self.masks.set(*self.policy.masks(torch.rand(batch, s.num_layers, s.num_heads, generator=self.generator),
@@ -104,24 +99,18 @@ class ContextualMasks:
             self._oracle(ids, kwargs.get("attention_mask"))
 
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, T, F] at each row's last real token -> [B, F] (normalised, float32)."""
-        return normalise_inputs(x[torch.arange(x.shape[0], device=x.device), self.last].float())
+        """x [B, T, F] at each row's last real token -> [B, F]."""
+        return x[torch.arange(x.shape[0], device=x.device), self.last]
 
     def _shadowllm(self, _module, args) -> None:
-        x = self._rows(args[0])
         self.network_calls += 1
-        heads, neurons = split_outputs(PredictorName.shadowllm, self.fitted.net(x[:, None]), self.loaded.shape)
-        pad = lambda t: torch.cat([t.new_zeros(t.shape[0], 1, t.shape[2]), t], 1)  # noqa: E731  layer 0: dense
-        self.masks.set(*self.policy.masks(pad(heads), pad(neurons)))
+        self.masks.set(*self.predictor.all_layers(self._rows(args[0])))
 
     def _dejavu(self, layer: int):
         def hook(_module, args, kwargs) -> None:
             x = self._rows(args[0] if args else kwargs["hidden_states"])
             self.network_calls += 1
-            out = self.fitted.net(x[:, None], group=slice(layer - 1, layer))[:, 0]
-            heads, neurons = out[:, :self.loaded.shape.num_heads], out[:, self.loaded.shape.num_heads:]
-            masks = self.policy.layer_masks(layer, heads, neurons, self.budgets)
-            self.masks.set_layer(layer, x.shape[0], *masks)
+            self.masks.set_layer(layer, x.shape[0], *self.predictor.one_layer(layer, x))
 
         return hook
 

@@ -5,7 +5,8 @@ import torch
 
 from shadow_sweep.config import PredictorConfig, PredictorName, Ranking, SparsityConfig
 from shadow_sweep.decode.engine import SparseDecoder
-from shadow_sweep.decode.generate import Generator, MaskPredictor
+from shadow_sweep.decode.generate import Generator
+from shadow_sweep.predictors.inference import MaskPredictor
 from shadow_sweep.models.masks import HeadNeuronMasks
 from shadow_sweep.predictors.fit import fit
 from shadow_sweep.predictors.runtime import ContextualMasks
@@ -47,8 +48,8 @@ def test_fixed_masks_match_the_masked_path_over_32_tokens(name, session_cache):
     policy = SparsityPolicy(SparsityConfig(level=0.5, ranking=Ranking["per_layer"]), s)
     scores = torch.rand(1, s.num_layers, s.num_heads), torch.rand(1, s.num_layers, s.num_neurons)
     heads, neurons = policy.masks(*scores)
-    generator = Generator(SparseDecoder(loaded), MaskPredictor(_static(loaded, heads[0], neurons[0]), policy,
-                                                               SparseDecoder(loaded)), "per_sequence")
+    generator = Generator(SparseDecoder(loaded), MaskPredictor(_static(loaded, heads[0], neurons[0]), policy),
+                          "per_sequence")
     run = generator.generate(_prompt(), STEPS)
     with HeadNeuronMasks(loaded.model, loaded.adapter, s) as masks:
         masks.set(heads, neurons)
@@ -64,7 +65,7 @@ def test_per_token_prediction_matches_masks_predicted_in_every_forward(kind, ses
     fitted = fit(synthetic_traces(loaded.shape, 64), PredictorConfig(name=kind, epochs=3), loaded.shape)
     policy = SparsityPolicy(SparsityConfig(level=0.5), loaded.shape)
     decoder = SparseDecoder(loaded)
-    run = Generator(decoder, MaskPredictor(fitted, policy, decoder), "per_token").generate(_prompt(1), STEPS)
+    run = Generator(decoder, MaskPredictor(fitted, policy), "per_token").generate(_prompt(1), STEPS)
     with ContextualMasks(loaded, fitted, policy):
         expected = reference_logits(loaded, _prompt(1), run.tokens)
     for ours, theirs in zip(run.logits, expected):
@@ -78,7 +79,7 @@ def test_sparsity_zero_equals_dense(update, session_cache):
                  loaded.shape)
     decoder = SparseDecoder(loaded)
     policy = SparsityPolicy(SparsityConfig(level=0.0), loaded.shape)
-    run = Generator(decoder, MaskPredictor(fitted, policy, decoder), update).generate(_prompt(2), STEPS)
+    run = Generator(decoder, MaskPredictor(fitted, policy), update).generate(_prompt(2), STEPS)
     for ours, theirs in zip(run.logits, reference_logits(loaded, _prompt(2), run.tokens)):
         torch.testing.assert_close(ours, theirs, **TOLERANCE)
 
@@ -99,7 +100,7 @@ def test_smollm2_sparse_path_matches_the_masked_path(embedded_cache):
     heads, neurons = policy.masks(torch.rand(1, s.num_layers, s.num_heads, generator=g),
                                   torch.rand(1, s.num_layers, s.num_neurons, generator=g))
     decoder = SparseDecoder(loaded)
-    run = Generator(decoder, MaskPredictor(_static(loaded, heads[0], neurons[0]), policy, decoder),
+    run = Generator(decoder, MaskPredictor(_static(loaded, heads[0], neurons[0]), policy),
                     "per_sequence").generate(_prompt(3, 16), STEPS)
     with HeadNeuronMasks(loaded.model, loaded.adapter, s) as masks:
         masks.set(heads, neurons)
@@ -140,7 +141,7 @@ def test_fused_kernels_match_the_eager_gather(session_cache, embedded_cache):
     policy = SparsityPolicy(SparsityConfig(level=0.5), loaded.shape)
     runs = []
     for decoder in (SparseDecoder(loaded), SparseDecoder(loaded, compiled)):
-        runs.append(Generator(decoder, MaskPredictor(fitted, policy, decoder), "per_token").generate(_prompt(4), 16))
+        runs.append(Generator(decoder, MaskPredictor(fitted, policy), "per_token").generate(_prompt(4), 16))
     assert runs[0].tokens == runs[1].tokens
     for eager, fused in zip(runs[0].logits, runs[1].logits):
         torch.testing.assert_close(fused, eager, **TOLERANCE)
