@@ -209,6 +209,7 @@ class StagesConfig:
     fit: bool = True
     accuracy: bool = True
     perplexity: bool = True
+    bench: bool = False  # decode latency of the job's predictor at its levels (decode/benchmark.py)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """`shadow-sweep`: the Hydra app.
 
-A job runs load -> trace -> fit -> evaluate: it loads the model, collects the configured
+A job runs load -> trace -> fit -> evaluate (-> bench, with stages.bench=true): it loads the model, collects the configured
 criterion's traces on the calibration examples, fits the configured predictor on them
 (both cached), reports the predictor's quality and cost, and measures task accuracy
 (lm-eval) and WikiText-2 perplexity on the evaluation parts, dense and with the
@@ -24,6 +24,8 @@ from shadow_sweep.config import AppConfig, PredictorName, register_configs, vali
 from shadow_sweep.criteria.registry import get_criterion
 from shadow_sweep.data.tasks import EVALUATION, SplitRule
 from shadow_sweep.data.wikitext import load_wikitext
+from shadow_sweep.decode.benchmark import run_benchmark
+from shadow_sweep.decode.fused import build_dir, kernels
 from shadow_sweep.evaluation.harness import build_tasks, check_tasks, task_accuracy
 from shadow_sweep.evaluation.lm import SparseLM
 from shadow_sweep.evaluation.perplexity import wikitext_perplexity
@@ -86,7 +88,7 @@ def evaluation_rows(cfg: AppConfig, loaded: LoadedModel, fitted: FittedPredictor
     rows = []
     for predictor, level in points:
         started = time.perf_counter()
-        row = {"model": cfg.model.name, "criterion": cfg.criterion.name.value, "predictor": predictor.kind.value,
+        row = {"stage": "evaluate", "model": cfg.model.name, "criterion": cfg.criterion.name.value, "predictor": predictor.kind.value,
                "sparsity": level, "ranking": cfg.sparsity.ranking.value}
         runtime = ContextualMasks(loaded, predictor, policy_at(cfg, level, loaded), seed=cfg.predictor.seed,
                                   oracle=oracle)
@@ -107,6 +109,21 @@ def evaluation_rows(cfg: AppConfig, loaded: LoadedModel, fitted: FittedPredictor
         row.update(eval_seconds=time.perf_counter() - started, peak_memory_mib=peak_memory_mib())
         rows.append(row)
     return rows
+
+
+def bench_rows(cfg: AppConfig, loaded: LoadedModel, fitted: FittedPredictor) -> list[dict]:
+    """Decode latency on the sparse path: HF generate and our dense path, then the job's
+    predictor at the job's levels under each `bench.updates` policy."""
+    learned = fitted.kind.value in ("shadowllm", "dejavu", "static")
+    bench = type(cfg.bench)(**{**asdict(cfg.bench), "levels": levels(cfg),
+                               "predictors": [fitted.kind.value] if learned else []})
+    compiled = kernels(build_dir(cfg.paths.cache_dir)) if bench.kernel == "fused" else None
+    policies = {level: policy_at(cfg, level, loaded) for level in bench.levels}
+    table = run_benchmark(loaded, {fitted.kind.value: fitted} if learned else {}, policies, bench, compiled)
+    table.insert(0, "stage", "bench")
+    table.insert(1, "model", cfg.model.name)
+    table.insert(2, "criterion", cfg.criterion.name.value)
+    return table.to_dict("records")
 
 
 def run_job(cfg: AppConfig, output_dir: Path) -> pd.DataFrame:
@@ -134,6 +151,8 @@ def run_job(cfg: AppConfig, output_dir: Path) -> pd.DataFrame:
                 f"{k} {report[k]:.3g}" for k in report if k.endswith("_mean") or k.endswith("_percent_of_model")))
     evaluate = cfg.stages.accuracy or cfg.stages.perplexity
     rows = evaluation_rows(cfg, loaded, fitted, documents, cache) if evaluate else []
+    if cfg.stages.bench:
+        rows += bench_rows(cfg, loaded, fitted)
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     with open(output_dir / "results.jsonl", "a") as sink:
         for row in rows:
