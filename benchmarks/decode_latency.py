@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from shadow_sweep.cache import StageCache
-from shadow_sweep.config import validate
+from shadow_sweep.validation import validate
 from shadow_sweep.decode.benchmark import run_benchmark
 from shadow_sweep.decode.fused import build_dir, kernels
 from shadow_sweep.models.loading import load_model

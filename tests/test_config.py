@@ -7,7 +7,8 @@ import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf.errors import ValidationError
 
-from shadow_sweep.config import ConfigError, ModelSource, validate
+from shadow_sweep.config import ConfigError, ModelSource
+from shadow_sweep.validation import validate
 from shadow_sweep.sweep.compose import CONF_DIR
 from tests.conftest import compose_app
 

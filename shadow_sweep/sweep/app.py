@@ -20,7 +20,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from shadow_sweep.cache import StageCache
-from shadow_sweep.config import AppConfig, PredictorName, register_configs, validate
+from shadow_sweep.config import AppConfig, PredictorName, register_configs
+from shadow_sweep.validation import validate
 from shadow_sweep.criteria.registry import get_criterion
 from shadow_sweep.data.tasks import EVALUATION, SplitRule
 from shadow_sweep.data.wikitext import load_wikitext

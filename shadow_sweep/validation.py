@@ -1,0 +1,77 @@
+"""Range and consistency checks that types cannot express, run right after composition and
+before anything expensive: every message names the field and what it allows."""
+
+from typing import Any
+
+from shadow_sweep.config import AppConfig, ConfigError, ModelSource, PredictorName
+from shadow_sweep.data.converters import TASK_FILES as OFFLINE_TASKS
+
+
+def _require(ok: bool, field_name: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{field_name}={value!r} is not allowed: expected {allowed}")
+
+
+def validate(cfg: AppConfig) -> None:
+    """Every check; a failure raises ConfigError naming the field and the allowed values."""
+    for level in cfg.sparsity.levels or [cfg.sparsity.level]:
+        _require(0.0 <= level < 1.0, "sparsity.level(s)", level, "numbers in [0, 1)")
+    for name in ("head_level", "neuron_level"):
+        value = getattr(cfg.sparsity, name)
+        _require(value is None or 0.0 <= value < 1.0, f"sparsity.{name}", value, "null or a number in [0, 1)")
+    ev = cfg.eval
+    _require(ev.predict_from in ("input", "context"), "eval.predict_from", ev.predict_from, "input or context")
+    _require(ev.limit is None or ev.limit >= 1, "eval.limit", ev.limit, "null or an integer >= 1")
+    for name in ("batch_size", "max_length"):
+        _require(getattr(ev, name) >= 1, f"eval.{name}", getattr(ev, name), "an integer >= 1")
+    _require(ev.num_fewshot >= 0, "eval.num_fewshot", ev.num_fewshot, "an integer >= 0")
+    bench = cfg.bench
+    for name in ("prompt_length", "new_tokens", "repeats", "threads"):
+        _require(getattr(bench, name) >= 1, f"bench.{name}", getattr(bench, name), "an integer >= 1")
+    _require(bench.new_tokens >= 2, "bench.new_tokens", bench.new_tokens, "an integer >= 2")
+    wrong = [u for u in bench.updates if u not in ("per_sequence", "per_token")]
+    _require(not wrong, "bench.updates", wrong, "per_sequence and/or per_token")
+    _require(bench.kernel in ("fused", "eager"), "bench.kernel", bench.kernel, "fused or eager")
+    wrong = [p for p in bench.predictors if p not in ("shadowllm", "dejavu", "static")]
+    _require(not wrong, "bench.predictors", wrong, "shadowllm, dejavu and/or static")
+    for level in bench.levels:
+        _require(0.0 <= level < 1.0, "bench.levels", level, "numbers in [0, 1)")
+    pred = cfg.predictor
+    _require(0.0 < pred.validation_fraction < 1.0, "predictor.validation_fraction", pred.validation_fraction,
+             "a number in (0, 1)")
+    for name in ("epochs", "batch_size", "depth"):
+        _require(getattr(pred, name) >= 1, f"predictor.{name}", getattr(pred, name), "an integer >= 1")
+    _require(pred.width is None or pred.width >= 1, "predictor.width", pred.width, "null (the rule) or >= 1")
+    _require(pred.bottleneck is None or pred.bottleneck >= 0, "predictor.bottleneck", pred.bottleneck,
+             "null (width // 4), 0 (none) or >= 1")
+    if pred.name in (PredictorName.shadowllm, PredictorName.dejavu):
+        _require(cfg.sparsity.keep_first_layer_dense, "sparsity.keep_first_layer_dense", False,
+                 f"true with predictor={pred.name.value} (it predicts layers 1..L-1)")
+    ppl = cfg.perplexity
+    _require(ppl.window >= 2, "perplexity.window", ppl.window, "an integer >= 2")
+    _require(ppl.stride is None or 1 <= ppl.stride <= ppl.window, "perplexity.stride", ppl.stride, f"null or an integer in [1, window={ppl.window}]")
+    _require(ppl.batch_size >= 1, "perplexity.batch_size", ppl.batch_size, "an integer >= 1")
+    _require(ppl.max_documents is None or ppl.max_documents >= 1, "perplexity.max_documents", ppl.max_documents,
+             "null (all 62 articles) or an integer >= 1")
+    cal = cfg.calibration
+    unknown = [t for t in cal.tasks if t not in OFFLINE_TASKS]
+    _require(not unknown, "calibration.tasks", unknown, f"tasks among {sorted(OFFLINE_TASKS)}")
+    _require(bool(cal.tasks) or cal.plain_text_examples > 0, "calibration.tasks", cal.tasks,
+             "at least one task, or calibration.plain_text_examples > 0")
+    for name in ("examples_per_task", "max_length", "batch_size"):
+        _require(getattr(cal, name) >= 1, f"calibration.{name}", getattr(cal, name), "an integer >= 1")
+    _require(cal.shots >= 0 and cal.plain_text_examples >= 0, "calibration.shots/plain_text_examples",
+             (cal.shots, cal.plain_text_examples), "integers >= 0")
+    _require(0.0 <= cfg.data_split.calibration_fraction < 1.0, "data_split.calibration_fraction",
+             cfg.data_split.calibration_fraction, "a number in [0, 1)")
+    crit = cfg.criterion
+    _require(crit.epsilon > 0, "criterion.epsilon", crit.epsilon, "a number > 0")
+    _require(crit.min_class_size >= 2, "criterion.min_class_size", crit.min_class_size, "an integer >= 2")
+    _require(crit.neuron_block is None or crit.neuron_block >= 3, "criterion.neuron_block", crit.neuron_block,
+             "null (the model's head dim) or an integer >= 3 dividing the FFN width")
+    model = cfg.model
+    if model.source == ModelSource.gguf_package:
+        _require(bool(model.gguf_package and model.gguf_file), "model.gguf_package/gguf_file",
+                 (model.gguf_package, model.gguf_file), "both set for source=gguf_package")
+    if model.source == ModelSource.tiny:
+        _require("model_type" in model.tiny, "model.tiny.model_type", None, "an HF model_type, e.g. llama or opt")
