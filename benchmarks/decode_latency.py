@@ -7,7 +7,6 @@ shadowllm and static use `criterion` (default plainact); dejavu uses l2_norm (De
 """
 
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 from shadow_sweep.cache import StageCache
@@ -16,7 +15,7 @@ from shadow_sweep.decode.benchmark import run_benchmark
 from shadow_sweep.decode.fused import build_dir, kernels
 from shadow_sweep.models.loading import load_model
 from shadow_sweep.predictors.stage import predictor_for
-from shadow_sweep.sparsity.policy import SparsityPolicy
+from shadow_sweep.sweep.app import policy_at
 from shadow_sweep.sweep.compose import compose_config
 from shadow_sweep.traces.stage import traces_for
 
@@ -32,8 +31,7 @@ def main(overrides: list[str]) -> None:
         stage_cfg = compose_config(overrides + [f"predictor={name}", f"criterion={criterion}"])
         traces, _ = traces_for(stage_cfg, loaded, cache)
         predictors[name] = predictor_for(stage_cfg, loaded, traces, cache)[0]
-    policies = {level: SparsityPolicy(type(cfg.sparsity)(**{**asdict(cfg.sparsity), "level": level}), loaded.shape)
-                for level in cfg.bench.levels}
+    policies = {level: policy_at(cfg, level, loaded) for level in cfg.bench.levels}
     compiled = kernels(build_dir(cfg.paths.cache_dir)) if cfg.bench.kernel == "fused" else None
     table = run_benchmark(loaded, predictors, policies, cfg.bench, compiled)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))

@@ -67,7 +67,7 @@ class Generator:
         for layer in range(d.shape.num_layers):
             if predict and self.kind == PredictorName.dejavu and layer > 0:
                 began = time.perf_counter()
-                masks = (m[0].bool() for m in self.predictor.one_layer(layer, x[-1:]))
+                masks = tuple(m[0].bool() for m in self.predictor.one_layer(layer, x[-1:]))
                 run.predictor_s += time.perf_counter() - began
                 began = time.perf_counter()
                 weights[layer] = self._select(layer, *masks, single=ids.shape[0] == 1)
@@ -79,7 +79,7 @@ class Generator:
                                  d.dense[layer] if dense_kv else None)
             if predict and self.kind == PredictorName.shadowllm and layer == 0:
                 began = time.perf_counter()
-                heads, neurons = (m[0].bool() for m in self.predictor.all_layers(context[-1:]))
+                heads, neurons = tuple(m[0].bool() for m in self.predictor.all_layers(context[-1:]))
                 run.predictor_s += time.perf_counter() - began
                 began = time.perf_counter()
                 single = ids.shape[0] == 1

@@ -15,6 +15,11 @@ from typing import Optional
 import torch
 
 
+def head_rows(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """The weight rows of these heads: head h owns rows h*d .. h*d + d - 1."""
+    return (heads[:, None] * head_dim + torch.arange(head_dim, device=heads.device)).flatten()
+
+
 @dataclass
 class LayerWeights:
     q: torch.Tensor
@@ -37,8 +42,7 @@ class LayerWeights:
                queries_per_kv: int) -> "LayerWeights":
         """Only the kept query heads (with the K/V groups they read) and kept neurons."""
         groups = torch.unique(keep_heads // queries_per_kv)
-        q_rows = (keep_heads[:, None] * head_dim + torch.arange(head_dim)).flatten()
-        kv_rows = (groups[:, None] * head_dim + torch.arange(head_dim)).flatten()
+        q_rows, kv_rows = head_rows(keep_heads, head_dim), head_rows(groups, head_dim)
         pick = lambda t, rows: None if t is None else t.index_select(0, rows).contiguous()  # noqa: E731
         return LayerWeights(
             q=pick(self.q, q_rows), k=pick(self.k, kv_rows), v=pick(self.v, kv_rows), o=pick(self.o, q_rows),
@@ -62,8 +66,7 @@ class IndexedLayer:
     @classmethod
     def of(cls, dense: LayerWeights, head_dim: int, keep_heads: torch.Tensor, keep_neurons: torch.Tensor
            ) -> "IndexedLayer":
-        q_rows = (keep_heads[:, None] * head_dim + torch.arange(head_dim)).flatten()
-        return cls(dense, q_rows, keep_neurons, keep_heads)
+        return cls(dense, head_rows(keep_heads, head_dim), keep_neurons, keep_heads)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
