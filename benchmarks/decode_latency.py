@@ -12,7 +12,7 @@ from pathlib import Path
 from shadow_sweep.cache import StageCache
 from shadow_sweep.validation import validate
 from shadow_sweep.decode.benchmark import run_benchmark
-from shadow_sweep.decode.fused import build_dir, kernels
+from shadow_sweep.decode.fused import gather_kernels
 from shadow_sweep.models.loading import load_model
 from shadow_sweep.predictors.stage import predictor_for
 from shadow_sweep.sweep.app import policy_at
@@ -32,7 +32,7 @@ def main(overrides: list[str]) -> None:
         traces, _ = traces_for(stage_cfg, loaded, cache)
         predictors[name] = predictor_for(stage_cfg, loaded, traces, cache)[0]
     policies = {level: policy_at(cfg, level, loaded) for level in cfg.bench.levels}
-    compiled = kernels(build_dir(cfg.paths.cache_dir)) if cfg.bench.kernel == "fused" else None
+    compiled = gather_kernels(cfg.bench.kernel, loaded.device, cfg.paths.cache_dir)
     table = run_benchmark(loaded, predictors, policies, cfg.bench, compiled)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
 

@@ -7,14 +7,14 @@ also reported alone (predictor_share = predictor time / decode time).
 """
 
 import statistics
-import time
 
 import pandas as pd
 import torch
 
 from shadow_sweep.config import BenchConfig
 from shadow_sweep.decode.engine import SparseDecoder
-from shadow_sweep.decode.generate import Generator
+from shadow_sweep.decode.fused import kernel_name
+from shadow_sweep.decode.generate import Generator, clock
 from shadow_sweep.predictors.inference import MaskPredictor
 from shadow_sweep.models.loading import LoadedModel
 from shadow_sweep.predictors.fit import FittedPredictor
@@ -28,11 +28,11 @@ def _median(runs: list, field: str) -> float:
 def _hf_generate_ms_per_token(loaded: LoadedModel, prompt: torch.Tensor, cfg: BenchConfig) -> float:
     """(time for new_tokens - time for 1 token) / (new_tokens - 1), greedy, HF's own cache."""
     def timed(tokens: int) -> float:
-        ids = prompt[None]
-        began = time.perf_counter()
+        ids = prompt[None].to(loaded.device)
+        began = clock(loaded.device)
         loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
                               min_new_tokens=tokens, do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id)
-        return time.perf_counter() - began
+        return clock(loaded.device) - began
 
     for _ in range(cfg.warmup):
         timed(2)
@@ -43,7 +43,7 @@ def _hf_generate_ms_per_token(loaded: LoadedModel, prompt: torch.Tensor, cfg: Be
 
 def run_benchmark(loaded: LoadedModel, predictors: dict[str, FittedPredictor], policies: dict[float, SparsityPolicy],
                   cfg: BenchConfig, kernels=None) -> pd.DataFrame:
-    """`kernels`: the compiled fused module (decode.fused) for per_token rows, or None (eager)."""
+    """`kernels`: decode.fused.gather_kernels(...) for per_token rows, or None (eager)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
@@ -56,7 +56,7 @@ def run_benchmark(loaded: LoadedModel, predictors: dict[str, FittedPredictor], p
                                               for u in (cfg.updates if p != "static" else ["per_sequence"])]
         for predictor, update, level in points:
             fitted = predictors.get(predictor)
-            masks = MaskPredictor(fitted, policies[level]) if fitted is not None else None
+            masks = MaskPredictor(fitted, policies[level], loaded.device) if fitted is not None else None
             generator = Generator(decoder, masks, update)
             for _ in range(cfg.warmup):
                 generator.generate(prompt, 4)
@@ -64,7 +64,7 @@ def run_benchmark(loaded: LoadedModel, predictors: dict[str, FittedPredictor], p
             steps = cfg.new_tokens - 1
             decode_ms = 1000 * _median(runs, "decode_s") / steps
             rows.append({"path": "ours", "predictor": predictor, "update": update, "sparsity": level,
-                         "kernel": "fused" if kernels is not None and update == "per_token" else "torch",
+                         "kernel": kernel_name(kernels) if update == "per_token" else "sliced" if fitted else "dense",
                          "ms_per_token": decode_ms, "prefill_ms": 1000 * _median(runs, "prefill_s"),
                          "predictor_ms_per_token": 1000 * _median(runs, "predictor_s") / steps,
                          "gather_ms_per_token": 1000 * _median(runs, "gather_s") / steps,

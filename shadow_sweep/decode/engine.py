@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from shadow_sweep.decode.families import DECODE_FAMILIES, LlamaFamily, OPTFamily
-from shadow_sweep.decode.weights import IndexedLayer, LayerWeights, linear, linear_transposed
+from shadow_sweep.decode.weights import IndexedLayer, LayerWeights, head_rows, linear, linear_transposed
 from shadow_sweep.models.loading import LoadedModel
 
 
@@ -55,14 +55,27 @@ class SparseDecoder:
         self.family = LlamaFamily(loaded.model) if family == "llama" else OPTFamily(loaded.model)
         self.layers = list(loaded.adapter.decoder_layers(loaded.model))
         self.dense = [self.family.weights(layer) for layer in self.layers]
+        self.device = loaded.device
         for w in self.dense:
-            w.query_heads = torch.arange(self.shape.num_heads)
+            w.query_heads = torch.arange(self.shape.num_heads, device=self.device)
             w.kv_of_query = w.query_heads // self.shape.queries_per_kv
 
     def indexed(self, layer: int, heads: torch.Tensor, neurons: torch.Tensor) -> IndexedLayer:
         """Row indices for boolean keep masks, read in place by the fused kernels (no copy)."""
         return IndexedLayer.of(self.dense[layer], self.shape.head_dim, heads.nonzero().squeeze(1),
                                neurons.nonzero().squeeze(1))
+
+    def indexed_layers(self, heads: torch.Tensor, neurons: torch.Tensor, first: int) -> list[IndexedLayer]:
+        """`indexed` for layers first.. at once from masks heads [L, H] and neurons [L, I]: one
+        nonzero per mask and one host sync for the whole model instead of two per layer."""
+        heads, neurons = heads[first:], neurons[first:]
+        layer_heads, layer_neurons = heads.nonzero()[:, 1], neurons.nonzero()[:, 1]
+        head_counts, neuron_counts = torch.stack([heads.sum(1), neurons.sum(1)]).tolist()
+        kept_heads = layer_heads.split(head_counts)
+        q_rows = head_rows(layer_heads, self.shape.head_dim).split([c * self.shape.head_dim for c in head_counts])
+        return [IndexedLayer(self.dense[first + i], rows, kept, query_heads)
+                for i, (rows, kept, query_heads) in enumerate(zip(q_rows, layer_neurons.split(neuron_counts),
+                                                                  kept_heads))]
 
     def sliced(self, layer: int, heads: torch.Tensor, neurons: torch.Tensor) -> LayerWeights:
         """Layer weights for boolean keep masks heads [H] and neurons [I]."""

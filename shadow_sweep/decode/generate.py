@@ -24,6 +24,13 @@ from shadow_sweep.predictors.inference import MaskPredictor
 UPDATES = ("per_sequence", "per_token", "dense")
 
 
+def clock(device: torch.device) -> float:
+    """perf_counter after the device's queued work has finished (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 @dataclass
 class DecodeRun:
     tokens: list[int]
@@ -51,62 +58,71 @@ class Generator:
         return [self.decoder.dense[0]] + [self.decoder.sliced(l, heads[l], neurons[l])
                                           for l in range(1, self.decoder.shape.num_layers)]
 
+    def _fused(self, single: bool) -> bool:
+        return single and self.decoder.kernels is not None and self.update == "per_token"
+
     def _select(self, layer: int, heads: torch.Tensor, neurons: torch.Tensor, single: bool):
         """Fused row indices for one-token steps when kernels exist, else a gathered copy."""
-        if single and self.decoder.kernels is not None and self.update == "per_token":
+        if self._fused(single):
             return self.decoder.indexed(layer, heads, neurons)
         return self.decoder.sliced(layer, heads, neurons)
+
+    def _select_from(self, first: int, heads: torch.Tensor, neurons: torch.Tensor, single: bool) -> list:
+        """_select for layers first.. from masks [L, H] and [L, I]."""
+        if self._fused(single):
+            return self.decoder.indexed_layers(heads, neurons, first)
+        return [self.decoder.sliced(l, heads[l], neurons[l]) for l in range(first, self.decoder.shape.num_layers)]
 
     def _run(self, ids: torch.Tensor, start: int, weights: list, caches: list, run: DecodeRun, predict: bool
              ) -> torch.Tensor:
         """One forward over ids at positions start..; predicts and gathers when `predict`."""
-        d = self.decoder
-        positions = torch.arange(start, start + ids.shape[0])
+        d, now = self.decoder, lambda: clock(self.decoder.device)
+        positions = torch.arange(start, start + ids.shape[0], device=d.device)
         dense_kv = self.update == "per_token"
         x = d.family.embed(ids, positions)
         for layer in range(d.shape.num_layers):
             if predict and self.kind == PredictorName.dejavu and layer > 0:
-                began = time.perf_counter()
+                began = now()
                 masks = tuple(m[0].bool() for m in self.predictor.one_layer(layer, x[-1:]))
-                run.predictor_s += time.perf_counter() - began
-                began = time.perf_counter()
+                run.predictor_s += now() - began
+                began = now()
                 weights[layer] = self._select(layer, *masks, single=ids.shape[0] == 1)
-                run.gather_s += time.perf_counter() - began
+                run.gather_s += now() - began
             if caches[layer] is None:
                 source = d.dense[layer] if dense_kv else weights[layer]
                 caches[layer] = d.new_cache(self.max_len, [source])[0]
             x, context = d.layer(layer, x, positions, weights[layer], caches[layer],
                                  d.dense[layer] if dense_kv else None)
             if predict and self.kind == PredictorName.shadowllm and layer == 0:
-                began = time.perf_counter()
+                began = now()
                 heads, neurons = tuple(m[0].bool() for m in self.predictor.all_layers(context[-1:]))
-                run.predictor_s += time.perf_counter() - began
-                began = time.perf_counter()
-                single = ids.shape[0] == 1
-                weights[1:] = [self._select(l, heads[l], neurons[l], single) for l in range(1, d.shape.num_layers)]
-                run.gather_s += time.perf_counter() - began
+                run.predictor_s += now() - began
+                began = now()
+                weights[1:] = self._select_from(1, heads, neurons, single=ids.shape[0] == 1)
+                run.gather_s += now() - began
         return d.family.logits(x[-1:])[0]
 
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, new_tokens: int) -> DecodeRun:
-        d = self.decoder
+        d, now = self.decoder, lambda: clock(self.decoder.device)
+        prompt = prompt.to(d.device)
         self.max_len = prompt.shape[0] + new_tokens
         run = DecodeRun([], [])
         weights = list(self.static_weights or d.dense)
         caches = [None] * d.shape.num_layers
         learned = self.kind in (PredictorName.shadowllm, PredictorName.dejavu) and self.update != "dense"
-        began = time.perf_counter()
+        began = now()
         logits = self._run(prompt, 0, weights, caches, run, predict=learned)
-        run.prefill_s = time.perf_counter() - began
+        run.prefill_s = now() - began
         run.prefill_predictor_s, run.prefill_gather_s, run.predictor_s, run.gather_s = run.predictor_s, run.gather_s, 0, 0
-        began = time.perf_counter()
+        began = now()
         for step in range(new_tokens):
             token = int(logits.argmax())
             run.tokens.append(token)
             run.logits.append(logits)
             if step == new_tokens - 1:
                 break
-            logits = self._run(torch.tensor([token]), prompt.shape[0] + step, weights, caches, run,
+            logits = self._run(torch.tensor([token], device=d.device), prompt.shape[0] + step, weights, caches, run,
                                predict=learned and self.update == "per_token")
-        run.decode_s = time.perf_counter() - began
+        run.decode_s = now() - began
         return run

@@ -10,14 +10,17 @@ from shadow_sweep.sparsity.policy import SparsityPolicy
 
 
 class MaskPredictor:
-    def __init__(self, fitted: FittedPredictor, policy: SparsityPolicy):
+    def __init__(self, fitted: FittedPredictor, policy: SparsityPolicy, device: torch.device = torch.device("cpu")):
+        """Runs the network on `device` (the model's): masks come out where the activations are."""
+        if fitted.net is not None:
+            fitted.net.to(device)
         self.fitted, self.policy, self.shape = fitted, policy, policy.shape
         self.budgets = None  # DejaVu decides per layer; under global ranking with these per-layer counts
         if fitted.kind == PredictorName.dejavu and policy.cfg.ranking.value == "global":
             self.budgets = policy.budgets_from(fitted.mean_head_scores, fitted.mean_neuron_scores)
         self.static = None
         if fitted.kind == PredictorName.static:
-            self.static = policy.masks(fitted.mean_head_scores[None], fitted.mean_neuron_scores[None])
+            self.static = policy.masks(fitted.mean_head_scores[None].to(device), fitted.mean_neuron_scores[None].to(device))
 
     def all_layers(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ShadowLLM: layer-0 head context [B, H*d] (one token per row) -> masks [B, L, H], [B, L, I]

@@ -47,7 +47,7 @@ class ContextualMasks:
         if fitted.kind == PredictorName.oracle and oracle is None:
             raise ValueError("the oracle predictor needs the criterion")
         self.loaded, self.fitted, self.policy, self.oracle = loaded, fitted, policy, oracle
-        self.predictor = MaskPredictor(fitted, policy)
+        self.predictor = MaskPredictor(fitted, policy, loaded.device)
         self.masks = HeadNeuronMasks(loaded.model, loaded.adapter, loaded.shape)
         self.generator = torch.Generator().manual_seed(seed)
         self.network_calls = 0

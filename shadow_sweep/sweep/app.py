@@ -26,7 +26,7 @@ from shadow_sweep.criteria.registry import get_criterion
 from shadow_sweep.data.tasks import EVALUATION, SplitRule
 from shadow_sweep.data.wikitext import load_wikitext
 from shadow_sweep.decode.benchmark import run_benchmark
-from shadow_sweep.decode.fused import build_dir, kernels
+from shadow_sweep.decode.fused import gather_kernels
 from shadow_sweep.evaluation.harness import build_tasks, check_tasks, task_accuracy
 from shadow_sweep.evaluation.lm import SparseLM
 from shadow_sweep.evaluation.perplexity import wikitext_perplexity
@@ -118,7 +118,7 @@ def bench_rows(cfg: AppConfig, loaded: LoadedModel, fitted: FittedPredictor) -> 
     learned = fitted.kind.value in ("shadowllm", "dejavu", "static")
     bench = type(cfg.bench)(**{**asdict(cfg.bench), "levels": levels(cfg),
                                "predictors": [fitted.kind.value] if learned else []})
-    compiled = kernels(build_dir(cfg.paths.cache_dir)) if bench.kernel == "fused" else None
+    compiled = gather_kernels(bench.kernel, loaded.device, cfg.paths.cache_dir)
     policies = {level: policy_at(cfg, level, loaded) for level in bench.levels}
     table = run_benchmark(loaded, {fitted.kind.value: fitted} if learned else {}, policies, bench, compiled)
     table.insert(0, "stage", "bench")

@@ -125,23 +125,58 @@ def test_benchmark_runs_end_to_end_on_a_tiny_model(session_cache):
     assert (table.ms_per_token > 0).all() and table.speedup_vs_dense.notna().all()
 
 
-def test_fused_kernels_match_the_eager_gather(session_cache, embedded_cache):
-    from shadow_sweep.decode.fused import build_dir, kernels
-
-    compiled = kernels(build_dir(embedded_cache.root))  # compiled once per machine
-    g = torch.Generator().manual_seed(0)
-    weight, x = torch.randn(40, 24, generator=g), torch.randn(24, generator=g)
-    rows = torch.tensor([0, 3, 4, 17, 39])
-    torch.testing.assert_close(compiled.gather_gemv(weight, rows, x), weight[rows] @ x)
-    a = torch.randn(5, generator=g)
-    torch.testing.assert_close(compiled.gather_transposed_gemv(weight, rows, a), a @ weight[rows])
-    loaded = load_tiny("tiny-llama", session_cache)
+def _per_token_runs(loaded, decoders, seed=4, steps=16):
     fitted = fit(synthetic_traces(loaded.shape, 32), PredictorConfig(name=PredictorName.shadowllm, epochs=2),
                  loaded.shape)
     policy = SparsityPolicy(SparsityConfig(level=0.5), loaded.shape)
-    runs = []
-    for decoder in (SparseDecoder(loaded), SparseDecoder(loaded, compiled)):
-        runs.append(Generator(decoder, MaskPredictor(fitted, policy), "per_token").generate(_prompt(4), 16))
-    assert runs[0].tokens == runs[1].tokens
-    for eager, fused in zip(runs[0].logits, runs[1].logits):
-        torch.testing.assert_close(fused, eager, **TOLERANCE)
+    return [Generator(d, MaskPredictor(fitted, policy, loaded.device), "per_token").generate(_prompt(seed), steps)
+            for d in decoders]
+
+
+def _assert_same_runs(runs):
+    for other in runs[1:]:
+        assert other.tokens == runs[0].tokens
+        for reference, logits in zip(runs[0].logits, other.logits):
+            torch.testing.assert_close(logits.cpu(), reference.cpu(), **TOLERANCE)
+
+
+def test_gather_kernels_match_the_eager_gather(session_cache, embedded_cache):
+    """The C++ kernels (CPU) and the torch-ops kernels (the CUDA path's) against W[rows]."""
+    from shadow_sweep.decode.fused import TorchGatherKernels, gather_kernels
+
+    compiled = gather_kernels("fused", torch.device("cpu"), embedded_cache.root)  # compiled once per machine
+    g = torch.Generator().manual_seed(0)
+    weight, x, a = torch.randn(40, 24, generator=g), torch.randn(24, generator=g), torch.randn(5, generator=g)
+    rows = torch.tensor([0, 3, 4, 17, 39])
+    for kernels in (compiled, TorchGatherKernels()):
+        torch.testing.assert_close(kernels.gather_gemv(weight, rows, x), weight[rows] @ x)
+        torch.testing.assert_close(kernels.gather_transposed_gemv(weight, rows, a), a @ weight[rows])
+    loaded = load_tiny("tiny-llama", session_cache)
+    _assert_same_runs(_per_token_runs(loaded, [SparseDecoder(loaded), SparseDecoder(loaded, compiled),
+                                               SparseDecoder(loaded, TorchGatherKernels())]))
+
+
+def test_indexed_layers_at_once_equal_one_layer_at_a_time(session_cache):
+    loaded = load_tiny("tiny-llama", session_cache)
+    s, decoder = loaded.shape, SparseDecoder(loaded)
+    heads = torch.rand(s.num_layers, s.num_heads) > 0.5
+    neurons = torch.rand(s.num_layers, s.num_neurons) > 0.5
+    heads[2] = False  # a layer with no kept head
+    for l, together in enumerate(decoder.indexed_layers(heads, neurons, first=1), start=1):
+        alone = decoder.indexed(l, heads[l], neurons[l])
+        assert together.dense is decoder.dense[l]
+        for field in ("q_rows", "neuron_rows", "query_heads"):
+            assert torch.equal(getattr(together, field), getattr(alone, field)), (l, field)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-opt"])
+def test_cuda_path_matches_the_cpu_path(name, session_cache):
+    """The whole decode path on CUDA (torch-ops gather kernels, eager gathers, fixed masks)
+    gives the CPU path's tokens and logits."""
+    from shadow_sweep.decode.fused import TorchGatherKernels
+
+    cpu, gpu = load_tiny(name, session_cache), load_tiny(name, session_cache, device="cuda")
+    assert gpu.device.type == "cuda"
+    _assert_same_runs(_per_token_runs(cpu, [SparseDecoder(cpu)]) +
+                      _per_token_runs(gpu, [SparseDecoder(gpu), SparseDecoder(gpu, TorchGatherKernels())]))
