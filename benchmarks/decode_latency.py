@@ -15,12 +15,13 @@ from shadow_sweep.decode.benchmark import run_benchmark
 from shadow_sweep.decode.fused import gather_kernels
 from shadow_sweep.models.loading import load_model
 from shadow_sweep.predictors.stage import predictor_for
-from shadow_sweep.sweep.app import policy_at
+from shadow_sweep.sweep.stages import policy_at
 from shadow_sweep.sweep.compose import compose_config
 from shadow_sweep.traces.stage import traces_for
 
 
 def main(overrides: list[str]) -> None:
+    overrides = ["bench=default"] + overrides  # the paper's 128 + 128 tokens, 3 repeats
     cfg = compose_config(overrides)
     validate(cfg)
     cache = StageCache(Path(cfg.paths.cache_dir))

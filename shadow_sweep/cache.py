@@ -2,7 +2,8 @@
 
 key = sha256 of {stage, format version, the config fields that affect the stage}.
 An entry is complete when its manifest exists: it is built in a temporary folder beside
-its final place and renamed into place, so a killed job never leaves a half entry, and
+its final place and renamed into place, so a killed job never leaves a half entry (its
+temporary folder is removed by the next writer of that key, under the lock), and
 parallel jobs that need the same entry build it once (the second waits on the lock).
 """
 
@@ -12,6 +13,7 @@ import os
 import shutil
 import uuid
 from dataclasses import dataclass
+from enum import Enum
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -21,6 +23,17 @@ from filelock import FileLock
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 _VERSIONED_LIBRARIES = ("shadow-sweep", "torch", "transformers", "lm_eval")
+
+
+def plain(value: Any) -> Any:
+    """Enums -> their values, recursively through dicts and lists (JSON-ready config fields)."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
 
 
 def library_versions() -> dict[str, str]:
@@ -57,6 +70,8 @@ class StageCache:
         with FileLock(str(final) + ".lock"):
             if (final / MANIFEST).is_file():
                 return final
+            for stale in final.parent.glob(f".tmp-{final.name}-*"):  # left by a killed writer
+                shutil.rmtree(stale, ignore_errors=True)
             tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
             tmp.mkdir()
             try:

@@ -210,6 +210,38 @@ class StagesConfig:
     bench: bool = False  # decode latency of the job's predictor at its levels (decode/benchmark.py)
 
 
+class LoggerName(str, Enum):
+    wandb = "wandb"
+    none = "none"
+
+
+class WandbMode(str, Enum):
+    auto = "auto"  # online when an API key is configured (WANDB_API_KEY or a netrc login), else offline
+    online = "online"
+    offline = "offline"
+
+
+@dataclass
+class LoggerConfig:
+    """Experiment tracking; the local results file is written either way, first."""
+
+    name: LoggerName = LoggerName.wandb
+    project: str = "shadow-sweep"
+    entity: Optional[str] = None
+    mode: WandbMode = WandbMode.auto
+    tags: list[str] = field(default_factory=list)  # added to the job's own tags
+    log_predictor: bool = True  # the fitted predictor's folder as a `model` artifact
+
+
+@dataclass
+class SweepConfig:
+    """Where a sweep's rows go and how a relaunch treats finished points."""
+
+    results_file: Optional[str] = None  # null: results.jsonl in the sweep folder (-m) or the run folder
+    skip_finished: bool = True  # a relaunch skips points whose rows are in the results file
+    threads: Optional[int] = None  # torch threads per job; null: cores / parallel jobs of the launcher
+
+
 @dataclass
 class AppConfig:
     model: ModelConfig = MISSING
@@ -223,6 +255,8 @@ class AppConfig:
     perplexity: PerplexityConfig = field(default_factory=PerplexityConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     stages: StagesConfig = field(default_factory=StagesConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 def register_configs() -> None:

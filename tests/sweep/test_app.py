@@ -6,21 +6,23 @@ import sys
 
 import pytest
 
-from shadow_sweep.sweep.app import run_job
+from shadow_sweep.sweep.job import run_job
 from tests.conftest import compose_app, REPO
 
 
 @pytest.mark.parametrize("predictor", ["shadowllm", "dejavu", "static", "random"])
 def test_job_traces_fits_and_writes_a_row_per_level(tmp_path, data_root, predictor):
-    cfg = compose_app(["model=tiny-llama", f"paths.data_root={data_root}", f"paths.cache_dir={tmp_path / 'cache'}",
+    cfg = compose_app(["model=tiny-llama", f"paths.data_root={data_root}", f"paths.cache_dir={tmp_path / 'cache'}", "logger=none",
                        "perplexity.max_documents=1", "perplexity.window=128", f"predictor={predictor}",
-                       "predictor.epochs=2", "sparsity.levels=[0.3,0.5]", "calibration.examples_per_task=2",
+                       "predictor.epochs=2", "sparsity.levels=[0.3,0.5]", "stages.bench=false", "calibration.examples_per_task=2",
                        "calibration.max_length=64", "eval.tasks=[copa,arc_easy]", "eval.limit=4"])
     table = run_job(cfg, tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["traces"]["examples"] == 14 and not summary["traces"]["cache_hit"]
-    assert summary["predictor"]["predictor"] == predictor and "neurons_spearman_mean" in summary["predictor"]
+    assert summary["traces_examples"] == 14 and not summary["traces_cache_hit"]
+    assert summary["job_predictor"] == predictor and "neurons_spearman_mean" in summary
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert rows[-1]["stage"] == "job" and rows[-1]["status"] == "ok" and not rows[-1]["predictor_cache_hit"]
+    rows = rows[:-1]
     assert [(r["predictor"], r["sparsity"]) for r in rows] == [("dense", 0.0), (predictor, 0.3), (predictor, 0.5)]
     assert list(table["sparsity"]) == [0.0, 0.3, 0.5]
     assert rows[0]["perplexity_tokens"] == rows[1]["perplexity_tokens"] > 0
@@ -34,7 +36,7 @@ def test_bench_stage_adds_latency_rows(tmp_path, data_root):
                        "calibration.examples_per_task=1", "calibration.max_length=32", "bench.prompt_length=8",
                        "bench.new_tokens=3", "bench.repeats=1", "bench.warmup=0", "bench.kernel=eager"])
     run_job(cfg, tmp_path)
-    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()][:-1]
     assert {(r["stage"], r["predictor"], r["update"]) for r in rows} == {
         ("bench", "dense", "dense"), ("bench", "shadowllm", "per_sequence"), ("bench", "shadowllm", "per_token")}
     assert all(r["ms_per_token"] > 0 for r in rows)
@@ -61,7 +63,8 @@ def test_console_command_runs_the_default_job(tmp_path, data_root):
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
-    dense, sparse = rows
+    dense, sparse, job = rows
+    assert job["status"] == "ok"
     assert dense["model"] == "smollm2-135m" and 5 < dense["token_perplexity"] < 60
     assert sparse["predictor"] == "shadowllm" and sparse["token_perplexity"] > dense["token_perplexity"]
     assert {"acc/copa", "acc/piqa", "acc/arc_easy"} <= set(dense)

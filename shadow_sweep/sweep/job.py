@@ -1,0 +1,130 @@
+"""One sweep point's job: validate, load, trace, fit, evaluate, bench, record.
+
+Every measured point is appended to the results file as soon as it exists (and logged to
+the tracker); a relaunch skips a finished job before loading anything, and in a job that
+was killed part-way it measures only the missing points (traces and predictors come from
+the stage cache). A job that raises writes a `failed` job row naming the error, then raises.
+"""
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+import torch
+
+from shadow_sweep.cache import StageCache, plain
+from shadow_sweep.config import AppConfig, PredictorName
+from shadow_sweep.data.tasks import EVALUATION, SplitRule
+from shadow_sweep.data.wikitext import load_wikitext
+from shadow_sweep.evaluation.harness import build_tasks, check_tasks
+from shadow_sweep.models.loading import load_model
+from shadow_sweep.predictors.fit import FittedPredictor
+from shadow_sweep.sweep.results import JOB_STAGE, RESULTS_NAME, ResultsFile, job_key, point_id
+from shadow_sweep.sweep.stages import (bench_rows, cached_point, evaluation_points, fit_stage, levels, policy_at,
+                                       trace_stage)
+from shadow_sweep.sweep.tracking import Tracker, open_tracker
+from shadow_sweep.validation import validate
+
+QUALITY_FIELDS = ("heads_spearman_mean", "neurons_spearman_mean", "heads_recall_mean", "neurons_recall_mean",
+                  "macs_percent_of_model")
+
+
+@dataclass
+class JobIdentity:
+    """Where a job sits in its sweep: the sweep's id and the job's own overrides."""
+
+    sweep_id: str = "single"
+    name: str = "job"
+
+
+def design_fields(cfg: AppConfig) -> dict:
+    """The config fields a report compares across a sweep, on every row."""
+    return {"model": cfg.model.name, "criterion": cfg.criterion.name.value, "job_predictor": cfg.predictor.name.value,
+            "ranking": cfg.sparsity.ranking.value, "target_norm": cfg.predictor.target_norm.value,
+            "shots": cfg.calibration.shots, "calibration_examples_per_task": cfg.calibration.examples_per_task}
+
+
+class Job:
+    def __init__(self, cfg: AppConfig, output_dir: Path, results: ResultsFile, identity: JobIdentity,
+                 tracker: Tracker):
+        self.cfg, self.output_dir, self.results, self.tracker = cfg, output_dir, results, tracker
+        self.key = job_key(cfg)
+        self.context = {"job_key": self.key, "sweep_id": identity.sweep_id, "job": identity.name,
+                        **design_fields(cfg)}
+        self.rows: list[dict] = []
+        self.summary: dict = {}
+        self.predictor_folder: Optional[str] = None
+
+    def record(self, rows: list[dict]) -> None:
+        rows = [{**self.context, **row} for row in rows]
+        self.results.append(rows)
+        for row in rows:
+            self.tracker.log_point(row)
+        self.rows += rows
+
+    def run(self) -> None:
+        cfg, started = self.cfg, time.perf_counter()
+        measured = self.results.measured_points(self.key)
+        if measured:
+            print(f"resuming: {len(measured)} points of this job are already in {self.results.path}")
+        rule = SplitRule(cfg.data_split.calibration_fraction, cfg.data_split.seed)
+        documents = load_wikitext(cfg.paths.data_root, cfg.perplexity.max_documents, part=EVALUATION, rule=rule)
+        cache = StageCache(Path(cfg.paths.cache_dir))
+        loaded = load_model(cfg.model, cache)
+        self.summary["load_seconds"] = time.perf_counter() - started
+        for level in levels(cfg):  # impossible pools fail here, before anything expensive
+            policy_at(cfg, level, loaded)
+        fitted = FittedPredictor(PredictorName.dense, torch.zeros(0), torch.zeros(0))
+        if cfg.stages.trace:
+            traces, trace_report = trace_stage(cfg, loaded, cache)
+            self.summary.update({f"traces_{k}": v for k, v in trace_report.items() if k != "criterion"})
+            print(f"traces: {len(traces)} examples of {cfg.criterion.name.value} "
+                  f"({trace_report['bytes'] / 1e6:.1f} MB, cache hit: {trace_report['cache_hit']})")
+            if cfg.stages.fit:
+                fitted, report = fit_stage(cfg, loaded, traces, cache)
+                self.predictor_folder = report["folder"]
+                self.summary.update({"predictor_cache_hit": report["cache_hit"], "fit_seconds": report["seconds"],
+                                     **{k: report[k] for k in report if k in QUALITY_FIELDS or k.endswith("_mean")}})
+                print(f"predictor {report['predictor']}: " + ", ".join(
+                    f"{k} {report[k]:.3g}" for k in report if k.endswith("_mean") or k.endswith("_percent_of_model")))
+        if cfg.stages.accuracy or cfg.stages.perplexity:
+            tasks = build_tasks(cfg.eval.tasks, cfg.paths.data_root, rule, cache) if cfg.stages.accuracy else []
+            for predictor, level in evaluation_points(cfg, fitted):
+                row = {"stage": "evaluate", "predictor": predictor.kind.value, "sparsity": level}
+                if point_id(row) not in measured:
+                    self.record([cached_point(cfg, loaded, predictor, level, tasks, documents, cache)])
+        if cfg.stages.bench and not any(p.startswith("bench:") for p in measured):
+            self.record(bench_rows(cfg, loaded, fitted))
+        self.summary["job_seconds"] = time.perf_counter() - started
+
+
+def run_job(cfg: AppConfig, output_dir: Path, results: Optional[ResultsFile] = None,
+            identity: JobIdentity = JobIdentity()) -> pd.DataFrame:
+    """Run (or skip, when finished) one job; its rows as a table. Rows go to `results`
+    (default: results.jsonl in output_dir); summary.json to output_dir."""
+    validate(cfg)
+    if cfg.stages.accuracy:
+        check_tasks(cfg.eval.tasks, cfg.paths.data_root)
+    results = results or ResultsFile(output_dir / RESULTS_NAME)
+    key = job_key(cfg)
+    if cfg.sweep.skip_finished and results.finished(key):
+        print(f"skipped: this job finished before (job_key {key} in {results.path})")
+        return pd.DataFrame([r for r in results.job_rows(key) if r.get("stage") != JOB_STAGE])
+    output_dir.mkdir(parents=True, exist_ok=True)
+    config = plain(asdict(cfg))
+    job = Job(cfg, output_dir, results, identity, open_tracker(cfg, config, output_dir, identity.name,
+                                                               identity.sweep_id))
+    try:
+        job.run()
+    except BaseException as error:
+        job.results.append([{**job.context, "stage": JOB_STAGE, "status": "failed", "error": repr(error)[:2000],
+                             **job.summary}])
+        job.tracker.finish(job.rows, job.summary, None, failed=True)
+        raise
+    job.results.append([{**job.context, "stage": JOB_STAGE, "status": "ok", **job.summary}])
+    (output_dir / "summary.json").write_text(json.dumps({**job.context, **job.summary}, indent=2, default=str))
+    job.tracker.finish(job.rows, job.summary, job.predictor_folder, failed=False)
+    return pd.DataFrame(job.rows)

@@ -1,0 +1,73 @@
+"""The local source of truth: one JSON line per measured point, in the sweep folder.
+
+Rows carry `job_key` (a hash of the job's resolved config, without the fields that cannot
+change a result: logger, sweep, cache path) and a point id (stage, predictor, sparsity,
+update). Each row is appended as soon as its point is measured, under a file lock, in one
+write, so parallel jobs never interleave lines and a killed job keeps what it finished.
+A job ends with a `stage: job` row whose `status` is `ok` or `failed` (with the error).
+"""
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Iterable, Optional
+
+from filelock import FileLock
+
+from shadow_sweep.cache import cache_key, plain
+from shadow_sweep.config import AppConfig
+
+RESULTS_NAME = "results.jsonl"
+JOB_STAGE = "job"
+
+
+def job_key(cfg: AppConfig) -> str:
+    """Identity of a job's results: its config without logger, sweep and paths.cache_dir."""
+    fields = plain(asdict(cfg))
+    for name in ("logger", "sweep"):
+        fields.pop(name)
+    fields["paths"].pop("cache_dir")
+    return cache_key("job", fields)
+
+
+def point_id(row: dict) -> str:
+    return f"{row.get('stage')}:{row.get('predictor')}:{row.get('sparsity')}:{row.get('update')}"
+
+
+class ResultsFile:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def rows(self) -> list[dict]:
+        """Every complete row; a line cut short by a killed writer is skipped."""
+        if not self.path.is_file():
+            return []
+        rows = []
+        for line in self.path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return rows
+
+    def append(self, rows: Iterable[dict]) -> None:
+        text = "".join(json.dumps(row, default=str) + "\n" for row in rows)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.path) + ".lock"):
+            with open(self.path, "a") as sink:
+                sink.write(text)
+                sink.flush()
+                os.fsync(sink.fileno())
+
+    def job_rows(self, key: str) -> list[dict]:
+        return [r for r in self.rows() if r.get("job_key") == key]
+
+    def finished(self, key: str) -> Optional[dict]:
+        """The job's `ok` job row, when the job has finished."""
+        done = [r for r in self.job_rows(key) if r.get("stage") == JOB_STAGE and r.get("status") == "ok"]
+        return done[-1] if done else None
+
+    def measured_points(self, key: str) -> set[str]:
+        """Point ids this job already measured (kept across a kill)."""
+        return {point_id(r) for r in self.job_rows(key) if r.get("stage") != JOB_STAGE}
