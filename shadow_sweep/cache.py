@@ -12,7 +12,8 @@ import json
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from enum import Enum
 from importlib import metadata
 from pathlib import Path
@@ -54,12 +55,15 @@ def cache_key(stage: str, fields: Mapping[str, Any]) -> str:
 @dataclass
 class StageCache:
     root: Path
+    builds: Counter = field(default_factory=Counter)  # entries this instance built, per stage
+
+    def built(self, stage: str, action: Callable[[], Any]) -> tuple[Any, bool]:
+        """(action's result, whether it built a `stage` entry rather than finding one)."""
+        before = self.builds[stage]
+        return action(), self.builds[stage] > before
 
     def entry(self, stage: str, fields: Mapping[str, Any]) -> Path:
         return Path(self.root) / stage / cache_key(stage, fields)
-
-    def has(self, stage: str, fields: Mapping[str, Any]) -> bool:
-        return (self.entry(stage, fields) / MANIFEST).is_file()
 
     def get_or_build(self, stage: str, fields: Mapping[str, Any], build: Callable[[Path], None]) -> Path:
         """The entry's folder; `build(tmp_dir)` fills a fresh folder when it is missing."""
@@ -82,6 +86,7 @@ class StageCache:
                 if final.exists():  # a folder without manifest: left by an older, broken writer
                     shutil.rmtree(final)
                 os.replace(tmp, final)
+                self.builds[stage] += 1
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         return final

@@ -13,6 +13,8 @@ from shadow_sweep.sweep.compose import CONF_DIR
 from tests.conftest import compose_app
 
 MODEL_NAMES = sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml"))
+GROUP_OPTIONS = [(group.name, p.stem) for group in sorted(Path(CONF_DIR).iterdir()) if group.is_dir()
+                 and group.name not in ("model", "hydra") for p in sorted(group.glob("*.yaml"))]
 
 
 def test_default_is_the_embedded_model():
@@ -57,3 +59,49 @@ def test_misspelt_key_is_rejected():
 def test_out_of_range_values_name_the_field(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.") + ".*expected"):
         validate(compose_app([override]))
+
+
+@pytest.mark.parametrize("group, option", GROUP_OPTIONS)
+def test_every_group_option_composes_and_validates(group, option):
+    cfg = compose_app([f"{group}={option}"])
+    validate(cfg)
+
+
+def test_experiments_set_what_they_promise():
+    assert compose_app(["experiment=paper_opt13b"]).model.name == "opt-13b"
+    paper = compose_app(["experiment=paper_smollm2"])
+    assert paper.eval.limit is None and len(paper.eval.tasks) == 7 and paper.calibration.shots == 5
+    assert compose_app(["experiment=ablation_shots"]).criterion.name.value == "fisher"
+    global_norm = compose_app(["predictor=shadowllm_global_norm"]).predictor
+    assert global_norm.name.value == "shadowllm" and global_norm.target_norm.value == "global"
+
+
+@pytest.mark.parametrize("experiment, swept", [("ablation_criteria", {"criterion"}),
+                                               ("ablation_ranking", {"sparsity", "predictor"}),
+                                               ("ablation_shots", {"calibration.shots"}),
+                                               ("ablation_predictor_design", {"predictor"})])
+def test_ablations_are_ready_multiruns_over_existing_options(experiment, swept):
+    from hydra import compose, initialize_config_dir
+
+    from shadow_sweep.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    assert cfg.hydra.mode.name == "MULTIRUN" and set(cfg.hydra.sweeper.params) == swept
+    for name, values in cfg.hydra.sweeper.params.items():
+        for value in values.split(","):
+            validate(compose_app([f"experiment={experiment}", f"{name}={value}"]))
+
+
+def test_unknown_logger_and_experiment_list_the_options():
+    with pytest.raises(MissingConfigException, match=r"(?s)logger/mlflow.*none.*wandb"):
+        compose_app(["logger=mlflow"])
+    with pytest.raises(MissingConfigException, match=r"(?s)experiment/paper.*ablation_criteria.*quick"):
+        compose_app(["experiment=paper"])
+
+
+def test_bad_logger_mode_names_the_field():
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_app(["logger.mode=cloud"])
+    assert re.search(r"(?s)expected one of \[auto, online, offline\].*full_key: logger.mode", str(error.value.__cause__))

@@ -67,6 +67,7 @@ class Job:
 
     def run(self) -> None:
         cfg, started = self.cfg, time.perf_counter()
+        self.summary["torch_threads"] = torch.get_num_threads()
         measured = self.results.measured_points(self.key)
         if measured:
             print(f"resuming: {len(measured)} points of this job are already in {self.results.path}")

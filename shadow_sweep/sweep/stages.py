@@ -28,7 +28,7 @@ from shadow_sweep.predictors.runtime import ContextualMasks
 from shadow_sweep.predictors.stage import predictor_for, predictor_key
 from shadow_sweep.sparsity.policy import SparsityPolicy
 from shadow_sweep.sparsity.topk import keep_count
-from shadow_sweep.traces.stage import model_identity, trace_key, traces_for
+from shadow_sweep.traces.stage import model_identity, traces_for
 from shadow_sweep.traces.store import TraceSet
 
 
@@ -46,23 +46,21 @@ def policy_at(cfg: AppConfig, level: float, loaded: LoadedModel) -> SparsityPoli
 
 def trace_stage(cfg: AppConfig, loaded: LoadedModel, cache: StageCache) -> tuple[TraceSet, dict]:
     started = time.perf_counter()
-    hit = cache.has("traces", trace_key(cfg))
-    traces, folder = traces_for(cfg, loaded, cache)
+    (traces, folder), built = cache.built("traces", lambda: traces_for(cfg, loaded, cache))
     size = sum(f.stat().st_size for f in folder.iterdir())
-    return traces, {"criterion": cfg.criterion.name.value, "examples": len(traces), "cache_hit": hit,
+    return traces, {"criterion": cfg.criterion.name.value, "examples": len(traces), "cache_hit": not built,
                     "seconds": time.perf_counter() - started, "bytes": size,
                     "bytes_per_1000_examples": size * 1000 / len(traces), "folder": str(folder)}
 
 
 def fit_stage(cfg: AppConfig, loaded: LoadedModel, traces: TraceSet, cache: StageCache) -> tuple[FittedPredictor, dict]:
     started = time.perf_counter()
-    hit = bool(cfg.predictor.checkpoint) or cache.has("predictor", predictor_key(cfg))
-    fitted, folder = predictor_for(cfg, loaded, traces, cache)
+    (fitted, folder), built = cache.built("predictor", lambda: predictor_for(cfg, loaded, traces, cache))
     policy = policy_at(cfg, levels(cfg)[0], loaded)
     quality = predictor_quality(fitted, traces.batch, cfg.predictor, loaded.shape,
                                 keep_count(policy.heads.level, loaded.shape.num_heads),
                                 keep_count(policy.neurons.level, loaded.shape.num_neurons))
-    return fitted, {"predictor": cfg.predictor.name.value, "folder": str(folder), "cache_hit": hit,
+    return fitted, {"predictor": cfg.predictor.name.value, "folder": str(folder), "cache_hit": not built,
                     "seconds": time.perf_counter() - started, "quality_at_level": levels(cfg)[0], **fitted.metrics,
                     **quality, **predictor_cost(fitted, loaded)}
 
@@ -96,11 +94,10 @@ def cached_point(cfg: AppConfig, loaded: LoadedModel, predictor: FittedPredictor
                  documents: list[str], cache: StageCache) -> dict:
     """evaluate_point through the stage cache (stage `evaluation`): a dense baseline shared by
     the jobs of a sweep, or a point a killed job finished, is measured once."""
-    key = point_key(cfg, predictor, level)
-    hit = cache.has("evaluation", key)
-    folder = cache.get_or_build("evaluation", key, lambda out: (out / "row.json").write_text(
-        json.dumps(evaluate_point(cfg, loaded, predictor, level, tasks, documents))))
-    return {**json.loads((folder / "row.json").read_text()), "cache_hit": hit}
+    folder, built = cache.built("evaluation", lambda: cache.get_or_build(
+        "evaluation", point_key(cfg, predictor, level), lambda out: (out / "row.json").write_text(
+            json.dumps(evaluate_point(cfg, loaded, predictor, level, tasks, documents)))))
+    return {**json.loads((folder / "row.json").read_text()), "cache_hit": not built}
 
 
 def evaluate_point(cfg: AppConfig, loaded: LoadedModel, predictor: FittedPredictor, level: float, tasks: list,

@@ -92,7 +92,8 @@ class WandbTracker(Tracker):
             for row in rows:
                 if row["stage"] == "evaluate":
                     for key, value in point_metrics(row).items():
-                        self.run.summary[f"{key}@{row['predictor']}:{row['sparsity']}"] = value
+                        if key != "sparsity":
+                            self.run.summary[f"{key}@{row['predictor']}:{row['sparsity']}"] = value
             if rows:
                 self.run.log({"results": self.wandb.Table(dataframe=pd.DataFrame(rows).astype(str))})
             if predictor_folder and self.cfg.logger.log_predictor and not failed:

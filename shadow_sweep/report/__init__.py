@@ -1,0 +1,1 @@
+"""Sweep results -> a pandas table and matplotlib curves (`shadow-sweep report`)."""

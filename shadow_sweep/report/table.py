@@ -1,0 +1,75 @@
+"""Results files -> one table: a row per (model, predictor, criterion, design, sparsity).
+
+Columns: per-task accuracy, acc_mean, perplexity (accuracy path); ms/token and speed-up per
+update policy (latency path); the predictor's quality and cost (its job row). A line label
+names predictor x criterion plus every design field that varies across the loaded sweeps.
+"""
+
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from shadow_sweep.sweep.results import JOB_STAGE, RESULTS_NAME, ResultsFile, point_id
+
+DESIGN = ("model", "ranking", "target_norm", "shots", "calibration_examples_per_task")
+QUALITY = ("heads_spearman_mean", "neurons_spearman_mean", "heads_recall_mean", "neurons_recall_mean",
+           "macs_percent_of_model")
+
+
+def results_files(paths: Iterable[str | Path]) -> list[Path]:
+    files = []
+    for path in map(Path, paths):
+        found = [path] if path.is_file() else sorted(path.rglob(RESULTS_NAME))
+        if not found:
+            raise FileNotFoundError(f"no {RESULTS_NAME} under {path}")
+        files += found
+    return files
+
+
+def load_rows(paths: Iterable[str | Path]) -> pd.DataFrame:
+    """Every row of these sweeps; a point measured twice (a rerun) keeps its last row."""
+    rows = [row for file in results_files(paths) for row in ResultsFile(file).rows()]
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        raise ValueError(f"the results files under {list(paths)} hold no rows")
+    frame["point"] = [point_id(r) + ("" if r.get("stage") != JOB_STAGE else f":{r.get('status')}") for r in rows]
+    return frame.drop_duplicates(subset=["job_key", "point"], keep="last").reset_index(drop=True)
+
+
+def line_labels(frame: pd.DataFrame) -> pd.Series:
+    """predictor x criterion (dense: "dense"), plus the design fields that vary."""
+    varying = [c for c in DESIGN if c in frame and frame[c].nunique(dropna=True) > 1]
+
+    def label(row) -> str:
+        if row["predictor"] == "dense":
+            base = "dense"
+        else:
+            base = f"{row['predictor']} x {row['criterion']}"
+        extra = [f"{c}={row[c]}" for c in varying if c == "model" or row["predictor"] != "dense"]
+        return " ".join([base] + extra)
+
+    return frame.apply(label, axis=1)
+
+
+def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (label, sparsity), best first within a label by sparsity."""
+    evaluated = frame[frame["stage"] == "evaluate"].copy()
+    evaluated["line"] = line_labels(evaluated)
+    metrics = [c for c in evaluated.columns if c.startswith("acc/")] + \
+        [c for c in ("acc_mean", "word_perplexity", "token_perplexity") if c in evaluated]
+    table = evaluated.groupby(["line", "sparsity"], as_index=False)[metrics].mean()
+    bench = frame[(frame["stage"] == "bench") & (frame.get("path") == "ours")].copy() if "path" in frame else None
+    if bench is not None and not bench.empty:
+        bench["line"] = line_labels(bench)
+        latency = bench.pivot_table(index=["line", "sparsity"], columns="update",
+                                    values=["ms_per_token", "speedup_vs_dense"], aggfunc="mean")
+        latency.columns = [f"{metric}/{update}" for metric, update in latency.columns]
+        table = table.merge(latency.reset_index(), on=["line", "sparsity"], how="outer")
+    jobs = frame[(frame["stage"] == JOB_STAGE) & (frame.get("status") == "ok")].copy()
+    quality = [c for c in QUALITY if c in jobs]
+    if quality:
+        jobs["predictor"] = jobs["job_predictor"]
+        jobs["line"] = line_labels(jobs)
+        table = table.merge(jobs.groupby("line", as_index=False)[quality].mean(), on="line", how="left")
+    return table.sort_values(["line", "sparsity"]).reset_index(drop=True)
