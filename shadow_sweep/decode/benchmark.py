@@ -9,6 +9,7 @@ also reported alone (predictor_share = predictor time / decode time).
 import statistics
 
 import pandas as pd
+from tqdm.auto import tqdm
 import torch
 
 from shadow_sweep.config import BenchConfig
@@ -54,7 +55,7 @@ def run_benchmark(loaded: LoadedModel, predictors: dict[str, FittedPredictor], p
                  "ms_per_token": _hf_generate_ms_per_token(loaded, prompt, cfg)}]
         points = [("dense", "dense", 0.0)] + [(p, u, level) for p in cfg.predictors for level in cfg.levels
                                               for u in (cfg.updates if p != "static" else ["per_sequence"])]
-        for predictor, update, level in points:
+        for predictor, update, level in tqdm(points, desc="decode benchmark", leave=False):
             fitted = predictors.get(predictor)
             masks = MaskPredictor(fitted, policies[level], loaded.device) if fitted is not None else None
             generator = Generator(decoder, masks, update)

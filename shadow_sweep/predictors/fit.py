@@ -15,6 +15,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from shadow_sweep.config import PredictorConfig, PredictorName
 from shadow_sweep.models.adapters import ModelShape
@@ -86,7 +87,8 @@ def train_network(net: GroupedMLP, inputs, heads, neurons, cfg: PredictorConfig,
     steps_per_epoch = -(-len(inputs) // cfg.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
     losses = []
-    for _ in range(cfg.epochs):
+    epochs = tqdm(range(cfg.epochs), desc=f"fit {kind.value}", leave=False)
+    for _ in epochs:
         total = 0.0
         for rows in torch.randperm(len(inputs), generator=generator).split(cfg.batch_size):
             predicted_heads, predicted_neurons = split_outputs(kind, net(inputs[rows]), shape)
@@ -97,6 +99,7 @@ def train_network(net: GroupedMLP, inputs, heads, neurons, cfg: PredictorConfig,
             schedule.step()
             total += loss.item() * len(rows)
         losses.append(total / len(inputs))
+        epochs.set_postfix(loss=f"{losses[-1]:.4f}")
     return losses
 
 

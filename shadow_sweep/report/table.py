@@ -52,24 +52,38 @@ def line_labels(frame: pd.DataFrame) -> pd.Series:
     return frame.apply(label, axis=1)
 
 
-def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (label, sparsity), best first within a label by sparsity."""
+def _evaluation(frame: pd.DataFrame) -> pd.DataFrame:
     evaluated = frame[frame["stage"] == "evaluate"].copy()
     evaluated["line"] = line_labels(evaluated)
     metrics = [c for c in evaluated.columns if c.startswith("acc/")] + \
         [c for c in ("acc_mean", "word_perplexity", "token_perplexity") if c in evaluated]
-    table = evaluated.groupby(["line", "sparsity"], as_index=False)[metrics].mean()
-    bench = frame[(frame["stage"] == "bench") & (frame.get("path") == "ours")].copy() if "path" in frame else None
-    if bench is not None and not bench.empty:
-        bench["line"] = line_labels(bench)
-        latency = bench.pivot_table(index=["line", "sparsity"], columns="update",
-                                    values=["ms_per_token", "speedup_vs_dense"], aggfunc="mean")
-        latency.columns = [f"{metric}/{update}" for metric, update in latency.columns]
-        table = table.merge(latency.reset_index(), on=["line", "sparsity"], how="outer")
-    jobs = frame[(frame["stage"] == JOB_STAGE) & (frame.get("status") == "ok")].copy()
+    return evaluated.groupby(["line", "sparsity"], as_index=False)[metrics].mean()
+
+
+def _latency(frame: pd.DataFrame) -> pd.DataFrame:
+    bench = frame[(frame["stage"] == "bench") & (frame["path"] == "ours")].copy()
+    bench["line"] = line_labels(bench)
+    latency = bench.pivot_table(index=["line", "sparsity"], columns="update",
+                                values=["ms_per_token", "speedup_vs_dense"], aggfunc="mean")
+    latency.columns = [f"{metric}/{update}" for metric, update in latency.columns]
+    return latency.reset_index()
+
+
+def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (line, sparsity): accuracy-path metrics, latency per update policy, and the
+    line's predictor quality."""
+    parts = []
+    if (frame["stage"] == "evaluate").any():
+        parts.append(_evaluation(frame))
+    if "path" in frame and ((frame["stage"] == "bench") & (frame["path"] == "ours")).any():
+        parts.append(_latency(frame))
+    if not parts:
+        return pd.DataFrame(columns=["line", "sparsity"])
+    table = parts[0] if len(parts) == 1 else parts[0].merge(parts[1], on=["line", "sparsity"], how="outer")
+    jobs = frame[frame["stage"] == JOB_STAGE].copy()
     quality = [c for c in QUALITY if c in jobs]
     if quality:
-        jobs["predictor"] = jobs["job_predictor"]
+        jobs = jobs[jobs["status"] == "ok"].assign(predictor=lambda j: j["job_predictor"])
         jobs["line"] = line_labels(jobs)
         table = table.merge(jobs.groupby("line", as_index=False)[quality].mean(), on="line", how="left")
     return table.sort_values(["line", "sparsity"]).reset_index(drop=True)

@@ -5,20 +5,25 @@ A job runs load -> trace -> fit -> evaluate (-> bench) for one config (sweep/job
 the same command skips finished jobs and resumes killed ones.
 """
 
+import logging
 import os
 import sys
 from pathlib import Path
 
 import hydra
+import pandas as pd
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from shadow_sweep.config import AppConfig, register_configs
+from shadow_sweep.report.table import summary_table
 from shadow_sweep.sweep.compose import CONF_DIR
 from shadow_sweep.sweep.job import JobIdentity, run_job
-from shadow_sweep.sweep.results import RESULTS_NAME, ResultsFile
+from shadow_sweep.sweep.results import RESULTS_NAME, ResultsFile, job_key
+
+log = logging.getLogger(__name__)
 
 
 def job_threads(cfg: AppConfig, launcher: DictConfig) -> int:
@@ -40,10 +45,15 @@ def _hydra_entry(cfg: DictConfig) -> None:
     results = ResultsFile(Path(app_cfg.sweep.results_file) if app_cfg.sweep.results_file else sweep_dir / RESULTS_NAME)
     name = ",".join(hydra_cfg.overrides.task) or "default"
     torch.set_num_threads(job_threads(app_cfg, hydra_cfg.launcher))
-    table = run_job(app_cfg, output_dir, results, JobIdentity(f"{sweep_dir.parent.name}/{sweep_dir.name}", name))
-    if not table.empty:
-        print(table.drop(columns=["job_key", "sweep_id", "job"], errors="ignore").to_string(
-            index=False, float_format=lambda v: f"{v:.4g}"))
+    try:
+        run_job(app_cfg, output_dir, results, JobIdentity(f"{sweep_dir.parent.name}/{sweep_dir.name}", name))
+    except Exception:
+        if not multirun:
+            raise
+        log.exception("sweep point %s failed (recorded in %s); the sweep goes on", name, results.path)
+        return
+    rows = pd.DataFrame(results.job_rows(job_key(app_cfg)))
+    print(summary_table(rows).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"results: {results.path}")
 
 

@@ -48,12 +48,9 @@ def design_fields(cfg: AppConfig) -> dict:
 
 
 class Job:
-    def __init__(self, cfg: AppConfig, output_dir: Path, results: ResultsFile, identity: JobIdentity,
-                 tracker: Tracker):
-        self.cfg, self.output_dir, self.results, self.tracker = cfg, output_dir, results, tracker
-        self.key = job_key(cfg)
-        self.context = {"job_key": self.key, "sweep_id": identity.sweep_id, "job": identity.name,
-                        **design_fields(cfg)}
+    def __init__(self, cfg: AppConfig, context: dict, results: ResultsFile, tracker: Tracker):
+        self.cfg, self.context, self.results, self.tracker = cfg, context, results, tracker
+        self.key = context["job_key"]
         self.rows: list[dict] = []
         self.summary: dict = {}
         self.predictor_folder: Optional[str] = None
@@ -105,27 +102,30 @@ class Job:
 def run_job(cfg: AppConfig, output_dir: Path, results: Optional[ResultsFile] = None,
             identity: JobIdentity = JobIdentity()) -> pd.DataFrame:
     """Run (or skip, when finished) one job; its rows as a table. Rows go to `results`
-    (default: results.jsonl in output_dir); summary.json to output_dir."""
-    validate(cfg)
-    if cfg.stages.accuracy:
-        check_tasks(cfg.eval.tasks, cfg.paths.data_root)
+    (default: results.jsonl in output_dir); summary.json to output_dir. Anything that raises,
+    bad config values included, leaves a `failed` job row with the error, then propagates."""
     results = results or ResultsFile(output_dir / RESULTS_NAME)
     key = job_key(cfg)
     if cfg.sweep.skip_finished and results.finished(key):
         print(f"skipped: this job finished before (job_key {key} in {results.path})")
         return pd.DataFrame([r for r in results.job_rows(key) if r.get("stage") != JOB_STAGE])
-    output_dir.mkdir(parents=True, exist_ok=True)
-    config = plain(asdict(cfg))
-    job = Job(cfg, output_dir, results, identity, open_tracker(cfg, config, output_dir, identity.name,
-                                                               identity.sweep_id))
+    context = {"job_key": key, "sweep_id": identity.sweep_id, "job": identity.name, **design_fields(cfg)}
+    job = None
     try:
+        validate(cfg)
+        if cfg.stages.accuracy:
+            check_tasks(cfg.eval.tasks, cfg.paths.data_root)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        job = Job(cfg, context, results, open_tracker(cfg, plain(asdict(cfg)), output_dir, identity.name,
+                                                      identity.sweep_id))
         job.run()
     except BaseException as error:
-        job.results.append([{**job.context, "stage": JOB_STAGE, "status": "failed", "error": repr(error)[:2000],
-                             **job.summary}])
-        job.tracker.finish(job.rows, job.summary, None, failed=True)
+        summary = job.summary if job else {}
+        results.append([{**context, "stage": JOB_STAGE, "status": "failed", "error": repr(error)[:2000], **summary}])
+        if job:
+            job.tracker.finish(job.rows, summary, None, failed=True)
         raise
-    job.results.append([{**job.context, "stage": JOB_STAGE, "status": "ok", **job.summary}])
-    (output_dir / "summary.json").write_text(json.dumps({**job.context, **job.summary}, indent=2, default=str))
+    results.append([{**context, "stage": JOB_STAGE, "status": "ok", **job.summary}])
+    (output_dir / "summary.json").write_text(json.dumps({**context, **job.summary}, indent=2, default=str))
     job.tracker.finish(job.rows, job.summary, job.predictor_folder, failed=False)
     return pd.DataFrame(job.rows)

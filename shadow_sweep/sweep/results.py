@@ -71,3 +71,8 @@ class ResultsFile:
     def measured_points(self, key: str) -> set[str]:
         """Point ids this job already measured (kept across a kill)."""
         return {point_id(r) for r in self.job_rows(key) if r.get("stage") != JOB_STAGE}
+
+    def failed_jobs(self) -> list[dict]:
+        """The latest job row of every job whose latest job row is `failed`."""
+        latest = {r["job_key"]: r for r in self.rows() if r.get("stage") == JOB_STAGE}
+        return [r for r in latest.values() if r.get("status") == "failed"]

@@ -175,3 +175,16 @@ def test_two_parallel_jobs_compute_a_shared_trace_once(tmp_path, data_root):
     assert sorted(j["traces_cache_hit"] for j in jobs) == [False, True]
     assert all(j["torch_threads"] == max(1, len(os.sched_getaffinity(0)) // 2) for j in jobs)
     assert_cache_is_whole(tmp_path / "cache")
+
+
+def test_a_failing_point_is_reported_and_rerun_alone(tmp_path, data_root):
+    sweep_dir = tmp_path / "sweep"
+    command = sweep_command(sweep_dir, tmp_path / "cache", data_root, "logger=none", "stages.bench=false",
+                            "sparsity.level=0.5,1.5")
+    for attempt in (1, 2):
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 1
+        assert "1 sweep point(s) failed" in done.stderr and "sparsity.level=1.5" in done.stderr
+        jobs = job_rows(sweep_dir)
+        assert [j["status"] for j in jobs] == ["ok"] + ["failed"] * attempt  # the good point ran once
+        assert "sparsity.level(s)=1.5" in jobs[-1]["error"]

@@ -1,0 +1,32 @@
+"""Hydra callbacks of the app.
+
+`FailedPointsReport`: in a multirun a job that raises records a `failed` job row and lets the
+other jobs run (Hydra and SLURM then see it as completed, so neither is relied on); when the
+sweep ends, this callback names every point whose latest job row is `failed` and makes the
+launching command exit with status 1. Relaunching the same command reruns only those points (and
+any that never finished).
+"""
+
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from shadow_sweep.sweep.results import RESULTS_NAME, ResultsFile
+
+
+def sweep_results(config: DictConfig) -> ResultsFile:
+    path = config.sweep.results_file or Path(config.hydra.sweep.dir) / RESULTS_NAME
+    return ResultsFile(Path(path))
+
+
+class FailedPointsReport(Callback):
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        results = sweep_results(config)
+        failed = results.failed_jobs()
+        if failed:
+            lines = "\n".join(f"  - {row['job']}: {row.get('error', '')}" for row in failed)
+            # SystemExit: Hydra turns a callback's Exception into a warning (exit status 0)
+            raise SystemExit(f"{len(failed)} sweep point(s) failed (marked `failed` in {results.path}):\n"
+                                    f"{lines}\nRelaunch the same command to rerun only these and unfinished points.")
