@@ -27,9 +27,12 @@ log = logging.getLogger(__name__)
 
 
 def job_threads(cfg: AppConfig, launcher: DictConfig) -> int:
-    """sweep.threads, else the cores shared among the launcher's parallel jobs."""
+    """sweep.threads, else the SLURM launcher's cpus_per_task, else the cores shared among the
+    launcher's parallel jobs (joblib's n_jobs; 1 for Hydra's basic launcher)."""
     if cfg.sweep.threads:
         return cfg.sweep.threads
+    if launcher.get("cpus_per_task"):
+        return int(launcher.cpus_per_task)
     parallel = launcher.get("n_jobs") or 1
     cores = len(os.sched_getaffinity(0))
     return max(1, cores // (cores if parallel <= 0 else min(parallel, cores)))
