@@ -55,8 +55,11 @@ class ResultsFile:
         text = "".join(json.dumps(row, default=str) + "\n" for row in rows)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.path) + ".lock"):
-            with open(self.path, "a") as sink:
-                sink.write(text)
+            with open(self.path, "a+b") as sink:
+                size = sink.seek(0, os.SEEK_END)
+                if size and sink.seek(size - 1) is not None and sink.read(1) != b"\n":
+                    text = "\n" + text  # end a line cut short by a killed writer first
+                sink.write(text.encode())
                 sink.flush()
                 os.fsync(sink.fileno())
 

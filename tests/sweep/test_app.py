@@ -68,3 +68,20 @@ def test_console_command_runs_the_default_job(tmp_path, data_root):
     assert dense["model"] == "smollm2-135m" and 5 < dense["token_perplexity"] < 60
     assert sparse["predictor"] == "shadowllm" and sparse["token_perplexity"] > dense["token_perplexity"]
     assert {"acc/copa", "acc/piqa", "acc/arc_easy"} <= set(dense)
+
+
+def test_a_wandb_failure_never_costs_the_results(tmp_path, data_root, monkeypatch):
+    import wandb
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("W&B is unreachable")
+
+    monkeypatch.setattr(wandb, "init", unreachable)
+    cfg = compose_app(["model=tiny-llama", f"paths.data_root={data_root}", f"paths.cache_dir={tmp_path / 'cache'}",
+                       "logger=wandb", "stages.accuracy=false", "stages.bench=false", "perplexity.max_documents=1",
+                       "perplexity.window=32", "calibration.examples_per_task=1", "calibration.max_length=32",
+                       "predictor.epochs=1"])
+    with pytest.warns(UserWarning, match="W&B logging disabled.*unreachable"):
+        run_job(cfg, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows] == ["evaluate", "evaluate", "job"] and rows[-1]["status"] == "ok"

@@ -1,0 +1,36 @@
+"""The results file: concurrent appends stay whole lines, a cut line is skipped, a job's
+latest row decides whether it is finished or failed; job keys ignore logger and cache path."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+from shadow_sweep.sweep.results import ResultsFile, job_key
+from tests.conftest import compose_app
+
+
+def test_concurrent_appends_and_a_cut_line(tmp_path):
+    results = ResultsFile(tmp_path / "results.jsonl")
+    rows = [{"job_key": f"j{i}", "stage": "evaluate", "predictor": "p", "sparsity": 0.5, "blob": "x" * 5000}
+            for i in range(40)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda row: results.append([row]), rows))
+    with open(results.path, "a") as sink:
+        sink.write('{"job_key": "killed", "stage": "eva')  # a writer killed mid-line
+    results.append([{"job_key": "after", "stage": "job", "status": "ok"}])
+    assert sorted(r["job_key"] for r in results.rows()) == sorted([r["job_key"] for r in rows] + ["after"])
+    assert results.measured_points("j3") == {"evaluate:p:0.5:None"}
+
+
+def test_latest_job_row_decides(tmp_path):
+    results = ResultsFile(tmp_path / "results.jsonl")
+    results.append([{"job_key": "a", "stage": "job", "status": "failed", "error": "boom"},
+                    {"job_key": "b", "stage": "job", "status": "failed", "error": "boom"},
+                    {"job_key": "a", "stage": "job", "status": "ok"}])
+    assert results.finished("a")["status"] == "ok" and results.finished("b") is None
+    assert [r["job_key"] for r in results.failed_jobs()] == ["b"]
+
+
+def test_job_key_ignores_what_cannot_change_a_result():
+    base = job_key(compose_app())
+    assert job_key(compose_app(["logger=none", "paths.cache_dir=/elsewhere", "sweep.threads=1"])) == base
+    assert job_key(compose_app(["sparsity.level=0.3"])) != base
+    assert job_key(compose_app(["criterion=fisher"])) != base
