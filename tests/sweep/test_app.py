@@ -59,15 +59,20 @@ def test_missing_data_root_fails_before_the_model_loads(tmp_path):
 def test_console_command_runs_the_default_job(tmp_path, data_root):
     """`shadow-sweep` as a user types it (slice shortened), from the repository root."""
     command = [sys.executable, "-m", "shadow_sweep", f"paths.data_root={data_root}", "perplexity.max_documents=1",
-               "calibration.examples_per_task=2", "predictor.epochs=5", "eval.limit=5", f"hydra.run.dir={tmp_path}"]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+               "calibration.examples_per_task=2", "predictor.epochs=5", "eval.limit=5", "bench.new_tokens=4",
+               "bench.repeats=1", f"hydra.run.dir={tmp_path}"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "shadowllm x plainact" in done.stdout and "ms_per_token/per_token" in done.stdout
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
-    dense, sparse, job = rows
-    assert job["status"] == "ok"
+    dense, sparse = [r for r in rows if r["stage"] == "evaluate"]
     assert dense["model"] == "smollm2-135m" and 5 < dense["token_perplexity"] < 60
     assert sparse["predictor"] == "shadowllm" and sparse["token_perplexity"] > dense["token_perplexity"]
     assert {"acc/copa", "acc/piqa", "acc/arc_easy"} <= set(dense)
+    bench = {(r["predictor"], r["update"]) for r in rows if r["stage"] == "bench"}
+    assert bench == {("dense", "dense"), ("shadowllm", "per_sequence"), ("shadowllm", "per_token")}
+    assert rows[-1]["stage"] == "job" and rows[-1]["status"] == "ok"
+    assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
 
 
 def test_a_wandb_failure_never_costs_the_results(tmp_path, data_root, monkeypatch):
