@@ -14,6 +14,7 @@ import hydra
 import pandas as pd
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
@@ -38,6 +39,20 @@ def job_threads(cfg: AppConfig, launcher: DictConfig) -> int:
     return max(1, cores // (cores if parallel <= 0 else min(parallel, cores)))
 
 
+def job_name(hydra_cfg: DictConfig, sweep_dir: Path) -> str:
+    """The job's values of the swept keys ("criterion=l2_norm,sparsity.level=0.5"), read
+    against the sweep's own overrides in multirun.yaml; all its overrides otherwise."""
+    task = list(hydra_cfg.overrides.task)
+    launched = sweep_dir / "multirun.yaml"
+    if hydra_cfg.mode != RunMode.MULTIRUN or not launched.is_file():
+        return ",".join(task) or "default"
+    sweep = OmegaConf.load(launched).hydra
+    swept = {o.key_or_group for o in OverridesParser.create().parse_overrides(list(sweep.overrides.task))
+             if o.is_sweep_override()} | set(sweep.sweeper.get("params") or {})
+    chosen = [o.input_line for o in OverridesParser.create().parse_overrides(task) if o.key_or_group in swept]
+    return ",".join(chosen or task) or "default"
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _hydra_entry(cfg: DictConfig) -> None:
     app_cfg: AppConfig = OmegaConf.to_object(cfg)
@@ -46,7 +61,7 @@ def _hydra_entry(cfg: DictConfig) -> None:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     sweep_dir = Path(hydra_cfg.sweep.dir) if multirun else output_dir
     results = ResultsFile(Path(app_cfg.sweep.results_file) if app_cfg.sweep.results_file else sweep_dir / RESULTS_NAME)
-    name = ",".join(hydra_cfg.overrides.task) or "default"
+    name = job_name(hydra_cfg, sweep_dir)
     torch.set_num_threads(job_threads(app_cfg, hydra_cfg.launcher))
     try:
         run_job(app_cfg, output_dir, results, JobIdentity(f"{sweep_dir.parent.name}/{sweep_dir.name}", name))
