@@ -4,9 +4,10 @@
 # job), slurmctld and slurmd, all started as background processes.
 #   bash .ci/slurm.sh start   # install (Debian packages) if missing, configure, start, wait until idle
 #   bash .ci/slurm.sh stop
-# Clients need SLURM_CONF=$SLURM_CI_DIR/slurm.conf (printed by `start`).
+#   bash .ci/slurm.sh conf    # prints the SLURM_CONF path every client needs
+# State (configs, logs, spool) lives in outputs/slurm of this checkout, or $SLURM_CI_DIR.
 set -euo pipefail
-STATE=${SLURM_CI_DIR:-/tmp/shadow-sweep-slurm}
+STATE=${SLURM_CI_DIR:-$(cd "$(dirname "$0")/.." && pwd)/outputs/slurm}
 export SLURM_CONF=$STATE/slurm.conf
 CLUSTER=shadowsweep
 
@@ -131,5 +132,6 @@ stop() {
 case "${1:-}" in
     start) start ;;
     stop) stop ;;
-    *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+    conf) echo "$SLURM_CONF" ;;
+    *) echo "usage: $0 start|stop|conf" >&2; exit 2 ;;
 esac
