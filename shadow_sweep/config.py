@@ -173,6 +173,9 @@ class EvalConfig:
     dense_baseline: bool = True  # also evaluate without masks (sparsity 0) in this job
 
 
+BENCH_KERNELS = ("fused", "eager")  # per_token rows read in place, or copied with index_select
+
+
 @dataclass
 class BenchConfig:
     """Decode latency on the sparse path (batch 1), dense and sparse measured in the same run."""

@@ -3,7 +3,7 @@ before anything expensive: every message names the field and what it allows."""
 
 from typing import Any
 
-from shadow_sweep.config import AppConfig, ConfigError, ModelSource, PredictorName
+from shadow_sweep.config import BENCH_KERNELS, AppConfig, ConfigError, ModelSource, PredictorName
 from shadow_sweep.data.converters import TASK_FILES as OFFLINE_TASKS
 
 
@@ -31,7 +31,7 @@ def validate(cfg: AppConfig) -> None:
     _require(bench.new_tokens >= 2, "bench.new_tokens", bench.new_tokens, "an integer >= 2")
     wrong = [u for u in bench.updates if u not in ("per_sequence", "per_token")]
     _require(not wrong, "bench.updates", wrong, "per_sequence and/or per_token")
-    _require(bench.kernel in ("fused", "eager"), "bench.kernel", bench.kernel, "fused or eager")
+    _require(bench.kernel in BENCH_KERNELS, "bench.kernel", bench.kernel, " or ".join(BENCH_KERNELS))
     wrong = [p for p in bench.predictors if p not in ("shadowllm", "dejavu", "static")]
     _require(not wrong, "bench.predictors", wrong, "shadowllm, dejavu and/or static")
     for level in bench.levels:

@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 from torch.utils.cpp_extension import load
 
+from shadow_sweep.config import BENCH_KERNELS
+
 SOURCE = Path(__file__).parent / "kernels" / "gather_gemv.cpp"
-KERNELS = ("fused", "eager")
 
 
 @lru_cache(maxsize=None)
@@ -48,8 +49,8 @@ def build_dir(cache_root: str | Path) -> str:
 def gather_kernels(kernel: str, device: torch.device, cache_root: str | Path):
     """`bench.kernel` on this device: None for eager (the decoder copies kept rows every token),
     the C++ module on the CPU, TorchGatherKernels elsewhere."""
-    if kernel not in KERNELS:
-        raise ValueError(f"bench.kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel not in BENCH_KERNELS:
+        raise ValueError(f"bench.kernel must be one of {BENCH_KERNELS}, got {kernel!r}")
     if kernel == "eager":
         return None
     return cpp_kernels(build_dir(cache_root)) if device.type == "cpu" else TorchGatherKernels()

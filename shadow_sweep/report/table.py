@@ -10,11 +10,9 @@ from typing import Iterable
 
 import pandas as pd
 
-from shadow_sweep.sweep.results import JOB_STAGE, RESULTS_NAME, ResultsFile, point_id
+from shadow_sweep.sweep.results import JOB_STAGE, QUALITY_FIELDS, RESULTS_NAME, ResultsFile, point_id
 
 DESIGN = ("model", "ranking", "target_norm", "shots", "calibration_examples_per_task")
-QUALITY = ("heads_spearman_mean", "neurons_spearman_mean", "heads_recall_mean", "neurons_recall_mean",
-           "macs_percent_of_model")
 
 
 def results_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -81,7 +79,7 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=["line", "sparsity"])
     table = parts[0] if len(parts) == 1 else parts[0].merge(parts[1], on=["line", "sparsity"], how="outer")
     jobs = frame[frame["stage"] == JOB_STAGE].copy()
-    quality = [c for c in QUALITY if c in jobs]
+    quality = [c for c in QUALITY_FIELDS if c in jobs]
     if quality:
         jobs = jobs[jobs["status"] == "ok"].assign(predictor=lambda j: j["job_predictor"])
         jobs["line"] = line_labels(jobs)

@@ -22,7 +22,7 @@ from shadow_sweep.config import AppConfig, register_configs
 from shadow_sweep.report.table import summary_table
 from shadow_sweep.sweep.compose import CONF_DIR
 from shadow_sweep.sweep.job import JobIdentity, run_job
-from shadow_sweep.sweep.results import RESULTS_NAME, ResultsFile, job_key
+from shadow_sweep.sweep.results import ResultsFile, job_key
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,10 @@ def job_threads(cfg: AppConfig, launcher: DictConfig) -> int:
         return cfg.sweep.threads
     if launcher.get("cpus_per_task"):
         return int(launcher.cpus_per_task)
-    parallel = launcher.get("n_jobs") or 1
     cores = len(os.sched_getaffinity(0))
-    return max(1, cores // (cores if parallel <= 0 else min(parallel, cores)))
+    parallel = launcher.get("n_jobs") or 1
+    jobs = cores if parallel <= 0 else min(parallel, cores)  # joblib: n_jobs <= 0 means every core
+    return max(1, cores // jobs)
 
 
 def job_name(hydra_cfg: DictConfig, sweep_dir: Path) -> str:
@@ -46,10 +47,10 @@ def job_name(hydra_cfg: DictConfig, sweep_dir: Path) -> str:
     launched = sweep_dir / "multirun.yaml"
     if hydra_cfg.mode != RunMode.MULTIRUN or not launched.is_file():
         return ",".join(task) or "default"
-    sweep = OmegaConf.load(launched).hydra
-    swept = {o.key_or_group for o in OverridesParser.create().parse_overrides(list(sweep.overrides.task))
+    sweep, parser = OmegaConf.load(launched).hydra, OverridesParser.create()
+    swept = {o.key_or_group for o in parser.parse_overrides(list(sweep.overrides.task))
              if o.is_sweep_override()} | set(sweep.sweeper.get("params") or {})
-    chosen = [o.input_line for o in OverridesParser.create().parse_overrides(task) if o.key_or_group in swept]
+    chosen = [o.input_line for o in parser.parse_overrides(task) if o.key_or_group in swept]
     return ",".join(chosen or task) or "default"
 
 
@@ -60,7 +61,7 @@ def _hydra_entry(cfg: DictConfig) -> None:
     output_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     sweep_dir = Path(hydra_cfg.sweep.dir) if multirun else output_dir
-    results = ResultsFile(Path(app_cfg.sweep.results_file) if app_cfg.sweep.results_file else sweep_dir / RESULTS_NAME)
+    results = ResultsFile.of_sweep(app_cfg.sweep.results_file, sweep_dir)
     name = job_name(hydra_cfg, sweep_dir)
     torch.set_num_threads(job_threads(app_cfg, hydra_cfg.launcher))
     try:

@@ -7,26 +7,20 @@ launching command exit with status 1. Relaunching the same command reruns only t
 any that never finished).
 """
 
-from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from shadow_sweep.sweep.results import RESULTS_NAME, ResultsFile
-
-
-def sweep_results(config: DictConfig) -> ResultsFile:
-    path = config.sweep.results_file or Path(config.hydra.sweep.dir) / RESULTS_NAME
-    return ResultsFile(Path(path))
+from shadow_sweep.sweep.results import ResultsFile
 
 
 class FailedPointsReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        results = sweep_results(config)
+        results = ResultsFile.of_sweep(config.sweep.results_file, config.hydra.sweep.dir)
         failed = results.failed_jobs()
         if failed:
             lines = "\n".join(f"  - {row['job']}: {row.get('error', '')}" for row in failed)
             # SystemExit: Hydra turns a callback's Exception into a warning (exit status 0)
             raise SystemExit(f"{len(failed)} sweep point(s) failed (marked `failed` in {results.path}):\n"
-                                    f"{lines}\nRelaunch the same command to rerun only these and unfinished points.")
+                             f"{lines}\nRelaunch the same command to rerun only these and unfinished points.")

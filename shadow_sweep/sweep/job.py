@@ -22,15 +22,12 @@ from shadow_sweep.data.wikitext import load_wikitext
 from shadow_sweep.evaluation.harness import build_tasks, check_tasks
 from shadow_sweep.models.loading import load_model
 from shadow_sweep.predictors.fit import FittedPredictor
-from shadow_sweep.sweep.results import JOB_STAGE, RESULTS_NAME, ResultsFile, job_key, point_id
+from shadow_sweep.sweep.results import (JOB_STAGE, QUALITY_FIELDS, RESULTS_NAME, ResultsFile, finished_row, job_key,
+                                        point_id, point_ids)
 from shadow_sweep.sweep.stages import (bench_rows, cached_point, evaluation_points, fit_stage, levels, policy_at,
                                        trace_stage)
 from shadow_sweep.sweep.tracking import Tracker, open_tracker
 from shadow_sweep.validation import validate
-
-QUALITY_FIELDS = ("heads_spearman_mean", "neurons_spearman_mean", "heads_recall_mean", "neurons_recall_mean",
-                  "macs_percent_of_model")
-
 
 @dataclass
 class JobIdentity:
@@ -48,9 +45,9 @@ def design_fields(cfg: AppConfig) -> dict:
 
 
 class Job:
-    def __init__(self, cfg: AppConfig, context: dict, results: ResultsFile, tracker: Tracker):
-        self.cfg, self.context, self.results, self.tracker = cfg, context, results, tracker
-        self.key = context["job_key"]
+    def __init__(self, cfg: AppConfig, context: dict, results: ResultsFile, tracker: Tracker, measured: set[str]):
+        """`measured`: point ids this job already has in the results file (a killed earlier run)."""
+        self.cfg, self.context, self.results, self.tracker, self.measured = cfg, context, results, tracker, measured
         self.rows: list[dict] = []
         self.summary: dict = {}
         self.predictor_folder: Optional[str] = None
@@ -65,7 +62,7 @@ class Job:
     def run(self) -> None:
         cfg, started = self.cfg, time.perf_counter()
         self.summary["torch_threads"] = torch.get_num_threads()
-        measured = self.results.measured_points(self.key)
+        measured = self.measured
         if measured:
             print(f"resuming: {len(measured)} points of this job are already in {self.results.path}")
         rule = SplitRule(cfg.data_split.calibration_fraction, cfg.data_split.seed)
@@ -106,9 +103,10 @@ def run_job(cfg: AppConfig, output_dir: Path, results: Optional[ResultsFile] = N
     bad config values included, leaves a `failed` job row with the error, then propagates."""
     results = results or ResultsFile(output_dir / RESULTS_NAME)
     key = job_key(cfg)
-    if cfg.sweep.skip_finished and results.finished(key):
+    earlier = results.job_rows(key)
+    if cfg.sweep.skip_finished and finished_row(earlier):
         print(f"skipped: this job finished before (job_key {key} in {results.path})")
-        return pd.DataFrame([r for r in results.job_rows(key) if r.get("stage") != JOB_STAGE])
+        return pd.DataFrame([r for r in earlier if r.get("stage") != JOB_STAGE])
     context = {"job_key": key, "sweep_id": identity.sweep_id, "job": identity.name, **design_fields(cfg)}
     job = None
     try:
@@ -116,8 +114,8 @@ def run_job(cfg: AppConfig, output_dir: Path, results: Optional[ResultsFile] = N
         if cfg.stages.accuracy:
             check_tasks(cfg.eval.tasks, cfg.paths.data_root)
         output_dir.mkdir(parents=True, exist_ok=True)
-        job = Job(cfg, context, results, open_tracker(cfg, plain(asdict(cfg)), output_dir, identity.name,
-                                                      identity.sweep_id))
+        tracker = open_tracker(cfg, plain(asdict(cfg)), output_dir, identity.name, identity.sweep_id)
+        job = Job(cfg, context, results, tracker, point_ids(earlier))
         job.run()
     except BaseException as error:
         summary = job.summary if job else {}

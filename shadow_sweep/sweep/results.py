@@ -20,6 +20,8 @@ from shadow_sweep.config import AppConfig
 
 RESULTS_NAME = "results.jsonl"
 JOB_STAGE = "job"
+QUALITY_FIELDS = ("heads_spearman_mean", "neurons_spearman_mean", "heads_recall_mean", "neurons_recall_mean",
+                  "macs_percent_of_model")  # the predictor's quality and cost, on a job row
 
 
 def job_key(cfg: AppConfig) -> str:
@@ -35,9 +37,25 @@ def point_id(row: dict) -> str:
     return f"{row.get('stage')}:{row.get('predictor')}:{row.get('sparsity')}:{row.get('update')}"
 
 
+def finished_row(job_rows: list[dict]) -> Optional[dict]:
+    """A job's latest `ok` job row among its rows, when it has finished."""
+    done = [r for r in job_rows if r.get("stage") == JOB_STAGE and r.get("status") == "ok"]
+    return done[-1] if done else None
+
+
+def point_ids(job_rows: list[dict]) -> set[str]:
+    """The points a job's rows hold (kept across a kill)."""
+    return {point_id(r) for r in job_rows if r.get("stage") != JOB_STAGE}
+
+
 class ResultsFile:
     def __init__(self, path: Path):
         self.path = Path(path)
+
+    @classmethod
+    def of_sweep(cls, results_file: Optional[str], sweep_dir: Path) -> "ResultsFile":
+        """`sweep.results_file` when set, else results.jsonl in the sweep (or run) folder."""
+        return cls(Path(results_file) if results_file else Path(sweep_dir) / RESULTS_NAME)
 
     def rows(self) -> list[dict]:
         """Every complete row; a line cut short by a killed writer is skipped."""
@@ -67,13 +85,10 @@ class ResultsFile:
         return [r for r in self.rows() if r.get("job_key") == key]
 
     def finished(self, key: str) -> Optional[dict]:
-        """The job's `ok` job row, when the job has finished."""
-        done = [r for r in self.job_rows(key) if r.get("stage") == JOB_STAGE and r.get("status") == "ok"]
-        return done[-1] if done else None
+        return finished_row(self.job_rows(key))
 
     def measured_points(self, key: str) -> set[str]:
-        """Point ids this job already measured (kept across a kill)."""
-        return {point_id(r) for r in self.job_rows(key) if r.get("stage") != JOB_STAGE}
+        return point_ids(self.job_rows(key))
 
     def failed_jobs(self) -> list[dict]:
         """The latest job row of every job whose latest job row is `failed`."""

@@ -61,26 +61,29 @@ class WandbTracker(Tracker):
         tags = [cfg.predictor.name.value, f"ranking:{cfg.sparsity.ranking.value}",
                 f"sweep:{sweep_id}"[:64]] + [f"update:{u}" for u in cfg.bench.updates if cfg.stages.bench]
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.run = self._safely(lambda: wandb.init(
-            project=cfg.logger.project, entity=cfg.logger.entity, dir=str(run_dir), name=name,
-            group=f"{cfg.model.name}-{cfg.criterion.name.value}", job_type=cfg.predictor.name.value,
-            tags=tags + list(cfg.logger.tags), config=config, mode=resolve_mode(cfg.logger.mode)))
-        if self.run is not None:
-            self._safely(self._define_axes)
-
-    def _define_axes(self) -> None:
-        self.run.define_metric("sparsity")
-        self.run.define_metric("*", step_metric="sparsity")
-
-    def _safely(self, action):
-        if getattr(self, "run", True) is None:
-            return None
+        self.run = None
         try:
-            return action()
-        except Exception as error:  # W&B must never cost the local results
-            warnings.warn(f"W&B logging disabled for this job: {error!r}; the results file has every row")
-            self.run = None
-            return None
+            self.run = wandb.init(
+                project=cfg.logger.project, entity=cfg.logger.entity, dir=str(run_dir), name=name,
+                group=f"{cfg.model.name}-{cfg.criterion.name.value}", job_type=cfg.predictor.name.value,
+                tags=tags + list(cfg.logger.tags), config=config, mode=resolve_mode(cfg.logger.mode))
+            self.run.define_metric("sparsity")
+            self.run.define_metric("*", step_metric="sparsity")
+        except Exception as error:
+            self._disable(error)
+
+    def _disable(self, error: Exception) -> None:
+        """W&B must never cost the local results: warn once and stop logging this job."""
+        warnings.warn(f"W&B logging disabled for this job: {error!r}; the results file has every row")
+        self.run = None
+
+    def _safely(self, action) -> None:
+        if self.run is None:
+            return
+        try:
+            action()
+        except Exception as error:
+            self._disable(error)
 
     def log_point(self, row: dict) -> None:
         self._safely(lambda: self.run.log(point_metrics(row)))
