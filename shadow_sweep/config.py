@@ -241,7 +241,7 @@ class SweepConfig:
     """Where a sweep's rows go and how a relaunch treats finished points."""
 
     results_file: Optional[str] = None  # null: results.jsonl in the sweep folder (-m) or the run folder
-    skip_finished: bool = True  # a relaunch skips points whose rows are in the results file
+    skip_finished: bool = True  # a relaunch skips finished jobs and points already in the results file
     threads: Optional[int] = None  # torch threads per job; null: cores / parallel jobs of the launcher
 
 

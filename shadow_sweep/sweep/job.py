@@ -115,7 +115,7 @@ def run_job(cfg: AppConfig, output_dir: Path, results: Optional[ResultsFile] = N
             check_tasks(cfg.eval.tasks, cfg.paths.data_root)
         output_dir.mkdir(parents=True, exist_ok=True)
         tracker = open_tracker(cfg, plain(asdict(cfg)), output_dir, identity.name, identity.sweep_id)
-        job = Job(cfg, context, results, tracker, point_ids(earlier))
+        job = Job(cfg, context, results, tracker, point_ids(earlier) if cfg.sweep.skip_finished else set())
         job.run()
     except BaseException as error:
         summary = job.summary if job else {}

@@ -90,3 +90,16 @@ def test_a_wandb_failure_never_costs_the_results(tmp_path, data_root, monkeypatc
         run_job(cfg, tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in rows] == ["evaluate", "evaluate", "job"] and rows[-1]["status"] == "ok"
+
+
+def test_skip_finished_false_runs_a_finished_job_again(tmp_path, data_root):
+    overrides = ["model=tiny-llama", f"paths.data_root={data_root}", f"paths.cache_dir={tmp_path / 'cache'}",
+                 "logger=none", "stages.accuracy=false", "stages.bench=false", "perplexity.max_documents=1",
+                 "perplexity.window=32", "calibration.examples_per_task=1", "calibration.max_length=32",
+                 "predictor.epochs=1"]
+    run_job(compose_app(overrides), tmp_path)
+    run_job(compose_app(overrides), tmp_path)  # finished: skipped
+    run_job(compose_app(overrides + ["sweep.skip_finished=false"]), tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows] == ["evaluate", "evaluate", "job"] * 2
+    assert [r["cache_hit"] for r in rows if r["stage"] == "evaluate"] == [False, False, True, True]
