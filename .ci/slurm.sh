@@ -51,6 +51,9 @@ start_mariadb() {
             --pid-file=/run/mysqld/mariadb.pid >"$STATE/log/mariadb.log" 2>&1 &
     fi
     wait_for 60 mariadb mariadb-admin ping
+    # A fresh slurmctld (new checkout) numbers jobs from 1 again: old accounting rows with the
+    # same job ids would make sacct report old states (submitit then gives up on a running job).
+    pgrep -x slurmdbd >/dev/null || mariadb -e "DROP DATABASE IF EXISTS slurm_acct_db"
     mariadb -e "CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'slurm';
                 GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;"
 }
