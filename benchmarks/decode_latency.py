@@ -33,7 +33,7 @@ def main(overrides: list[str]) -> None:
         traces, _ = traces_for(stage_cfg, loaded, cache)
         predictors[name] = predictor_for(stage_cfg, loaded, traces, cache)[0]
     policies = {level: policy_at(cfg, level, loaded) for level in cfg.bench.levels}
-    compiled = gather_kernels(cfg.bench.kernel, loaded.device, cfg.paths.cache_dir)
+    compiled = gather_kernels(cfg.bench.kernel, loaded.device, loaded.model.dtype, cfg.paths.cache_dir)
     table = run_benchmark(loaded, predictors, policies, cfg.bench, compiled)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
 

@@ -189,6 +189,7 @@ class BenchConfig:
     predictors: list[str] = field(default_factory=lambda: ["shadowllm", "dejavu", "static"])
     updates: list[str] = field(default_factory=lambda: ["per_sequence", "per_token"])
     kernel: str = "fused"  # per_token rows: fused (C++ gather-GEMV, no copy) or eager (index_select copies)
+    cuda_graphs: bool = True  # on CUDA, also time fixed-weight points replaying a CUDA graph
     seed: int = 0
 
 

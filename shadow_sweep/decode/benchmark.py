@@ -3,7 +3,10 @@ update) on the sparse path, all in one run; ratios are against our dense path of
 
 ms/token counts the new tokens after the first (the first comes from the prompt pass,
 reported as prefill_ms); the predictor's and the gathers' times are inside ms/token and
-also reported alone (predictor_share = predictor time / decode time).
+also reported alone (predictor_share = predictor time / decode time). On CUDA with
+`bench.cuda_graphs`, every fixed-weight point (dense, per_sequence, static) is measured a
+second time replaying a CUDA graph (`graph` column; its capture is inside prefill_ms);
+speedup_vs_dense compares with our dense path in the same mode (eager or graph).
 """
 
 import statistics
@@ -55,18 +58,22 @@ def run_benchmark(loaded: LoadedModel, predictors: dict[str, FittedPredictor], p
                  "ms_per_token": _hf_generate_ms_per_token(loaded, prompt, cfg)}]
         points = [("dense", "dense", 0.0)] + [(p, u, level) for p in cfg.predictors for level in cfg.levels
                                               for u in (cfg.updates if p != "static" else ["per_sequence"])]
-        for predictor, update, level in tqdm(points, desc="decode benchmark", leave=False):
+        graphs = [False, True] if cfg.cuda_graphs and loaded.device.type == "cuda" else [False]
+        points = [(p, u, level, graph) for p, u, level in points for graph in graphs
+                  if not (graph and u == "per_token")]
+        for predictor, update, level, graph in tqdm(points, desc="decode benchmark", leave=False):
             fitted = predictors.get(predictor)
             masks = MaskPredictor(fitted, policies[level], loaded.device) if fitted is not None else None
-            generator = Generator(decoder, masks, update)
+            generator = Generator(decoder, masks, update, graphs=graph)
             for _ in range(cfg.warmup):
                 generator.generate(prompt, 4)
             runs = [generator.generate(prompt, cfg.new_tokens) for _ in range(cfg.repeats)]
             steps = cfg.new_tokens - 1
             decode_ms = 1000 * _median(runs, "decode_s") / steps
-            rows.append({"path": "ours", "predictor": predictor, "update": update, "sparsity": level,
+            rows.append({"path": "ours", "predictor": predictor, "update": update, "sparsity": level, "graph": graph,
                          "kernel": kernel_name(kernels) if update == "per_token" else "sliced" if fitted else "dense",
                          "ms_per_token": decode_ms, "prefill_ms": 1000 * _median(runs, "prefill_s"),
+                         "prefill_capture_ms": 1000 * _median(runs, "prefill_capture_s"),
                          "predictor_ms_per_token": 1000 * _median(runs, "predictor_s") / steps,
                          "gather_ms_per_token": 1000 * _median(runs, "gather_s") / steps,
                          "prefill_predictor_ms": 1000 * _median(runs, "prefill_predictor_s"),
@@ -75,7 +82,8 @@ def run_benchmark(loaded: LoadedModel, predictors: dict[str, FittedPredictor], p
     finally:
         torch.set_num_threads(threads)
     table = pd.DataFrame(rows)
+    table["graph"] = table["graph"].fillna(False).astype(bool)
     table["tokens_per_s"] = 1000.0 / table["ms_per_token"]
-    dense = table[(table.path == "ours") & (table.predictor == "dense")].ms_per_token.iloc[0]
-    table["speedup_vs_dense"] = dense / table["ms_per_token"]
+    dense = table[(table.path == "ours") & (table.predictor == "dense")].set_index("graph").ms_per_token
+    table["speedup_vs_dense"] = table["graph"].map(dense) / table["ms_per_token"]
     return table

@@ -34,14 +34,39 @@ class LayerCache:
 
     @classmethod
     def empty(cls, max_len: int, groups: int, head_dim: int, like: torch.Tensor) -> "LayerCache":
+        """Zeros, not garbage: static-shape steps attend over unwritten slots (masked, and a
+        masked NaN would still poison the softmax's weighted sum)."""
         shape = (max_len, groups, head_dim)
-        return cls(like.new_empty(shape), like.new_empty(shape))
+        return cls(like.new_zeros(shape), like.new_zeros(shape))
 
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        """Dynamic shapes: keys, values [length, groups, d] so far (no mask needed)."""
         end = self.length + k.shape[0]
         self.k[self.length:end], self.v[self.length:end] = k, v
         self.length = end
-        return self.k[:end], self.v[:end]
+        return self.k[:end], self.v[:end], None
+
+    def write_at(self, position: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Static shapes (CUDA graphs): one token's K/V written at `position` [1], a device
+        tensor; returns the whole cache [max_len, groups, d] and valid [max_len] (slot <= position)."""
+        self.k.index_copy_(0, position, k)
+        self.v.index_copy_(0, position, v)
+        return self.k, self.v, torch.arange(self.k.shape[0], device=position.device) <= position
+
+
+def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, groups: torch.Tensor, scale: float,
+           valid: Optional[torch.Tensor]) -> torch.Tensor:
+    """q [1, |Q|, T, d] over cached keys/values [S, groups, d] -> context [T, |Q| d]: each kept
+    query head reads its K/V group (`groups` [|Q|]); causal over T, or `valid` [S] masks slots."""
+    tokens = q.shape[2]
+    if q.shape[1] == 0:  # no kept head (CUDA's attention kernels fail on zero heads)
+        return q.new_zeros(tokens, 0)
+    keys, values = keys[:, groups].transpose(0, 1)[None], values[:, groups].transpose(0, 1)[None]
+    mask = None if valid is None else valid[None, None, None, :]
+    context = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=mask is None and tokens > 1,
+                                             scale=scale)
+    return context[0].transpose(0, 1).reshape(tokens, -1)
 
 
 class SparseDecoder:
@@ -88,9 +113,10 @@ class SparseDecoder:
                 for w in weights]
 
     def layer(self, index: int, x: torch.Tensor, positions: torch.Tensor, w: LayerWeights, cache: LayerCache,
-              kv: Optional[LayerWeights] = None) -> tuple[torch.Tensor, torch.Tensor]:
+              kv: Optional[LayerWeights] = None, static: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """x [T, D] -> (x [T, D], head context [T, |Q| d]). `kv` (the dense weights) supplies
-        K/V for every group when masks change per token; else K/V of `w`'s kept groups only."""
+        K/V for every group when masks change per token; else K/V of `w`'s kept groups only.
+        `static`: one token at positions [1], static shapes (LayerCache.write_at)."""
         if isinstance(w, IndexedLayer):
             return self._indexed_layer(index, x, positions, w, cache)
         layer, d, f = self.layers[index], self.shape.head_dim, self.family
@@ -101,11 +127,10 @@ class SparseDecoder:
         k = linear(h, source.k, source.k_bias).view(tokens, -1, d).transpose(0, 1)[None]
         v = linear(h, source.v, source.v_bias).view(tokens, -1, d)
         q, k = f.position_queries_keys(q, k, positions, h[None])
-        keys, values = cache.append(k[0].transpose(0, 1), v)  # [S, groups, d]
+        k = k[0].transpose(0, 1)  # [T, groups, d]
+        keys, values, valid = cache.write_at(positions, k, v) if static else cache.append(k, v)
         groups = w.kv_of_query if kv is None else w.query_heads // self.shape.queries_per_kv
-        keys, values = keys[:, groups].transpose(0, 1)[None], values[:, groups].transpose(0, 1)[None]
-        context = F.scaled_dot_product_attention(q, keys, values, is_causal=tokens > 1, scale=f.scale)
-        context = context[0].transpose(0, 1).reshape(tokens, -1)
+        context = attend(q, keys, values, groups, f.scale, valid)
         x = x + linear_transposed(context, w.o, w.o_bias)
         h = f.mlp_input(layer, x)
         gate = linear(h, w.gate, None) if w.gate is not None else None
@@ -125,10 +150,8 @@ class SparseDecoder:
         k = linear(h, full.k, full.k_bias).view(1, -1, d).transpose(0, 1)[None]
         v = linear(h, full.v, full.v_bias).view(1, -1, d)
         q, k = f.position_queries_keys(q, k, positions, h[None])
-        keys, values = cache.append(k[0].transpose(0, 1), v)
-        groups = w.query_heads // self.shape.queries_per_kv
-        keys, values = keys[:, groups].transpose(0, 1)[None], values[:, groups].transpose(0, 1)[None]
-        context = F.scaled_dot_product_attention(q, keys, values, scale=f.scale)[0].transpose(0, 1).reshape(1, -1)
+        keys, values, _ = cache.append(k[0].transpose(0, 1), v)
+        context = attend(q, keys, values, w.query_heads // self.shape.queries_per_kv, f.scale, None)
         x = x + add(kernels.gather_transposed_gemv(full.o, w.q_rows, context[0]), full.o_bias)
         h = f.mlp_input(layer, x)[0]
         up = add(kernels.gather_gemv(full.up, w.neuron_rows, h), full.up_bias, w.neuron_rows)
@@ -137,11 +160,11 @@ class SparseDecoder:
         return x + add(kernels.gather_transposed_gemv(full.down, w.neuron_rows, hidden), full.down_bias), context
 
     @torch.no_grad()
-    def forward(self, ids: torch.Tensor, start: int, weights: list[LayerWeights], caches: list[LayerCache],
-                dense_kv: bool = False) -> torch.Tensor:
-        """Tokens ids [T] at positions start.. -> logits [T, V], with fixed per-layer weights."""
-        positions = torch.arange(start, start + ids.shape[0], device=ids.device)
-        x = self.family.embed(ids, positions)
+    def step_at(self, token: torch.Tensor, position: torch.Tensor, weights: list[LayerWeights],
+                caches: list[LayerCache]) -> torch.Tensor:
+        """One token [1] at a position [1] given as device tensors -> logits [V], with fixed
+        weights, static shapes and no host sync: the step a CUDA graph captures (decode.graphs)."""
+        x = self.family.embed(token, position)
         for index, (w, cache) in enumerate(zip(weights, caches)):
-            x, _ = self.layer(index, x, positions, w, cache, self.dense[index] if dense_kv else None)
-        return self.family.logits(x)
+            x, _ = self.layer(index, x, position, w, cache, static=True)
+        return self.family.logits(x)[0]

@@ -3,10 +3,11 @@
     gather_gemv(W [R, D], rows [k], x [D])              -> W[rows] @ x        [k]
     gather_transposed_gemv(Wt [R, D], rows [k], x [k])  -> x @ Wt[rows]       [D]
 
-On the CPU: the fused C++/OpenMP kernels (kernels/gather_gemv.cpp), compiled on first use
-with torch's cpp_extension into the stage cache (about a minute, once per machine and
-torch); they read the kept rows in place. On CUDA: `TorchGatherKernels`, the same two
-functions in torch ops (an on-device gather of the kept rows, then a GEMV; no host sync).
+On the CPU in float32: the fused C++/OpenMP kernels (kernels/gather_gemv.cpp), compiled on
+first use with torch's cpp_extension into the stage cache (about a minute, once per machine
+and torch); they read the kept rows in place. On CUDA, and for other dtypes:
+`TorchGatherKernels`, the same two functions in torch ops (an on-device gather of the kept
+rows, then a GEMV; no host sync).
 """
 
 from functools import lru_cache
@@ -46,14 +47,16 @@ def build_dir(cache_root: str | Path) -> str:
     return str(Path(cache_root) / "extensions" / f"torch-{torch.__version__}")
 
 
-def gather_kernels(kernel: str, device: torch.device, cache_root: str | Path):
-    """`bench.kernel` on this device: None for eager (the decoder copies kept rows every token),
-    the C++ module on the CPU, TorchGatherKernels elsewhere."""
+def gather_kernels(kernel: str, device: torch.device, dtype: torch.dtype, cache_root: str | Path):
+    """`bench.kernel` for weights of this device and dtype: None for eager (the decoder copies
+    kept rows every token), the C++ module for float32 on the CPU, TorchGatherKernels else."""
     if kernel not in BENCH_KERNELS:
         raise ValueError(f"bench.kernel must be one of {BENCH_KERNELS}, got {kernel!r}")
     if kernel == "eager":
         return None
-    return cpp_kernels(build_dir(cache_root)) if device.type == "cpu" else TorchGatherKernels()
+    if device.type == "cpu" and dtype == torch.float32:
+        return cpp_kernels(build_dir(cache_root))
+    return TorchGatherKernels()
 
 
 def kernel_name(kernels) -> str:

@@ -8,7 +8,9 @@ Mask update policies (`bench.update`):
   kept rows are read in place by the fused gather-GEMV kernels when the decoder has them
   (`IndexedLayer`), else gathered again every token (eager `index_select`, a copy);
 - dense: no masks, all weights (our dense path).
-Layer 0 is always dense (it feeds ShadowLLM's predictor).
+Layer 0 is always dense (it feeds ShadowLLM's predictor). With `graphs` (CUDA only), the
+new tokens of fixed-weight updates (dense, per_sequence, static) replay a CUDA graph
+captured after the prompt (decode.graphs); the capture is timed inside the prefill.
 """
 
 import time
@@ -18,6 +20,7 @@ import torch
 
 from shadow_sweep.config import PredictorName
 from shadow_sweep.decode.engine import SparseDecoder
+from shadow_sweep.decode.graphs import GraphedStep
 from shadow_sweep.decode.weights import LayerWeights
 from shadow_sweep.predictors.inference import MaskPredictor
 
@@ -41,13 +44,16 @@ class DecodeRun:
     gather_s: float = 0.0  # inside decode_s
     prefill_predictor_s: float = 0.0  # inside prefill_s
     prefill_gather_s: float = 0.0  # inside prefill_s
+    prefill_capture_s: float = 0.0  # inside prefill_s: capturing the CUDA graph
 
 
 class Generator:
-    def __init__(self, decoder: SparseDecoder, predictor: MaskPredictor | None, update: str):
+    def __init__(self, decoder: SparseDecoder, predictor: MaskPredictor | None, update: str, graphs: bool = False):
         if update not in UPDATES:
             raise ValueError(f"bench.update must be one of {UPDATES}, got {update!r}")
-        self.decoder, self.predictor, self.update = decoder, predictor, update
+        if graphs and update == "per_token":
+            raise ValueError("CUDA graphs need weights fixed for the sequence: update dense or per_sequence")
+        self.decoder, self.predictor, self.update, self.graphs = decoder, predictor, update, graphs
         self.kind = predictor.fitted.kind if predictor else PredictorName.dense
         self.static_weights = None
         if self.kind == PredictorName.static and update != "dense":  # one gather for every sequence
@@ -113,6 +119,11 @@ class Generator:
         learned = self.kind in (PredictorName.shadowllm, PredictorName.dejavu) and self.update != "dense"
         began = now()
         logits = self._run(prompt, 0, weights, caches, run, predict=learned)
+        graphed = None
+        if self.graphs:
+            captured = now()
+            graphed = GraphedStep(d, weights, caches, start=prompt.shape[0])
+            run.prefill_capture_s = now() - captured
         run.prefill_s = now() - began
         run.prefill_predictor_s, run.prefill_gather_s, run.predictor_s, run.gather_s = run.predictor_s, run.gather_s, 0, 0
         began = now()
@@ -122,6 +133,9 @@ class Generator:
             run.logits.append(logits)
             if step == new_tokens - 1:
                 break
+            if graphed is not None:
+                logits = graphed(token, prompt.shape[0] + step).clone()  # the graph reuses its output buffer
+                continue
             logits = self._run(torch.tensor([token], device=d.device), prompt.shape[0] + step, weights, caches, run,
                                predict=learned and self.update == "per_token")
         run.decode_s = now() - began

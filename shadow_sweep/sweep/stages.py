@@ -131,7 +131,7 @@ def bench_rows(cfg: AppConfig, loaded: LoadedModel, fitted: FittedPredictor) -> 
     learned = fitted.kind.value in ("shadowllm", "dejavu", "static")
     bench = type(cfg.bench)(**{**asdict(cfg.bench), "levels": levels(cfg),
                                "predictors": [fitted.kind.value] if learned else []})
-    compiled = gather_kernels(bench.kernel, loaded.device, cfg.paths.cache_dir)
+    compiled = gather_kernels(bench.kernel, loaded.device, loaded.model.dtype, cfg.paths.cache_dir)
     policies = {level: policy_at(cfg, level, loaded) for level in bench.levels}
     table: pd.DataFrame = run_benchmark(loaded, {fitted.kind.value: fitted} if learned else {}, policies, bench,
                                         compiled)

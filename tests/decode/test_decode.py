@@ -144,7 +144,8 @@ def test_gather_kernels_match_the_eager_gather(session_cache, embedded_cache):
     """The C++ kernels (CPU) and the torch-ops kernels (the CUDA path's) against W[rows]."""
     from shadow_sweep.decode.fused import TorchGatherKernels, gather_kernels
 
-    compiled = gather_kernels("fused", torch.device("cpu"), embedded_cache.root)  # compiled once per machine
+    # compiled once per machine
+    compiled = gather_kernels("fused", torch.device("cpu"), torch.float32, embedded_cache.root)
     g = torch.Generator().manual_seed(0)
     weight, x, a = torch.randn(40, 24, generator=g), torch.randn(24, generator=g), torch.randn(5, generator=g)
     rows = torch.tensor([0, 3, 4, 17, 39])
