@@ -61,6 +61,8 @@ def _evaluation(frame: pd.DataFrame) -> pd.DataFrame:
 def _latency(frame: pd.DataFrame) -> pd.DataFrame:
     bench = frame[(frame["stage"] == "bench") & (frame["path"] == "ours")].copy()
     bench["line"] = line_labels(bench)
+    if "graph" in bench:  # CUDA-graph rows (GPU runs) are their own policy column, never averaged with eager
+        bench["update"] = bench["update"].where(~bench["graph"].fillna(False).astype(bool), bench["update"] + "+graph")
     latency = bench.pivot_table(index=["line", "sparsity"], columns="update",
                                 values=["ms_per_token", "speedup_vs_dense"], aggfunc="mean")
     latency.columns = [f"{metric}/{update}" for metric, update in latency.columns]

@@ -34,7 +34,10 @@ def job_key(cfg: AppConfig) -> str:
 
 
 def point_id(row: dict) -> str:
-    return f"{row.get('stage')}:{row.get('predictor')}:{row.get('sparsity')}:{row.get('update')}"
+    """stage:predictor:sparsity:update, and for latency rows HF generate's baseline and the
+    CUDA-graph rows apart from our eager path's."""
+    point = f"{row.get('stage')}:{row.get('predictor')}:{row.get('sparsity')}:{row.get('update')}"
+    return point + (":hf_generate" if row.get("path") == "hf_generate" else "") + (":graph" if row.get("graph") else "")
 
 
 def finished_row(job_rows: list[dict]) -> Optional[dict]:

@@ -34,3 +34,27 @@ def test_job_key_ignores_what_cannot_change_a_result():
     assert job_key(compose_app(["logger=none", "paths.cache_dir=/elsewhere", "sweep.threads=1"])) == base
     assert job_key(compose_app(["sparsity.level=0.3"])) != base
     assert job_key(compose_app(["criterion=fisher"])) != base
+
+
+def test_latency_rows_of_a_gpu_run_stay_apart(tmp_path):
+    """HF generate, our eager path and CUDA-graph replays of one point: three points in the
+    results, and the report's latency columns never average graph with eager."""
+    from shadow_sweep.report.table import load_rows, summary_table
+
+    results = ResultsFile(tmp_path / "results.jsonl")
+    common = {"job_key": "j", "stage": "bench", "criterion": "plainact", "model": "m"}
+    rows = [dict(common, path="hf_generate", predictor="dense", update="dense", sparsity=0.0, ms_per_token=21.7),
+            dict(common, path="ours", predictor="dense", update="dense", sparsity=0.0, graph=False, ms_per_token=22.4,
+                 speedup_vs_dense=1.0),
+            dict(common, path="ours", predictor="dense", update="dense", sparsity=0.0, graph=True, ms_per_token=3.68,
+                 speedup_vs_dense=1.0),
+            dict(common, path="ours", predictor="shadowllm", update="per_sequence", sparsity=0.5, graph=False,
+                 ms_per_token=23.8, speedup_vs_dense=22.4 / 23.8),
+            dict(common, path="ours", predictor="shadowllm", update="per_sequence", sparsity=0.5, graph=True,
+                 ms_per_token=3.59, speedup_vs_dense=3.68 / 3.59)]
+    results.append(rows)
+    assert len(results.measured_points("j")) == 5
+    table = summary_table(load_rows([results.path])).set_index("line")
+    assert table.loc["dense", "ms_per_token/dense"] == 22.4 and table.loc["dense", "ms_per_token/dense+graph"] == 3.68
+    sparse = table.loc["shadowllm x plainact"]
+    assert sparse["ms_per_token/per_sequence"] == 23.8 and sparse["ms_per_token/per_sequence+graph"] == 3.59
