@@ -93,6 +93,10 @@ class ResultsFile:
     def measured_points(self, key: str) -> set[str]:
         return point_ids(self.job_rows(key))
 
+    def finished_keys(self) -> set[str]:
+        """Job keys with an `ok` job row (finished jobs)."""
+        return {r["job_key"] for r in self.rows() if r.get("stage") == JOB_STAGE and r.get("status") == "ok"}
+
     def failed_jobs(self) -> list[dict]:
         """The latest job row of every job whose latest job row is `failed`."""
         latest = {r["job_key"]: r for r in self.rows() if r.get("stage") == JOB_STAGE}

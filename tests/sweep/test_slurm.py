@@ -48,6 +48,6 @@ def test_sweep_on_slurm_shares_the_cache_and_reports_failed_points(tmp_path, dat
     assert again.returncode == 1 and "2 sweep point(s) failed" in again.stderr
     rerun = job_rows(sweep_dir)[6:]
     assert len(rerun) == 2 and all(j["status"] == "failed" for j in rerun)  # only the failed points ran again
-    logs = [p.read_text() for p in (sweep_dir / ".submitit").rglob("*_log.out")]
-    assert sum("skipped: this job finished before" in text for text in logs) == 4  # finished points: no work
+    assert "4 of 6 sweep points already finished" in again.stdout + again.stderr
+    assert len(list((sweep_dir / ".submitit").rglob("*_log.out"))) == 8  # and only they were submitted
     assert_cache_is_whole(tmp_path / "cache")

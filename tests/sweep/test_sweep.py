@@ -101,13 +101,16 @@ def test_offline_wandb_runs_hold_the_logged_metrics(grid_sweep):
         assert ("model", f"predictor-tiny-llama-{criterion}-{predictor}") in run["artifacts"]
 
 
-def test_relaunch_skips_every_finished_job(grid_sweep, data_root):
+def test_relaunch_launches_no_finished_job(grid_sweep, data_root):
     sweep_dir, cache, cold_seconds = grid_sweep
     before = (sweep_dir / "results.jsonl").read_text()
+    folders = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
     started = time.perf_counter()
     done = run(sweep_command(sweep_dir, cache, data_root, *GRID))
-    assert done.stdout.count("skipped: this job finished before") == 8
+    assert "8 of 8 sweep points already finished" in done.stdout + done.stderr
+    assert "Launching" not in done.stdout + done.stderr  # the skip_finished sweeper launched nothing
     assert (sweep_dir / "results.jsonl").read_text() == before
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == folders
     assert time.perf_counter() - started < cold_seconds
 
 
@@ -188,3 +191,4 @@ def test_a_failing_point_is_reported_and_rerun_alone(tmp_path, data_root):
         jobs = job_rows(sweep_dir)
         assert [j["status"] for j in jobs] == ["ok"] + ["failed"] * attempt  # the good point ran once
         assert "sparsity.level(s)=1.5" in jobs[-1]["error"]
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.name.isdigit()) == ["0", "1", "2"]  # no folder reused
