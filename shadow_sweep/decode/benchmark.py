@@ -54,7 +54,7 @@ def run_benchmark(loaded: LoadedModel, predictors: dict[str, FittedPredictor], p
         decoder = SparseDecoder(loaded, kernels)
         g = torch.Generator().manual_seed(cfg.seed)
         prompt = torch.randint(3, loaded.model.config.vocab_size, (cfg.prompt_length,), generator=g)
-        rows = [{"path": "hf_generate", "predictor": "dense", "update": "dense", "sparsity": 0.0,
+        rows = [{"path": "hf_generate", "predictor": "dense", "update": "dense", "sparsity": 0.0, "graph": False,
                  "ms_per_token": _hf_generate_ms_per_token(loaded, prompt, cfg)}]
         points = [("dense", "dense", 0.0)] + [(p, u, level) for p in cfg.predictors for level in cfg.levels
                                               for u in (cfg.updates if p != "static" else ["per_sequence"])]
@@ -82,7 +82,6 @@ def run_benchmark(loaded: LoadedModel, predictors: dict[str, FittedPredictor], p
     finally:
         torch.set_num_threads(threads)
     table = pd.DataFrame(rows)
-    table["graph"] = table["graph"].fillna(False).astype(bool)
     table["tokens_per_s"] = 1000.0 / table["ms_per_token"]
     dense = table[(table.path == "ours") & (table.predictor == "dense")].set_index("graph").ms_per_token
     table["speedup_vs_dense"] = table["graph"].map(dense) / table["ms_per_token"]

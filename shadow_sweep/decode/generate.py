@@ -64,6 +64,9 @@ class Generator:
         return [self.decoder.dense[0]] + [self.decoder.sliced(l, heads[l], neurons[l])
                                           for l in range(1, self.decoder.shape.num_layers)]
 
+    def _now(self) -> float:
+        return clock(self.decoder.device)
+
     def _fused(self, single: bool) -> bool:
         return single and self.decoder.kernels is not None and self.update == "per_token"
 
@@ -82,7 +85,7 @@ class Generator:
     def _run(self, ids: torch.Tensor, start: int, weights: list, caches: list, run: DecodeRun, predict: bool
              ) -> torch.Tensor:
         """One forward over ids at positions start..; predicts and gathers when `predict`."""
-        d, now = self.decoder, lambda: clock(self.decoder.device)
+        d, now = self.decoder, self._now
         positions = torch.arange(start, start + ids.shape[0], device=d.device)
         dense_kv = self.update == "per_token"
         x = d.family.embed(ids, positions)
@@ -110,7 +113,7 @@ class Generator:
 
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, new_tokens: int) -> DecodeRun:
-        d, now = self.decoder, lambda: clock(self.decoder.device)
+        d, now = self.decoder, self._now
         prompt = prompt.to(d.device)
         self.max_len = prompt.shape[0] + new_tokens
         run = DecodeRun([], [])

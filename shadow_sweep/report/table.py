@@ -10,7 +10,8 @@ from typing import Iterable
 
 import pandas as pd
 
-from shadow_sweep.sweep.results import JOB_STAGE, QUALITY_FIELDS, RESULTS_NAME, ResultsFile, point_id
+from shadow_sweep.sweep.results import (JOB_STAGE, QUALITY_FIELDS, RESULTS_NAME, ResultsFile, latency_mode,
+                                        point_id)
 
 DESIGN = ("model", "ranking", "target_norm", "shots", "calibration_examples_per_task")
 
@@ -61,9 +62,8 @@ def _evaluation(frame: pd.DataFrame) -> pd.DataFrame:
 def _latency(frame: pd.DataFrame) -> pd.DataFrame:
     bench = frame[(frame["stage"] == "bench") & (frame["path"] == "ours")].copy()
     bench["line"] = line_labels(bench)
-    if "graph" in bench:  # CUDA-graph rows (GPU runs) are their own policy column, never averaged with eager
-        bench["update"] = bench["update"].where(~bench["graph"].fillna(False).astype(bool), bench["update"] + "+graph")
-    latency = bench.pivot_table(index=["line", "sparsity"], columns="update",
+    bench["mode"] = [latency_mode(row) for row in bench.to_dict("records")]
+    latency = bench.pivot_table(index=["line", "sparsity"], columns="mode",
                                 values=["ms_per_token", "speedup_vs_dense"], aggfunc="mean")
     latency.columns = [f"{metric}/{update}" for metric, update in latency.columns]
     return latency.reset_index()

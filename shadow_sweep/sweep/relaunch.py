@@ -28,8 +28,9 @@ def unfinished_points(job_overrides: Sequence[Sequence[str]], compose: Callable[
     for overrides in job_overrides:
         app = app_config(compose(list(overrides)))
         results = ResultsFile.of_sweep(app.sweep.results_file, sweep_dir)
-        done = finished.setdefault(results.path, results.finished_keys())
-        if not (app.sweep.skip_finished and job_key(app) in done):
+        if results.path not in finished:
+            finished[results.path] = results.finished_keys()
+        if not (app.sweep.skip_finished and job_key(app) in finished[results.path]):
             todo.append(overrides)
     return todo
 

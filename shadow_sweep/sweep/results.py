@@ -40,6 +40,14 @@ def point_id(row: dict) -> str:
     return point + (":hf_generate" if row.get("path") == "hf_generate" else "") + (":graph" if row.get("graph") else "")
 
 
+def latency_mode(row: dict) -> str:
+    """A latency row's curve: hf_generate, or our path's update policy, `+graph` for CUDA-graph
+    replays (W&B metric names and report columns: graph never averaged with eager)."""
+    if row.get("path") == "hf_generate":
+        return "hf_generate"
+    return f"{row.get('update')}+graph" if row.get("graph") is True else str(row.get("update"))
+
+
 def finished_row(job_rows: list[dict]) -> Optional[dict]:
     """A job's latest `ok` job row among its rows, when it has finished."""
     done = [r for r in job_rows if r.get("stage") == JOB_STAGE and r.get("status") == "ok"]

@@ -16,6 +16,7 @@ from typing import Any, Optional
 import pandas as pd
 
 from shadow_sweep.config import AppConfig, LoggerName, WandbMode
+from shadow_sweep.sweep.results import latency_mode
 
 METRIC_FIELDS = ("acc_mean", "token_perplexity", "word_perplexity", "bits_per_byte")
 
@@ -23,7 +24,7 @@ METRIC_FIELDS = ("acc_mean", "token_perplexity", "word_perplexity", "bits_per_by
 def point_metrics(row: dict) -> dict[str, float]:
     """A results row -> W&B metrics on the sparsity axis (bench rows keyed by their update)."""
     if row["stage"] == "bench":
-        name = "hf_generate" if row["path"] == "hf_generate" else row["update"]
+        name = latency_mode(row)
         return {"sparsity": row["sparsity"], f"ms_per_token/{name}": row["ms_per_token"],
                 f"speedup_vs_dense/{name}": row["speedup_vs_dense"]}
     metrics = {k: v for k, v in row.items() if k in METRIC_FIELDS or k.startswith(("acc/", "acc_norm/"))}
