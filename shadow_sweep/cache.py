@@ -1,6 +1,12 @@
 """Stage cache: one folder per (stage, key), written atomically under a file lock.
 
-key = sha256 of {stage, format version, the config fields that affect the stage}.
+key = sha256 of {stage, the format versions of the stage and of every stage it reads, the
+versions of the libraries that change its numbers, the config fields that affect it}.
+A stage's format version (`STAGE_FORMATS`) is bumped whenever a change to the code changes
+what the stage computes or stores (a criterion's formula, the trace layout, the evaluation
+protocol): every entry made by the old code then misses, and so do the entries downstream
+of it. tests/test_cache_versions.py holds a fingerprint of each stage's code and fails when
+that code changes while the version stays (see docs/sweeps.md, "Cache versions").
 An entry is complete when its manifest exists: it is built in a temporary folder beside
 its final place and renamed into place, so a killed job never leaves a half entry (its
 temporary folder is removed by the next writer of that key, under the lock), and
@@ -21,9 +27,27 @@ from typing import Any, Callable, Mapping
 
 from filelock import FileLock
 
-FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 _VERSIONED_LIBRARIES = ("shadow-sweep", "torch", "transformers", "lm_eval")
+
+
+@dataclass(frozen=True)
+class StageFormat:
+    """What besides config fields decides a stage's entries."""
+
+    version: int  # bump when the stage's code changes what it computes or stores
+    reads: tuple[str, ...] = ()  # upstream stages whose entries this one is computed from
+    libraries: tuple[str, ...] = ()  # libraries whose versions change its numbers
+
+
+STAGE_FORMATS: dict[str, StageFormat] = {
+    "gguf": StageFormat(1),
+    "model": StageFormat(1, libraries=("transformers", "gguf")),
+    "tasks": StageFormat(1, libraries=("lm_eval",)),
+    "traces": StageFormat(2, reads=("model", "tasks"), libraries=("torch", "transformers", "lm_eval")),
+    "predictor": StageFormat(2, reads=("traces",), libraries=("torch",)),
+    "evaluation": StageFormat(2, reads=("predictor",), libraries=("torch", "transformers", "lm_eval")),
+}
 
 
 def plain(value: Any) -> Any:
@@ -37,9 +61,9 @@ def plain(value: Any) -> Any:
     return value
 
 
-def library_versions() -> dict[str, str]:
+def library_versions(names: tuple[str, ...] = _VERSIONED_LIBRARIES) -> dict[str, str]:
     versions = {}
-    for name in _VERSIONED_LIBRARIES:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -47,9 +71,25 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def lineage(stage: str) -> list[str]:
+    """The stage and every stage it reads, transitively, each once."""
+    order = [stage]
+    for upstream in STAGE_FORMATS[stage].reads if stage in STAGE_FORMATS else ():
+        order += [s for s in lineage(upstream) if s not in order]
+    return order
+
+
+def stage_format(stage: str) -> dict[str, Any]:
+    """The format versions of `stage`'s lineage and the versions of the libraries they name."""
+    stages = [s for s in lineage(stage) if s in STAGE_FORMATS]
+    libraries = sorted({lib for s in stages for lib in STAGE_FORMATS[s].libraries})
+    return {"formats": {s: STAGE_FORMATS[s].version for s in stages},
+            "libraries": library_versions(tuple(libraries))}
+
+
 def cache_key(stage: str, fields: Mapping[str, Any]) -> str:
-    payload = json.dumps({"stage": stage, "format": FORMAT_VERSION, "fields": fields}, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    payload = {"stage": stage, **stage_format(stage), "fields": fields}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -80,7 +120,7 @@ class StageCache:
             tmp.mkdir()
             try:
                 build(tmp)
-                manifest = {"stage": stage, "key": final.name, "format": FORMAT_VERSION, "fields": dict(fields),
+                manifest = {"stage": stage, "key": final.name, **stage_format(stage), "fields": dict(fields),
                             "versions": library_versions()}
                 (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
                 if final.exists():  # a folder without manifest: left by an older, broken writer

@@ -144,6 +144,20 @@ class HeadGranularity(str, Enum):
     kv_group = "kv_group"  # GQA: the query heads sharing a K/V head are kept or skipped together
 
 
+class MaskUpdate(str, Enum):
+    """How often masks are chosen; both measurement paths obey it (docs/predictors.md)."""
+
+    per_token = "per_token"  # every token's masks from that token alone (how decoding uses them)
+    per_sequence = "per_sequence"  # one mask per request / window / generated sequence (the paper's accuracy setting)
+
+
+class Prefill(str, Enum):
+    """How the tokens of a prompt (a loglikelihood request's context) are computed."""
+
+    sparse = "sparse"  # every token with its own masks
+    dense = "dense"  # the prompt dense, then the continuation / new tokens sparse (the paper's latency setup)
+
+
 @dataclass
 class SparsityConfig:
     """Scores -> masks. Level s keeps exactly round((1 - s) * N) units of each ranking pool."""
@@ -157,6 +171,8 @@ class SparsityConfig:
     head_granularity: HeadGranularity = HeadGranularity.query_head
     min_heads_per_layer: int = 0  # with global ranking: units (heads or K/V groups) every layer keeps
     min_neurons_per_layer: int = 0
+    update: MaskUpdate = MaskUpdate.per_token
+    prefill: Prefill = Prefill.sparse
 
 
 @dataclass
@@ -168,12 +184,19 @@ class EvalConfig:
     limit: Optional[int] = 40  # documents per task; null = the whole evaluation part
     batch_size: int = 8  # requests per forward; the scores equal batch size 1 (tested)
     max_length: int = 2048  # tokens of context + continuation, cut from the left
-    predict_from: str = "input"  # input: the request's last input token (paper); context: its context's
     fewshot_seed: int = 1234  # lm-eval's default
     dense_baseline: bool = True  # also evaluate without masks (sparsity 0) in this job
 
 
-BENCH_KERNELS = ("fused", "eager")  # per_token rows read in place, or copied with index_select
+class BenchKernel(str, Enum):
+    fused = "fused"  # per_token rows read in place (C++ gather-GEMV on CPU fp32)
+    eager = "eager"  # kept rows copied with index_select every token
+
+
+class BenchPredictor(str, Enum):
+    shadowllm = "shadowllm"
+    dejavu = "dejavu"
+    static = "static"
 
 
 @dataclass
@@ -186,9 +209,9 @@ class BenchConfig:
     warmup: int = 1
     threads: int = 2  # torch intra-op threads while timing
     levels: list[float] = field(default_factory=lambda: [0.5])
-    predictors: list[str] = field(default_factory=lambda: ["shadowllm", "dejavu", "static"])
-    updates: list[str] = field(default_factory=lambda: ["per_sequence", "per_token"])
-    kernel: str = "fused"  # per_token rows: fused (C++ gather-GEMV, no copy) or eager (index_select copies)
+    predictors: list[BenchPredictor] = field(default_factory=lambda: list(BenchPredictor))
+    updates: list[MaskUpdate] = field(default_factory=list)  # empty: the job's sparsity.update
+    kernel: BenchKernel = BenchKernel.fused
     cuda_graphs: bool = True  # on CUDA, also time fixed-weight points replaying a CUDA graph
     seed: int = 0
 

@@ -10,13 +10,16 @@ and torch); they read the kept rows in place. On CUDA, and for other dtypes:
 rows, then a GEMV; no host sync).
 """
 
+import hashlib
+import platform
 from functools import lru_cache
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch.utils.cpp_extension import load
 
-from shadow_sweep.config import BENCH_KERNELS
+from shadow_sweep.config import BenchKernel
 
 SOURCE = Path(__file__).parent / "kernels" / "gather_gemv.cpp"
 
@@ -43,16 +46,27 @@ class TorchGatherKernels:
         return x @ weight_t.index_select(0, rows)
 
 
-def build_dir(cache_root: str | Path) -> str:
-    return str(Path(cache_root) / "extensions" / f"torch-{torch.__version__}")
+def cpu_features() -> str:
+    """A short hash of this host's CPU feature flags (what `-march=native` compiles for)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    flags = next((line.split(":", 1)[1] for line in lines if line.startswith(("flags", "Features"))),
+                 f"{platform.machine()} {platform.processor()}")
+    return hashlib.sha256(" ".join(sorted(flags.split())).encode()).hexdigest()[:12]
 
 
-def gather_kernels(kernel: str, device: torch.device, dtype: torch.dtype, cache_root: str | Path):
+def build_dir(cache_root: str | Path, features: Optional[str] = None) -> str:
+    """One build per torch version and CPU feature set: a cache shared by the nodes of a
+    cluster never hands a node a kernel compiled for instructions it lacks."""
+    cpu = features or cpu_features()
+    return str(Path(cache_root) / "extensions" / f"torch-{torch.__version__}" / f"cpu-{cpu}")
+
+
+def gather_kernels(kernel: BenchKernel | str, device: torch.device, dtype: torch.dtype,
+                   cache_root: str | Path):
     """`bench.kernel` for weights of this device and dtype: None for eager (the decoder copies
     kept rows every token), the C++ module for float32 on the CPU, TorchGatherKernels else."""
-    if kernel not in BENCH_KERNELS:
-        raise ValueError(f"bench.kernel must be one of {BENCH_KERNELS}, got {kernel!r}")
-    if kernel == "eager":
+    if BenchKernel(kernel) == BenchKernel.eager:
         return None
     if device.type == "cpu" and dtype == torch.float32:
         return cpp_kernels(build_dir(cache_root))

@@ -3,12 +3,17 @@
 `SparseLM` is a `TemplateLM`: lm-eval's own code turns requests into (context,
 continuation) token pairs exactly as its HFLM does; we score them in length-sorted,
 right-padded batches WITH an attention mask, so that the predictor (hooked into every
-forward by `ContextualMasks`) reads each row's own last real token. By default that is the
-last token of the request's input (the paper's protocol: context + continuation[:-1]);
-`predict_from="context"` uses the last context token instead, so all candidate answers of
-one question share one mask.
+forward by `ContextualMasks`) reads each row's own tokens. The runtime's update policy decides
+how: per_token, every position its own masks; per_sequence, one mask per request.
+`prefill` decides the context: `sparse`, every position masked (per_sequence: the mask chosen
+at the last input token, context + continuation[:-1], the paper's protocol); `dense`, the
+positions of the context run dense (the last of them predicts the first continuation token,
+so a one-token continuation scores exactly dense) and per_sequence chooses its mask at the
+last context token, so all candidate answers of a question share it. Perplexity windows
+(`rolling`) always run every token sparse.
 """
 
+from contextlib import contextmanager
 from typing import Optional
 
 import torch
@@ -18,22 +23,23 @@ from lm_eval.models.utils import _add_special_kwargs, has_bos_prefix
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm.auto import tqdm
 
+from shadow_sweep.config import Prefill
 from shadow_sweep.models.loading import LoadedModel
 from shadow_sweep.predictors.runtime import ContextualMasks
-
-PREDICT_FROM = ("input", "context")
 
 
 class SparseLM(TemplateLM):
     def __init__(self, loaded: LoadedModel, batch_size: int = 8, max_length: int = 2048,
                  add_bos_token: Optional[bool] = None,
-                 runtime: Optional[ContextualMasks] = None, predict_from: str = "input"):
+                 runtime: Optional[ContextualMasks] = None, prefill: Prefill = Prefill.sparse):
         super().__init__()
-        if predict_from not in PREDICT_FROM:
-            raise ValueError(f"eval.predict_from must be one of {PREDICT_FROM}, got {predict_from!r}")
-        self.loaded, self.tokenizer = loaded, loaded.tokenizer
-        self.batch_size, self.max_length, self.add_bos_token = batch_size, max_length, add_bos_token
-        self.runtime, self.predict_from = runtime, predict_from
+        self.loaded = loaded
+        self.tokenizer = loaded.tokenizer
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.add_bos_token = add_bos_token
+        self.runtime = runtime
+        self.prefill = Prefill(prefill)
 
     @property
     def eot_token_id(self) -> int:
@@ -64,8 +70,12 @@ class SparseLM(TemplateLM):
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
     @torch.no_grad()
-    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
-        """Per request: (sum of log p(continuation | context), whether it is the greedy one)."""
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, dense_context: Optional[bool] = None,
+                              **kwargs) -> list[tuple[float, bool]]:
+        """Per request: (sum of log p(continuation | context), whether it is the greedy one).
+        `dense_context` (default: prefill is dense) runs the context positions dense."""
+        if dense_context is None:
+            dense_context = self.prefill == Prefill.dense
         inputs = []  # (model input = whole[:-1], the scored continuation = whole[-n:])
         for _, context, continuation in requests:
             whole = (context + continuation)[-(self.max_length + 1):]
@@ -82,8 +92,10 @@ class SparseLM(TemplateLM):
                 tokens = inputs[i][0]
                 ids[r, :len(tokens)] = torch.tensor(tokens)
                 attention[r, :len(tokens)] = 1
-            if self.runtime is not None and self.predict_from == "context":
-                self.runtime.predict_at(torch.tensor([len(inputs[i][0]) - len(inputs[i][1]) for i in rows]))
+            if self.runtime is not None and dense_context:  # input position c - 1 holds the last context token
+                context_lengths = torch.tensor([len(inputs[i][0]) - len(inputs[i][1]) + 1 for i in rows])
+                self.runtime.dense_prompt(context_lengths)
+                self.runtime.choose_at(context_lengths - 1)
             logits = self.loaded.model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits
             log_probs = F.log_softmax(logits.float(), dim=-1).cpu()
             for r, i in enumerate(rows):
@@ -98,11 +110,13 @@ class SparseLM(TemplateLM):
         """(log-likelihood, tokens) of a whole text in lm-eval's rolling windows of `window`
         tokens: the first predicts its whole length from the prefix token, each later one
         `stride` new tokens after `window - stride` tokens of context (stride = window is
-        lm-eval's `loglikelihood_rolling`). One mask per window."""
+        lm-eval's `loglikelihood_rolling`). Every token sparse: per_token masks, or under
+        per_sequence one mask per window chosen at its last token."""
         tokens = self.tok_encode(text)
         windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
             tokens, self.prefix_token_id, max_seq_len=window, context_len=window - stride + 1)]
-        scores = self._loglikelihood_tokens([(None, ctx, cont) for ctx, cont in windows], disable_tqdm=True)
+        requests = [(None, ctx, cont) for ctx, cont in windows]
+        scores = self._loglikelihood_tokens(requests, disable_tqdm=True, dense_context=False)
         return sum(score for score, _ in scores), len(tokens)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
@@ -114,19 +128,33 @@ class SparseLM(TemplateLM):
 
     @torch.no_grad()
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        """Greedy generation, one request at a time (masks re-predicted at every step)."""
+        """Greedy generation, one request at a time, masks as the update policy says: per_token
+        at every position; per_sequence chosen by the prompt's forward and kept for every new
+        token (under a dense prefill the prompt itself runs dense)."""
         outputs = []
         for request in tqdm(requests, desc="generate", disable=disable_tqdm):
             context, kwargs = request.args
             until = kwargs.get("until", [self.tok_decode([self.eot_token_id])])
             until = [until] if isinstance(until, str) else until
             ids = torch.tensor([self.tok_encode(context)[-self.max_length:]], device=self.loaded.device)
-            out = self.loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                             max_new_tokens=kwargs.get("max_gen_toks", 256),
-                                             pad_token_id=self.tokenizer.pad_token_id)
+            with self._generation(ids.shape[1]):
+                out = self.loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                                 max_new_tokens=kwargs.get("max_gen_toks", 256),
+                                                 pad_token_id=self.tokenizer.pad_token_id)
             text = self.tok_decode(out[0, ids.shape[1]:].tolist())
             for stop in until:
                 text = text.split(stop)[0]
             outputs.append(text)
             self.cache_hook.add_partial("generate_until", request.args, text)
         return outputs
+
+    @contextmanager
+    def _generation(self, prompt_length: int):
+        """The runtime set up for one generated sequence (nothing without a runtime)."""
+        if self.runtime is None:
+            yield
+            return
+        if self.prefill == Prefill.dense:
+            self.runtime.dense_prompt(torch.tensor([prompt_length]))
+        with self.runtime.held_after_first_forward():
+            yield

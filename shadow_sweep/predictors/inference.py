@@ -1,37 +1,97 @@
-"""A fitted predictor turned into keep masks, batched: the one place both measurement paths
-(masked accuracy path, sparse decode path) get their masks from."""
+"""A fitted predictor turned into scores and keep masks, batched: the one place both measurement
+paths (masked accuracy path, sparse decode path) get their masks from.
+
+Rows are tokens: [N, ...] is a batch of examples (per_sequence, one token each) or of tokens
+(per_token). Ranking rule (`ranking_rule`): `per_layer` ranks each layer's units alone;
+`global` ranks all pooled layers together, exactly, when one decision sees every layer's
+scores at once (ShadowLLM, static, random and oracle under per_sequence); decisions taken one
+layer at a time (DejaVu always; every predictor under per_token, so that a token's masks never
+need a whole model's scores and the decode path gets static per-layer counts) keep the
+per-layer budgets that the global ranking gives to the mean calibration scores
+(`global_budgets`).
+"""
+
+from typing import Optional
 
 import torch
 
-from shadow_sweep.config import PredictorName
+from shadow_sweep.config import MaskUpdate, PredictorName
 from shadow_sweep.predictors.fit import FittedPredictor, split_outputs
 from shadow_sweep.predictors.targets import normalise_inputs
 from shadow_sweep.sparsity.policy import SparsityPolicy
 
 
+def ranking_rule(policy: SparsityPolicy, kind: PredictorName, update: MaskUpdate) -> str:
+    """per_layer, global (exact) or global_budgets; see the module docstring."""
+    if policy.cfg.ranking.value == "per_layer":
+        return "per_layer"
+    layerwise = kind == PredictorName.dejavu or MaskUpdate(update) == MaskUpdate.per_token
+    return "global_budgets" if layerwise else "global"
+
+
 class MaskPredictor:
-    def __init__(self, fitted: FittedPredictor, policy: SparsityPolicy, device: torch.device = torch.device("cpu")):
+    def __init__(self, fitted: FittedPredictor, policy: SparsityPolicy,
+                 device: torch.device = torch.device("cpu"), update: MaskUpdate = MaskUpdate.per_token):
         """Runs the network on `device` (the model's): masks come out where the activations are."""
         if fitted.net is not None:
             fitted.net.to(device)
-        self.fitted, self.policy, self.shape = fitted, policy, policy.shape
-        self.budgets = None  # DejaVu decides per layer; under global ranking with these per-layer counts
-        if fitted.kind == PredictorName.dejavu and policy.cfg.ranking.value == "global":
+        self.fitted = fitted
+        self.policy = policy
+        self.shape = policy.shape
+        self.update = MaskUpdate(update)
+        self.rule = ranking_rule(policy, fitted.kind, self.update)
+        self.budgets: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        if self.rule == "global_budgets":
             self.budgets = policy.budgets_from(fitted.mean_head_scores, fitted.mean_neuron_scores)
         self.static = None
         if fitted.kind == PredictorName.static:
-            self.static = policy.masks(fitted.mean_head_scores[None].to(device), fitted.mean_neuron_scores[None].to(device))
+            self.static = policy.masks(fitted.mean_head_scores[None].to(device),
+                                       fitted.mean_neuron_scores[None].to(device))
+
+    def masks(self, heads: torch.Tensor, neurons: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every layer's scores [N, L, H], [N, L, I] -> masks, by the ranking rule."""
+        return self.policy.masks(heads, neurons, self.budgets)
+
+    def layer_masks(self, layer: int, heads: torch.Tensor, neurons: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One layer's scores [..., H], [..., I] -> masks (per-layer counts or budgets)."""
+        return self.policy.layer_masks(layer, heads, neurons, self.budgets)
+
+    def shadow_trunk(self, context: torch.Tensor) -> torch.Tensor:
+        """ShadowLLM: layer-0 head context [N, H*d] -> trunk features [N, 1, r]: the one network
+        call; every layer's scores are one output slice of it (`shadow_layer_scores`)."""
+        return self.fitted.net.trunk(normalise_inputs(context.float())[:, None])
+
+    def shadow_layer_scores(self, trunk: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer `layer` (>= 1)'s predicted scores [N, H], [N, I] from trunk features [N, 1, r]."""
+        heads = self.shape.num_heads
+        neurons = self.shape.num_neurons
+        predicted = self.shape.num_layers - 1
+        head_cols = slice((layer - 1) * heads, layer * heads)
+        first_neuron = predicted * heads + (layer - 1) * neurons
+        net = self.fitted.net
+        return (net.output(trunk, columns=head_cols)[:, 0],
+                net.output(trunk, columns=slice(first_neuron, first_neuron + neurons))[:, 0])
 
     def all_layers(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """ShadowLLM: layer-0 head context [B, H*d] (one token per row) -> masks [B, L, H], [B, L, I]
-        (layer 0 kept: it is not predicted)."""
+        """ShadowLLM: layer-0 head context [N, H*d] -> masks [N, L, H], [N, L, I] (layer 0 kept:
+        it is not predicted)."""
         out = self.fitted.net(normalise_inputs(context.float())[:, None])
         heads, neurons = split_outputs(PredictorName.shadowllm, out, self.shape)
-        pad = lambda t: torch.cat([t.new_zeros(t.shape[0], 1, t.shape[2]), t], 1)  # noqa: E731
-        return self.policy.masks(pad(heads), pad(neurons))
+        return self.masks(_with_layer_zero(heads), _with_layer_zero(neurons))
+
+    def dejavu_layer_scores(self, layer: int, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """DejaVu: layer `layer`'s input [N, D] -> that layer's scores [N, H], [N, I]."""
+        group = slice(layer - 1, layer)
+        out = self.fitted.net(normalise_inputs(hidden.float())[:, None], group=group)[:, 0]
+        heads = self.shape.num_heads
+        return out[:, :heads], out[:, heads:]
 
     def one_layer(self, layer: int, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """DejaVu: layer `layer`'s input [B, D] -> that layer's masks [B, H], [B, I]."""
-        out = self.fitted.net(normalise_inputs(hidden.float())[:, None], group=slice(layer - 1, layer))[:, 0]
-        heads = self.shape.num_heads
-        return self.policy.layer_masks(layer, out[:, :heads], out[:, heads:], self.budgets)
+        """DejaVu: layer `layer`'s input [N, D] -> that layer's masks [N, H], [N, I]."""
+        return self.layer_masks(layer, *self.dejavu_layer_scores(layer, hidden))
+
+
+def _with_layer_zero(scores: torch.Tensor) -> torch.Tensor:
+    """[N, L-1, U] predicted layers -> [N, L, U] with zeros for layer 0 (kept dense)."""
+    return torch.cat([scores.new_zeros(scores.shape[0], 1, scores.shape[2]), scores], 1)

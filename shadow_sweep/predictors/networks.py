@@ -52,7 +52,17 @@ class GroupedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor, group: slice = slice(None)) -> torch.Tensor:
         """x [N, g, in] for the groups selected by `group` -> [N, g, out]."""
-        for weight, bias, relu in zip(self.weights, self.biases, self.activated):
+        return self.output(self.trunk(x, group), group)
+
+    def trunk(self, x: torch.Tensor, group: slice = slice(None)) -> torch.Tensor:
+        """Every layer but the output layer: x [N, g, in] -> [N, g, r] (r: bottleneck or width)."""
+        for weight, bias, relu in zip(self.weights[:-1], self.biases[:-1], self.activated[:-1]):
             x = torch.einsum("ngi,gio->ngo", x, weight[group]) + bias[group]
             x = torch.relu(x) if relu else x
         return x
+
+    def output(self, z: torch.Tensor, group: slice = slice(None), columns: slice = slice(None)) -> torch.Tensor:
+        """The output layer on trunk features z [N, g, r], only `columns` of it -> [N, g, |columns|]
+        (a ShadowLLM network's one layer at a time, without the others' outputs)."""
+        weight = self.weights[-1][group][..., columns]
+        return torch.einsum("ngi,gio->ngo", z, weight) + self.biases[-1][group][..., columns]

@@ -1,32 +1,30 @@
-"""Masks predicted inside every forward pass, per row of the batch.
+"""Masks predicted inside every forward pass, per token or per sequence (`sparsity.update`).
 
-At the start of each forward the row's last real token is read from the attention mask
-(left or right padding), and then, by predictor kind:
-- shadowllm: a pre-hook on layer 0's output projection reads the head context at that
-  token, runs the one network once, and sets the masks of every later layer;
-- dejavu: a pre-hook on each decoder layer l >= 1 reads its input hidden state at that
-  token, runs layer l's network, and sets layer l's masks (per-layer decisions; under
-  global ranking with per-layer budgets from the mean calibration scores);
-- static: the same masks, from the mean calibration scores, for every input;
-- random: seeded random scores per row; dense: no masks;
-- oracle: the criterion computed on the input itself (loss on all its tokens) by an extra
-  forward and backward before the masked forward (analysis only).
-Layer 0 stays dense for shadowllm and dejavu (they predict the later layers).
+per_token: each token's heads and neurons come from that token alone, as decoding uses them:
+ShadowLLM from the layer-0 head context at that token (one network call over all B x T
+tokens), DejaVu from layer l's input at that token (one call per layer), random from a hash of
+(seed, token id, position), the l2_norm oracle from the token's own activations, static the
+same for every token. A token's masks never depend on later tokens (tested).
+per_sequence: one mask per row, chosen at one position: each row's last real token, or the
+positions given with `choose_at` (the last context token under a dense prefill).
+`dense_prompt(lengths)` keeps positions t < lengths[b] of the next forward unmasked.
+Layer 0 stays dense for ShadowLLM and DejaVu (they predict the later layers). Each kind's
+source of scores is one class in `predictors.sources`.
 """
 
+from contextlib import contextmanager
 from typing import Optional
 
 import torch
 
-from shadow_sweep.config import ConfigError, CriterionConfig, PredictorName
+from shadow_sweep.config import ConfigError, CriterionConfig, MaskUpdate, PredictorName
 from shadow_sweep.criteria.registry import Criterion
-from shadow_sweep.data.calibration import CalibrationExample, EncodedExample
 from shadow_sweep.models.loading import LoadedModel
 from shadow_sweep.models.masks import HeadNeuronMasks
 from shadow_sweep.predictors.fit import FittedPredictor
 from shadow_sweep.predictors.inference import MaskPredictor
+from shadow_sweep.predictors.sources import SOURCES, ForwardInputs
 from shadow_sweep.sparsity.policy import SparsityPolicy
-from shadow_sweep.traces.collect import score_batch
 
 
 def last_real_token(attention_mask: Optional[torch.Tensor], batch: int, length: int, device) -> torch.Tensor:
@@ -40,37 +38,77 @@ class ContextualMasks:
     """Context manager installing the masks and the predictor's hooks on a model."""
 
     def __init__(self, loaded: LoadedModel, fitted: FittedPredictor, policy: SparsityPolicy, seed: int = 0,
-                 oracle: Optional[tuple[Criterion, CriterionConfig]] = None):
-        if fitted.kind in (PredictorName.shadowllm, PredictorName.dejavu) and not policy.cfg.keep_first_layer_dense:
+                 oracle: Optional[tuple[Criterion, CriterionConfig]] = None,
+                 update: MaskUpdate = MaskUpdate.per_token):
+        predicts_later_layers = fitted.kind in (PredictorName.shadowllm, PredictorName.dejavu)
+        if predicts_later_layers and not policy.cfg.keep_first_layer_dense:
             raise ConfigError(f"predictor {fitted.kind.value} predicts layers 1..L-1 only: "
                               "set sparsity.keep_first_layer_dense=true")
         if fitted.kind == PredictorName.oracle and oracle is None:
             raise ValueError("the oracle predictor needs the criterion")
-        self.loaded, self.fitted, self.policy, self.oracle = loaded, fitted, policy, oracle
-        self.predictor = MaskPredictor(fitted, policy, loaded.device)
+        self.loaded = loaded
+        self.fitted = fitted
+        self.policy = policy
+        self.oracle = oracle
+        self.criterion_name = oracle[0].name if oracle else None
+        self.seed = seed
+        self.update = MaskUpdate(update)
+        self.predictor = MaskPredictor(fitted, policy, loaded.device, self.update)
         self.masks = HeadNeuronMasks(loaded.model, loaded.adapter, loaded.shape)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.source = SOURCES[fitted.kind](self)
+        self.source.check(self.update)
         self.network_calls = 0
-        self.last: Optional[torch.Tensor] = None
+        self.inputs: Optional[ForwardInputs] = None
+        self.holding = False  # masks of the first forward kept for the later ones (generation)
+        self._hold_ready = False
+        self._hold_pending = False
         self._handles = []
-        self._busy = False
-        self._positions: Optional[torch.Tensor] = None
+        self._paused = False
+        self._chosen: Optional[torch.Tensor] = None
+        self._dense_before: Optional[torch.Tensor] = None
 
-    def predict_at(self, positions: Optional[torch.Tensor]) -> None:
-        """Predict the next forward's masks from these positions [B] instead of each row's last
-        real token (e.g. the last context token, so all answers of a question share a mask)."""
-        self._positions = positions
+    @property
+    def ranking_rule(self) -> str:
+        return self.predictor.rule
+
+    def choose_at(self, positions: Optional[torch.Tensor]) -> None:
+        """per_sequence: choose the next forward's masks at these positions [B] instead of each
+        row's last real token."""
+        self._chosen = positions
+
+    def dense_prompt(self, lengths: Optional[torch.Tensor]) -> None:
+        """Keep positions t < lengths[b] of the next forward dense (a dense prefill)."""
+        self._dense_before = lengths
+
+    @contextmanager
+    def paused(self):
+        """Forwards inside run unmasked and unpredicted (the oracle's own scoring pass)."""
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = False
+
+    @contextmanager
+    def held_after_first_forward(self):
+        """per_sequence generation: the first forward (the prompt) chooses the masks, the later
+        one-token forwards reuse them (no prediction, nothing dense)."""
+        self._hold_ready = self.update == MaskUpdate.per_sequence
+        try:
+            yield
+        finally:
+            self._hold_ready = False
+            self._hold_pending = False
+            self.holding = False
 
     def __enter__(self) -> "ContextualMasks":
         self.masks.__enter__()
-        model, adapter = self.loaded.model, self.loaded.adapter
+        model = self.loaded.model
         self._handles.append(model.register_forward_pre_hook(self._on_forward, with_kwargs=True))
-        if self.fitted.kind == PredictorName.shadowllm:
-            self._handles.append(adapter.head_context_modules(model)[0].register_forward_pre_hook(self._shadowllm))
-        if self.fitted.kind == PredictorName.dejavu:
-            for layer, module in enumerate(adapter.decoder_layers(model)):
-                if layer > 0:
-                    self._handles.append(module.register_forward_pre_hook(self._dejavu(layer), with_kwargs=True))
+        layers = self.loaded.adapter.decoder_layers(model)
+        for layer in self.source.layered(self.update):
+            self._handles.append(layers[layer].register_forward_pre_hook(self._on_layer(layer), with_kwargs=True))
+        self._handles += self.source.hooks(self.update)
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -80,48 +118,39 @@ class ContextualMasks:
         self.masks.__exit__(*exc_info)
 
     def _on_forward(self, _module, args, kwargs) -> None:
-        if self._busy:
+        if self._paused:
+            return
+        if self._hold_pending:  # a later forward of a held generation
+            self.holding = True
+            self.masks.dense_before = None
             return
         ids = kwargs.get("input_ids", args[0] if args else None)
         batch, length = ids.shape[:2]
-        self.last = last_real_token(kwargs.get("attention_mask"), batch, length, ids.device)
-        if self._positions is not None:
-            self.last, self._positions = self._positions.to(ids.device), None
+        attention_mask = kwargs.get("attention_mask")
+        chosen = last_real_token(attention_mask, batch, length, ids.device)
+        if self._chosen is not None:
+            chosen = self._chosen.to(ids.device)
+        start = kwargs.get("cache_position")
+        offset = int(start[0]) if start is not None else 0
+        positions = (torch.arange(length, device=ids.device) + offset).expand(batch, length)
+        self.inputs = ForwardInputs(ids, attention_mask, positions, chosen)
         self.masks.clear()
-        kind = self.fitted.kind
-        if kind == PredictorName.static:
-            self.masks.set(*self.predictor.static)
-        elif kind == PredictorName.random:
-            s = self.loaded.shape
-            self.masks.set(*self.policy.masks(torch.rand(batch, s.num_layers, s.num_heads, generator=self.generator),
-                                              torch.rand(batch, s.num_layers, s.num_neurons, generator=self.generator)))
-        elif kind == PredictorName.oracle:
-            self._oracle(ids, kwargs.get("attention_mask"))
+        self.masks.dense_before = self._dense_before
+        self._chosen = None
+        self._dense_before = None
+        self.source.start(self.inputs)
+        self._hold_pending = self._hold_ready
 
-    def _rows(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, T, F] at each row's last real token -> [B, F]."""
-        return x[torch.arange(x.shape[0], device=x.device), self.last]
-
-    def _shadowllm(self, _module, args) -> None:
-        self.network_calls += 1
-        self.masks.set(*self.predictor.all_layers(self._rows(args[0])))
-
-    def _dejavu(self, layer: int):
+    def _on_layer(self, layer: int):
         def hook(_module, args, kwargs) -> None:
-            x = self._rows(args[0] if args else kwargs["hidden_states"])
-            self.network_calls += 1
-            self.masks.set_layer(layer, x.shape[0], *self.predictor.one_layer(layer, x))
+            if self._paused or self.holding:
+                return
+            hidden = args[0] if args else kwargs["hidden_states"]  # [B, T, D]
+            per_token = self.update == MaskUpdate.per_token
+            tokens = hidden if per_token else self.inputs.at_chosen(hidden)
+            heads, neurons = self.predictor.layer_masks(layer, *self.source.layer_scores(layer, tokens))
+            if not per_token:
+                heads, neurons = heads[:, 0], neurons[:, 0]
+            self.masks.set_layer(layer, heads, neurons)
 
         return hook
-
-    def _oracle(self, ids: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> None:
-        criterion, cfg = self.oracle
-        valid = attention_mask.bool() if attention_mask is not None else torch.ones_like(ids, dtype=torch.bool)
-        encoded = [EncodedExample(row[keep].tolist(), 1) for row, keep in zip(ids, valid)]
-        labels = [CalibrationExample("oracle", i, "", "") for i in range(len(encoded))]
-        self._busy = True
-        try:
-            scores = score_batch(self.loaded, criterion, cfg, encoded, labels)
-        finally:
-            self._busy = False
-        self.masks.set(*self.policy.masks(scores.head_scores, scores.neuron_scores))

@@ -13,7 +13,7 @@ import pandas as pd
 from shadow_sweep.sweep.results import (JOB_STAGE, QUALITY_FIELDS, RESULTS_NAME, ResultsFile, latency_mode,
                                         point_id)
 
-DESIGN = ("model", "ranking", "target_norm", "shots", "calibration_examples_per_task")
+DESIGN = ("model", "ranking", "job_update", "job_prefill", "target_norm", "shots", "calibration_examples_per_task")
 
 
 def results_files(paths: Iterable[str | Path]) -> list[Path]:

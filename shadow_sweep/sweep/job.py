@@ -24,8 +24,8 @@ from shadow_sweep.models.loading import load_model
 from shadow_sweep.predictors.fit import FittedPredictor
 from shadow_sweep.sweep.results import (JOB_STAGE, QUALITY_FIELDS, RESULTS_NAME, ResultsFile, finished_row, job_key,
                                         point_id, point_ids)
-from shadow_sweep.sweep.stages import (bench_rows, cached_point, evaluation_points, fit_stage, levels, policy_at,
-                                       trace_stage)
+from shadow_sweep.sweep.stages import (bench_rows, cached_point, evaluation_points, fit_stage, levels, point_row,
+                                       policy_at, trace_stage)
 from shadow_sweep.sweep.tracking import Tracker, open_tracker
 from shadow_sweep.validation import validate
 
@@ -40,7 +40,8 @@ class JobIdentity:
 def design_fields(cfg: AppConfig) -> dict:
     """The config fields a report compares across a sweep, on every row."""
     return {"model": cfg.model.name, "criterion": cfg.criterion.name.value, "job_predictor": cfg.predictor.name.value,
-            "ranking": cfg.sparsity.ranking.value, "target_norm": cfg.predictor.target_norm.value,
+            "ranking": cfg.sparsity.ranking.value, "job_update": cfg.sparsity.update.value,
+            "job_prefill": cfg.sparsity.prefill.value, "target_norm": cfg.predictor.target_norm.value,
             "shots": cfg.calibration.shots, "calibration_examples_per_task": cfg.calibration.examples_per_task}
 
 
@@ -88,8 +89,7 @@ class Job:
         if cfg.stages.accuracy or cfg.stages.perplexity:
             tasks = build_tasks(cfg.eval.tasks, cfg.paths.data_root, rule, cache) if cfg.stages.accuracy else []
             for predictor, level in evaluation_points(cfg, fitted):
-                row = {"stage": "evaluate", "predictor": predictor.kind.value, "sparsity": level}
-                if point_id(row) not in measured:
+                if point_id(point_row(cfg, predictor, level)) not in measured:
                     self.record([cached_point(cfg, loaded, predictor, level, tasks, documents, cache)])
         if cfg.stages.bench and not any(p.startswith("bench:") for p in measured):
             self.record(bench_rows(cfg, loaded, fitted))

@@ -21,7 +21,7 @@ from shadow_sweep.config import AppConfig
 RESULTS_NAME = "results.jsonl"
 JOB_STAGE = "job"
 QUALITY_FIELDS = ("heads_spearman_mean", "neurons_spearman_mean", "heads_recall_mean", "neurons_recall_mean",
-                  "macs_percent_of_model")  # the predictor's quality and cost, on a job row
+                  "predictor_macs_percent_of_model")  # the predictor's quality and cost, on a job row
 
 
 def job_key(cfg: AppConfig) -> str:

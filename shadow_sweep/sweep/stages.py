@@ -72,6 +72,14 @@ def evaluation_points(cfg: AppConfig, fitted: FittedPredictor) -> list[tuple[Fit
     return points + [(fitted, level) for level in levels(cfg) if fitted.kind != PredictorName.dense]
 
 
+def point_row(cfg: AppConfig, predictor: FittedPredictor, level: float) -> dict:
+    """The fields naming an evaluation point (its `results.point_id`); dense has no update."""
+    dense = predictor.kind == PredictorName.dense
+    return {"stage": "evaluate", "predictor": predictor.kind.value, "sparsity": level,
+            "update": "dense" if dense else cfg.sparsity.update.value,
+            "prefill": "dense" if dense else cfg.sparsity.prefill.value}
+
+
 def point_key(cfg: AppConfig, predictor: FittedPredictor, level: float) -> dict:
     """Cache key of one evaluation point: the model, what is evaluated and on which data, and
     for a sparse point the predictor (its traces included) and the sparsity at this level."""
@@ -102,15 +110,18 @@ def cached_point(cfg: AppConfig, loaded: LoadedModel, predictor: FittedPredictor
 
 def evaluate_point(cfg: AppConfig, loaded: LoadedModel, predictor: FittedPredictor, level: float, tasks: list,
                    documents: list[str]) -> dict:
-    """Task accuracy through lm-eval and WikiText-2 perplexity with the predictor's masks."""
+    """Task accuracy through lm-eval and WikiText-2 perplexity with the predictor's masks,
+    chosen as `sparsity.update` and `sparsity.prefill` say."""
     started = time.perf_counter()
-    row = {"stage": "evaluate", "predictor": predictor.kind.value, "sparsity": level}
+    sparsity = cfg.sparsity
     oracle = (get_criterion(cfg.criterion.name.value), cfg.criterion)
-    runtime = ContextualMasks(loaded, predictor, policy_at(cfg, level, loaded), seed=cfg.predictor.seed, oracle=oracle)
+    runtime = ContextualMasks(loaded, predictor, policy_at(cfg, level, loaded), seed=cfg.predictor.seed,
+                              oracle=oracle, update=sparsity.update)
+    row = {**point_row(cfg, predictor, level), "ranking_rule": runtime.ranking_rule}
     with runtime:
         if tasks:
             lm = SparseLM(loaded, cfg.eval.batch_size, cfg.eval.max_length, cfg.model.add_bos_token, runtime,
-                          cfg.eval.predict_from)
+                          sparsity.prefill)
             accuracy = task_accuracy(lm, tasks, cfg.eval)
             row.update({f"{metric}/{task}": value for task, metrics in accuracy.items()
                         for metric, value in metrics.items()})
@@ -121,7 +132,8 @@ def evaluate_point(cfg: AppConfig, loaded: LoadedModel, predictor: FittedPredict
                                       cfg.perplexity.stride or cfg.perplexity.window, progress=True)
             row.update(token_perplexity=ppl.token_perplexity, word_perplexity=ppl.word_perplexity,
                        bits_per_byte=ppl.bits_per_byte, perplexity_tokens=ppl.tokens)
-    row.update(eval_seconds=time.perf_counter() - started, peak_memory_mib=peak_memory_mib())
+    row.update(eval_seconds=time.perf_counter() - started, peak_memory_mib=peak_memory_mib(),
+               predictor_network_calls=runtime.network_calls)
     return row
 
 
@@ -130,7 +142,8 @@ def bench_rows(cfg: AppConfig, loaded: LoadedModel, fitted: FittedPredictor) -> 
     predictor at the job's levels under each `bench.updates` policy."""
     learned = fitted.kind.value in ("shadowllm", "dejavu", "static")
     bench = type(cfg.bench)(**{**asdict(cfg.bench), "levels": levels(cfg),
-                               "predictors": [fitted.kind.value] if learned else []})
+                               "predictors": [fitted.kind.value] if learned else [],
+                               "updates": list(cfg.bench.updates) or [cfg.sparsity.update]})
     compiled = gather_kernels(bench.kernel, loaded.device, loaded.model.dtype, cfg.paths.cache_dir)
     policies = {level: policy_at(cfg, level, loaded) for level in bench.levels}
     table: pd.DataFrame = run_benchmark(loaded, {fitted.kind.value: fitted} if learned else {}, policies, bench,

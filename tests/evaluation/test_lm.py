@@ -8,7 +8,7 @@ import torch
 from lm_eval.models.huggingface import HFLM
 
 from shadow_sweep.cache import StageCache
-from shadow_sweep.config import EvalConfig, PredictorConfig, PredictorName, SparsityConfig
+from shadow_sweep.config import EvalConfig, MaskUpdate, PredictorConfig, PredictorName, Prefill, SparsityConfig
 from shadow_sweep.data.tasks import EVALUATION, SplitRule, offline_task, split_documents
 from shadow_sweep.evaluation.harness import build_tasks, check_tasks, task_accuracy
 from shadow_sweep.evaluation.lm import SparseLM
@@ -42,41 +42,58 @@ def test_dense_scores_equal_lm_evals_own_hflm(copa, session_cache):
         assert ll == pytest.approx(ref_ll, rel=1e-5, abs=1e-4) and greedy == ref_greedy
 
 
-@pytest.fixture
-def shadow_runtime(session_cache):
-    loaded = load_tiny("tiny-llama", session_cache)
+def _shadow_runtime(loaded, update):
     fitted = fit(synthetic_traces(loaded.shape, 64), PredictorConfig(name=PredictorName.shadowllm, epochs=3),
                  loaded.shape)
-    return loaded, ContextualMasks(loaded, fitted, SparsityPolicy(SparsityConfig(level=0.5), loaded.shape))
+    policy = SparsityPolicy(SparsityConfig(level=0.5), loaded.shape)
+    return ContextualMasks(loaded, fitted, policy, update=update)
 
 
-@pytest.mark.parametrize("predict_from", ["input", "context"])
-def test_batch_of_eight_equals_batch_of_one_with_masks(copa, shadow_runtime, predict_from):
-    loaded, runtime = shadow_runtime
+@pytest.fixture
+def tiny_llama(session_cache):
+    return load_tiny("tiny-llama", session_cache)
+
+
+@pytest.mark.parametrize("update", list(MaskUpdate))
+@pytest.mark.parametrize("prefill", list(Prefill))
+def test_batch_of_eight_equals_batch_of_one_with_masks(copa, tiny_llama, update, prefill):
+    runtime = _shadow_runtime(tiny_llama, update)
     requests = _requests(copa, n=8)
     with runtime:
-        batched = SparseLM(loaded, 8, runtime=runtime, predict_from=predict_from).loglikelihood(requests, True)
-        single = SparseLM(loaded, 1, runtime=runtime, predict_from=predict_from).loglikelihood(requests, True)
+        batched = SparseLM(tiny_llama, 8, runtime=runtime, prefill=prefill).loglikelihood(requests, True)
+        single = SparseLM(tiny_llama, 1, runtime=runtime, prefill=prefill).loglikelihood(requests, True)
     for (a, ga), (b, gb) in zip(batched, single):
         assert a == pytest.approx(b, rel=1e-4, abs=1e-4) and ga == gb
 
 
-def test_masks_differ_between_requests_and_context_mode_shares_them(copa, shadow_runtime, monkeypatch):
-    loaded, runtime = shadow_runtime
+@pytest.mark.parametrize("update", list(MaskUpdate))
+def test_dense_prefill_scores_a_one_token_continuation_exactly_dense(copa, tiny_llama, update):
+    lm = SparseLM(tiny_llama, 4)
+    first_tokens = [(None, c, t[:1]) for c, t in (lm.encode_request(*r.args) for r in _requests(copa, n=6))]
+    dense = lm._loglikelihood_tokens(first_tokens)
+    with _shadow_runtime(tiny_llama, update) as runtime:
+        for prefill, expect_dense in ((Prefill.dense, True), (Prefill.sparse, False)):
+            scores = SparseLM(tiny_llama, 4, runtime=runtime, prefill=prefill)._loglikelihood_tokens(first_tokens)
+            same = all(a == pytest.approx(b, rel=1e-5, abs=1e-5) for (a, _), (b, _) in zip(scores, dense))
+            assert same == expect_dense, prefill
+
+
+def test_per_sequence_masks_differ_between_requests_and_dense_prefill_shares_them(copa, tiny_llama,
+                                                                                   monkeypatch):
+    runtime = _shadow_runtime(tiny_llama, MaskUpdate.per_sequence)
     seen = []
     original = runtime.masks.set
     monkeypatch.setattr(runtime.masks, "set", lambda h=None, n=None: (seen.append(n.clone()), original(h, n)))
     requests = _requests(copa, n=3)  # 2 choices each
     with runtime:
-        SparseLM(loaded, 1, runtime=runtime).loglikelihood(requests, True)
+        SparseLM(tiny_llama, 1, runtime=runtime).loglikelihood(requests, True)
         per_input = torch.cat(seen)
         seen.clear()
-        SparseLM(loaded, 1, runtime=runtime, predict_from="context").loglikelihood(requests, True)
+        SparseLM(tiny_llama, 1, runtime=runtime, prefill=Prefill.dense).loglikelihood(requests, True)
         per_context = torch.cat(seen)
     assert len(per_input) == 6 and len({tuple(m.flatten().tolist()) for m in per_input}) == 6
     # the two choices of one question share the context's mask; different questions differ
-    by_request = {r.args: m for r, m in zip(sorted(requests, key=lambda r: -len(r.args[0] + r.args[1])), per_context)}
-    assert len({tuple(m.flatten().tolist()) for m in per_context}) == 3 or len(by_request) == 6
+    assert len({tuple(m.flatten().tolist()) for m in per_context}) == 3
 
 
 def test_offline_requests_render_the_builtin_prompts(data_root, tmp_path):

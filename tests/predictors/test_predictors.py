@@ -4,7 +4,8 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from shadow_sweep.config import (ConfigError, CriterionConfig, PredictorConfig, PredictorName, SparsityConfig)
+from shadow_sweep.config import (ConfigError, CriterionConfig, MaskUpdate, PredictorConfig, PredictorName,
+                                 SparsityConfig)
 from shadow_sweep.criteria.registry import get_criterion
 from shadow_sweep.models.adapters import ModelShape
 from shadow_sweep.predictors.fit import default_width, fit, mlp_shape, predictor_quality
@@ -31,6 +32,7 @@ def synthetic_traces(shape: ModelShape, n: int, seed: int = 0) -> TraceBatch:
     return TraceBatch(context, hidden, heads, neurons)
 
 
+PER_SEQUENCE = MaskUpdate.per_sequence
 SHAPE = ModelShape(num_layers=4, num_heads=8, num_kv_heads=2, head_dim=4, num_neurons=24, hidden_size=32)
 
 
@@ -96,11 +98,11 @@ def test_network_runs_once_per_forward_or_once_per_layer(trained, kind, calls):
     loaded, traces = trained
     policy = SparsityPolicy(SparsityConfig(level=0.5), loaded.shape)
     ids, attention = _inputs(loaded)
-    with ContextualMasks(loaded, _fitted(loaded, traces, kind), policy) as runtime:
+    with ContextualMasks(loaded, _fitted(loaded, traces, kind), policy, update=PER_SEQUENCE) as runtime:
         with torch.no_grad():
             loaded.model(input_ids=ids, attention_mask=attention)
         assert runtime.network_calls == calls  # dejavu: layers 1 and 2 of 3
-        heads, neurons = runtime.masks.heads, runtime.masks.neurons
+        heads, neurons = runtime.masks.stacked()
     assert heads.shape == (3, 3, loaded.shape.num_heads)
     assert not torch.equal(neurons[0], neurons[1]) and not torch.equal(neurons[0], neurons[2])
     assert (heads[:, 0] == 1).all() and (neurons[:, 0] == 1).all()  # layer 0 stays dense
@@ -114,15 +116,15 @@ def test_masks_of_a_padded_batch_equal_each_row_alone(trained, kind):
     policy = SparsityPolicy(SparsityConfig(level=0.5), loaded.shape)
     ids, attention = _inputs(loaded)
     oracle = (get_criterion("plainact"), CriterionConfig())
-    with ContextualMasks(loaded, _fitted(loaded, traces, kind), policy, oracle=oracle) as runtime, torch.no_grad():
+    with ContextualMasks(loaded, _fitted(loaded, traces, kind), policy, oracle=oracle, update=PER_SEQUENCE) as runtime, torch.no_grad():
         batched = loaded.model(input_ids=ids, attention_mask=attention).logits
-        batched_masks = runtime.masks.heads, runtime.masks.neurons
         if kind in (PredictorName.random, PredictorName.dense):
-            return  # random masks differ per call by design; dense sets none
+            return  # random scores hash positions, which left padding shifts; dense sets none
+        batched_masks = runtime.masks.stacked()
         for row in range(3):
             keep = attention[row].bool()
             alone = loaded.model(input_ids=ids[row:row + 1, keep]).logits
-            for alone_mask, batch_mask in zip((runtime.masks.heads, runtime.masks.neurons), batched_masks):
+            for alone_mask, batch_mask in zip((runtime.masks.stacked()), batched_masks):
                 torch.testing.assert_close(alone_mask[0], batch_mask[min(row, len(batch_mask) - 1)], rtol=0, atol=0)
             if row < 2:
                 torch.testing.assert_close(alone[0], batched[row, keep], rtol=1e-4, atol=1e-4)
@@ -134,9 +136,9 @@ def test_level_zero_gives_the_dense_logits(trained):
     with torch.no_grad():
         dense = loaded.model(input_ids=ids, attention_mask=attention).logits
     policy = SparsityPolicy(SparsityConfig(level=0.0), loaded.shape)
-    with ContextualMasks(loaded, _fitted(loaded, traces, PredictorName.shadowllm), policy) as runtime, torch.no_grad():
+    with ContextualMasks(loaded, _fitted(loaded, traces, PredictorName.shadowllm), policy, update=PER_SEQUENCE) as runtime, torch.no_grad():
         masked = loaded.model(input_ids=ids, attention_mask=attention).logits
-        assert (runtime.masks.heads == 1).all() and (runtime.masks.neurons == 1).all()
+        assert all((m == 1).all() for m in runtime.masks.stacked())
     assert torch.equal(masked, dense)
 
 
@@ -154,9 +156,9 @@ def test_saved_and_reloaded_predictor_gives_identical_masks(trained, tmp_path):
     ids, attention = _inputs(loaded)
     masks = []
     for predictor in (fitted, reloaded):
-        with ContextualMasks(loaded, predictor, policy) as runtime, torch.no_grad():
+        with ContextualMasks(loaded, predictor, policy, update=PER_SEQUENCE) as runtime, torch.no_grad():
             loaded.model(input_ids=ids, attention_mask=attention)
-            masks.append((runtime.masks.heads, runtime.masks.neurons))
+            masks.append((runtime.masks.stacked()))
     assert torch.equal(masks[0][0], masks[1][0]) and torch.equal(masks[0][1], masks[1][1])
 
 
