@@ -15,7 +15,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 import torch
 
-from shadow_sweep.config import BenchConfig
+from shadow_sweep.config import BenchConfig, MaskUpdate, Prefill
 from shadow_sweep.decode.engine import SparseDecoder
 from shadow_sweep.decode.fused import kernel_name
 from shadow_sweep.decode.generate import Generator, clock
@@ -45,9 +45,16 @@ def _hf_generate_ms_per_token(loaded: LoadedModel, prompt: torch.Tensor, cfg: Be
     return 1000 * (full - first) / (cfg.new_tokens - 1)
 
 
+def _updates(cfg: BenchConfig, predictor: str) -> list[str]:
+    """The update policies timed for a predictor: static's masks are the same either way."""
+    updates = [MaskUpdate(u).value for u in cfg.updates] or [MaskUpdate.per_token.value]
+    return updates if predictor != "static" else ["per_sequence"]
+
+
 def run_benchmark(loaded: LoadedModel, predictors: dict[str, FittedPredictor], policies: dict[float, SparsityPolicy],
-                  cfg: BenchConfig, kernels=None) -> pd.DataFrame:
-    """`kernels`: decode.fused.gather_kernels(...) for per_token rows, or None (eager)."""
+                  cfg: BenchConfig, kernels=None, prefill: Prefill = Prefill.sparse) -> pd.DataFrame:
+    """`kernels`: decode.fused.gather_kernels(...) for per_token rows, or None (eager);
+    `prefill`: how every sparse point runs its prompt (decode.generate)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
@@ -57,20 +64,23 @@ def run_benchmark(loaded: LoadedModel, predictors: dict[str, FittedPredictor], p
         rows = [{"path": "hf_generate", "predictor": "dense", "update": "dense", "sparsity": 0.0, "graph": False,
                  "ms_per_token": _hf_generate_ms_per_token(loaded, prompt, cfg)}]
         points = [("dense", "dense", 0.0)] + [(p, u, level) for p in cfg.predictors for level in cfg.levels
-                                              for u in (cfg.updates if p != "static" else ["per_sequence"])]
+                                              for u in _updates(cfg, p)]
         graphs = [False, True] if cfg.cuda_graphs and loaded.device.type == "cuda" else [False]
         points = [(p, u, level, graph) for p, u, level in points for graph in graphs
                   if not (graph and u == "per_token")]
         for predictor, update, level, graph in tqdm(points, desc="decode benchmark", leave=False):
             fitted = predictors.get(predictor)
-            masks = MaskPredictor(fitted, policies[level], loaded.device) if fitted is not None else None
-            generator = Generator(decoder, masks, update, graphs=graph)
+            masks = None
+            if fitted is not None:
+                masks = MaskPredictor(fitted, policies[level], loaded.device, MaskUpdate(update))
+            generator = Generator(decoder, masks, update, graphs=graph, prefill=prefill)
             for _ in range(cfg.warmup):
                 generator.generate(prompt, 4)
             runs = [generator.generate(prompt, cfg.new_tokens) for _ in range(cfg.repeats)]
             steps = cfg.new_tokens - 1
             decode_ms = 1000 * _median(runs, "decode_s") / steps
             rows.append({"path": "ours", "predictor": predictor, "update": update, "sparsity": level, "graph": graph,
+                         "prefill": prefill.value if fitted is not None else "dense",
                          "kernel": kernel_name(kernels) if update == "per_token" else "sliced" if fitted else "dense",
                          "ms_per_token": decode_ms, "prefill_ms": 1000 * _median(runs, "prefill_s"),
                          "prefill_capture_ms": 1000 * _median(runs, "prefill_capture_s"),

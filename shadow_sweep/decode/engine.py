@@ -107,16 +107,24 @@ class SparseDecoder:
         return self.dense[layer].sliced(self.shape.head_dim, heads.nonzero().squeeze(1), neurons.nonzero().squeeze(1),
                                         self.shape.queries_per_kv)
 
+    def kept_cache(self, cache: LayerCache, w: LayerWeights) -> LayerCache:
+        """A cache of every K/V group (a dense prompt) cut to the groups `w` keeps, in `w`'s order."""
+        groups = torch.unique(w.query_heads // self.shape.queries_per_kv)
+        return LayerCache(cache.k[:, groups].contiguous(), cache.v[:, groups].contiguous(), cache.length)
+
     def new_cache(self, max_len: int, weights: list[LayerWeights]) -> list[LayerCache]:
         like = self.dense[0].q
         return [LayerCache.empty(max_len, w.k.shape[0] // self.shape.head_dim, self.shape.head_dim, like)
                 for w in weights]
 
     def layer(self, index: int, x: torch.Tensor, positions: torch.Tensor, w: LayerWeights, cache: LayerCache,
-              kv: Optional[LayerWeights] = None, static: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+              kv: Optional[LayerWeights] = None, static: bool = False,
+              token_masks: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x [T, D] -> (x [T, D], head context [T, |Q| d]). `kv` (the dense weights) supplies
         K/V for every group when masks change per token; else K/V of `w`'s kept groups only.
-        `static`: one token at positions [1], static shapes (LayerCache.write_at)."""
+        `static`: one token at positions [1], static shapes (LayerCache.write_at).
+        `token_masks` (dense `w` only): per-token masks [T, H], [T, I] multiplied into the head
+        context and the neuron activation, as the masked path does (a sparse prefill)."""
         if isinstance(w, IndexedLayer):
             return self._indexed_layer(index, x, positions, w, cache)
         layer, d, f = self.layers[index], self.shape.head_dim, self.family
@@ -131,10 +139,16 @@ class SparseDecoder:
         keys, values, valid = cache.write_at(positions, k, v) if static else cache.append(k, v)
         groups = w.kv_of_query if kv is None else w.query_heads // self.shape.queries_per_kv
         context = attend(q, keys, values, groups, f.scale, valid)
+        head_mask, neuron_mask = token_masks if token_masks is not None else (None, None)
+        if head_mask is not None:
+            context = context * head_mask.to(context.dtype).repeat_interleave(d, dim=-1)
         x = x + linear_transposed(context, w.o, w.o_bias)
         h = f.mlp_input(layer, x)
         gate = linear(h, w.gate, None) if w.gate is not None else None
-        x = x + linear_transposed(f.activation(layer, gate, linear(h, w.up, w.up_bias)), w.down, w.down_bias)
+        hidden = f.activation(layer, gate, linear(h, w.up, w.up_bias))
+        if neuron_mask is not None:
+            hidden = hidden * neuron_mask.to(hidden.dtype)
+        x = x + linear_transposed(hidden, w.down, w.down_bias)
         return x, context
 
     def _indexed_layer(self, index: int, x: torch.Tensor, positions: torch.Tensor, w: IndexedLayer,

@@ -1,13 +1,18 @@
 """Greedy decoding on the sparse path with the predictor on the critical path.
 
-Mask update policies (`bench.update`):
-- per_sequence: masks predicted once from the prompt (ShadowLLM after layer 0 at the last
-  prompt token; DejaVu at each layer's input at the last prompt token; static: fixed), the
-  kept rows gathered once (`gather_s`), then prompt and new tokens run on the sliced weights;
+Mask update policies (`sparsity.update`, `bench.updates`):
+- per_sequence: masks predicted once at the last prompt token (ShadowLLM after layer 0;
+  DejaVu at each layer's input; static: fixed), the kept rows gathered once (`gather_s`),
+  then the new tokens run on the sliced weights;
 - per_token: masks re-predicted for every new token, K/V kept dense for every group; the
   kept rows are read in place by the fused gather-GEMV kernels when the decoder has them
   (`IndexedLayer`), else gathered again every token (eager `index_select`, a copy);
 - dense: no masks, all weights (our dense path).
+The prompt (`sparsity.prefill`): `sparse` runs it as the accuracy path does, per_sequence on
+the sliced weights (one mask for every prompt token), per_token as one masked forward with
+every token's own masks (dense compute, masks multiplied in, K/V of every group cached);
+`dense` runs it unmasked (per_sequence then cuts the cache to the kept K/V groups). Either
+way `prefill_s` is that time.
 Layer 0 is always dense (it feeds ShadowLLM's predictor). With `graphs` (CUDA only), the
 new tokens of fixed-weight updates (dense, per_sequence, static) replay a CUDA graph
 captured after the prompt (decode.graphs); the capture is timed inside the prefill.
@@ -18,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from shadow_sweep.config import PredictorName
+from shadow_sweep.config import PredictorName, Prefill
 from shadow_sweep.decode.engine import SparseDecoder
 from shadow_sweep.decode.graphs import GraphedStep
 from shadow_sweep.decode.weights import LayerWeights
@@ -48,12 +53,18 @@ class DecodeRun:
 
 
 class Generator:
-    def __init__(self, decoder: SparseDecoder, predictor: MaskPredictor | None, update: str, graphs: bool = False):
+    def __init__(self, decoder: SparseDecoder, predictor: MaskPredictor | None, update: str, graphs: bool = False,
+                 prefill: Prefill = Prefill.sparse):
+        update = getattr(update, "value", update)
         if update not in UPDATES:
             raise ValueError(f"bench.update must be one of {UPDATES}, got {update!r}")
         if graphs and update == "per_token":
             raise ValueError("CUDA graphs need weights fixed for the sequence: update dense or per_sequence")
-        self.decoder, self.predictor, self.update, self.graphs = decoder, predictor, update, graphs
+        self.decoder = decoder
+        self.predictor = predictor
+        self.update = update
+        self.graphs = graphs
+        self.prefill = Prefill(prefill)
         self.kind = predictor.fitted.kind if predictor else PredictorName.dense
         self.static_weights = None
         if self.kind == PredictorName.static and update != "dense":  # one gather for every sequence
@@ -82,12 +93,14 @@ class Generator:
             return self.decoder.indexed_layers(heads, neurons, first)
         return [self.decoder.sliced(l, heads[l], neurons[l]) for l in range(first, self.decoder.shape.num_layers)]
 
-    def _run(self, ids: torch.Tensor, start: int, weights: list, caches: list, run: DecodeRun, predict: bool
-             ) -> torch.Tensor:
-        """One forward over ids at positions start..; predicts and gathers when `predict`."""
+    def _run(self, ids: torch.Tensor, start: int, weights: list, caches: list, run: DecodeRun, predict: bool,
+             use: bool = True) -> torch.Tensor:
+        """One forward over ids at positions start..; when `predict`, masks are predicted at the
+        last token and `weights` take the kept rows. `use=False` computes with the dense weights
+        (a dense prompt) and only chooses the masks for the tokens after it."""
         d, now = self.decoder, self._now
         positions = torch.arange(start, start + ids.shape[0], device=d.device)
-        dense_kv = self.update == "per_token"
+        dense_kv = self.update == "per_token" or not use
         x = d.family.embed(ids, positions)
         for layer in range(d.shape.num_layers):
             if predict and self.kind == PredictorName.dejavu and layer > 0:
@@ -100,7 +113,7 @@ class Generator:
             if caches[layer] is None:
                 source = d.dense[layer] if dense_kv else weights[layer]
                 caches[layer] = d.new_cache(self.max_len, [source])[0]
-            x, context = d.layer(layer, x, positions, weights[layer], caches[layer],
+            x, context = d.layer(layer, x, positions, weights[layer] if use else d.dense[layer], caches[layer],
                                  d.dense[layer] if dense_kv else None)
             if predict and self.kind == PredictorName.shadowllm and layer == 0:
                 began = now()
@@ -110,6 +123,49 @@ class Generator:
                 weights[1:] = self._select_from(1, heads, neurons, single=ids.shape[0] == 1)
                 run.gather_s += now() - began
         return d.family.logits(x[-1:])[0]
+
+    def _masked_prompt(self, ids: torch.Tensor, caches: list, run: DecodeRun) -> torch.Tensor:
+        """per_token with a sparse prefill: the prompt as one forward with every token's own
+        masks (ShadowLLM from each token's layer-0 head context, DejaVu from each token's layer
+        input), dense weights, K/V of every group cached."""
+        d, now = self.decoder, self._now
+        positions = torch.arange(ids.shape[0], device=d.device)
+        x = d.family.embed(ids, positions)
+        predicted = None
+        for layer in range(d.shape.num_layers):
+            token_masks = None
+            began = now()
+            if self.kind == PredictorName.dejavu and layer > 0:
+                token_masks = self.predictor.one_layer(layer, x)
+            elif predicted is not None:
+                token_masks = (predicted[0][:, layer], predicted[1][:, layer])
+            run.predictor_s += now() - began
+            caches[layer] = d.new_cache(self.max_len, [d.dense[layer]])[0]
+            x, context = d.layer(layer, x, positions, d.dense[layer], caches[layer], d.dense[layer],
+                                 token_masks=token_masks)
+            if self.kind == PredictorName.shadowllm and layer == 0:
+                began = now()
+                predicted = self.predictor.all_layers(context)  # [T, L, H], [T, L, I]
+                run.predictor_s += now() - began
+        return d.family.logits(x[-1:])[0]
+
+    def _prefill(self, prompt: torch.Tensor, weights: list, caches: list, run: DecodeRun, learned: bool
+                 ) -> torch.Tensor:
+        """The prompt pass (see the module docstring); gives the first new token's logits."""
+        d = self.decoder
+        if self.update == "dense":
+            return self._run(prompt, 0, weights, caches, run, predict=False)
+        if self.prefill == Prefill.dense:
+            per_sequence = self.update == "per_sequence"
+            logits = self._run(prompt, 0, weights, caches, run, predict=learned and per_sequence, use=False)
+            if per_sequence:
+                for layer, w in enumerate(weights):
+                    if w is not d.dense[layer]:
+                        caches[layer] = d.kept_cache(caches[layer], w)
+            return logits
+        if self.update == "per_token" and self.kind != PredictorName.static:
+            return self._masked_prompt(prompt, caches, run)
+        return self._run(prompt, 0, weights, caches, run, predict=learned)
 
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, new_tokens: int) -> DecodeRun:
@@ -121,14 +177,17 @@ class Generator:
         caches = [None] * d.shape.num_layers
         learned = self.kind in (PredictorName.shadowllm, PredictorName.dejavu) and self.update != "dense"
         began = now()
-        logits = self._run(prompt, 0, weights, caches, run, predict=learned)
+        logits = self._prefill(prompt, weights, caches, run, learned)
         graphed = None
         if self.graphs:
             captured = now()
             graphed = GraphedStep(d, weights, caches, start=prompt.shape[0])
             run.prefill_capture_s = now() - captured
         run.prefill_s = now() - began
-        run.prefill_predictor_s, run.prefill_gather_s, run.predictor_s, run.gather_s = run.predictor_s, run.gather_s, 0, 0
+        run.prefill_predictor_s = run.predictor_s
+        run.prefill_gather_s = run.gather_s
+        run.predictor_s = 0.0
+        run.gather_s = 0.0
         began = now()
         for step in range(new_tokens):
             token = int(logits.argmax())

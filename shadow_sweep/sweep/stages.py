@@ -147,6 +147,6 @@ def bench_rows(cfg: AppConfig, loaded: LoadedModel, fitted: FittedPredictor) -> 
     compiled = gather_kernels(bench.kernel, loaded.device, loaded.model.dtype, cfg.paths.cache_dir)
     policies = {level: policy_at(cfg, level, loaded) for level in bench.levels}
     table: pd.DataFrame = run_benchmark(loaded, {fitted.kind.value: fitted} if learned else {}, policies, bench,
-                                        compiled)
+                                        compiled, cfg.sparsity.prefill)
     table.insert(0, "stage", "bench")
     return table.to_dict("records")

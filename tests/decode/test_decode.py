@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from shadow_sweep.config import PredictorConfig, PredictorName, Ranking, SparsityConfig
+from shadow_sweep.config import MaskUpdate, PredictorConfig, PredictorName, Prefill, Ranking, SparsityConfig
 from shadow_sweep.decode.engine import SparseDecoder
 from shadow_sweep.decode.generate import Generator
 from shadow_sweep.predictors.inference import MaskPredictor
@@ -72,6 +72,37 @@ def test_per_token_prediction_matches_masks_predicted_in_every_forward(kind, ses
         torch.testing.assert_close(ours, theirs, **TOLERANCE)
 
 
+@torch.no_grad()
+def masked_path_logits(loaded, runtime, prompt, tokens, prefill):
+    """The accuracy path's logits for a generated sequence: one forward over prompt + tokens[:-1]
+    with the runtime's masks, read at the positions that predict each new token."""
+    ids = torch.cat([prompt, torch.tensor(tokens[:-1])])[None]
+    if prefill == Prefill.dense:
+        runtime.dense_prompt(torch.tensor([len(prompt)]))
+    runtime.choose_at(torch.tensor([len(prompt) - 1]))  # per_sequence: the last prompt token
+    return list(loaded.model(input_ids=ids).logits[0, len(prompt) - 1:])
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-opt"])
+@pytest.mark.parametrize("kind", [PredictorName.shadowllm, PredictorName.dejavu, PredictorName.static])
+@pytest.mark.parametrize("update", list(MaskUpdate))
+@pytest.mark.parametrize("prefill", list(Prefill))
+def test_decode_matches_the_masked_path_for_every_update_and_prefill(name, kind, update, prefill, session_cache):
+    """32 generated tokens: the sparse decode path's logits equal one masked forward of the
+    accuracy path over the same sequence (same predictor, policy, update and prefill)."""
+    loaded = load_tiny(name, session_cache)
+    fitted = fit(synthetic_traces(loaded.shape, 64), PredictorConfig(name=kind, epochs=3), loaded.shape)
+    policy = SparsityPolicy(SparsityConfig(level=0.5), loaded.shape)
+    generator = Generator(SparseDecoder(loaded), MaskPredictor(fitted, policy, update=update), update.value,
+                          prefill=prefill)
+    run = generator.generate(_prompt(5), STEPS)
+    with ContextualMasks(loaded, fitted, policy, update=update) as runtime:
+        expected = masked_path_logits(loaded, runtime, _prompt(5), run.tokens, prefill)
+    assert len(run.logits) == len(expected) == STEPS
+    for ours, theirs in zip(run.logits, expected):
+        torch.testing.assert_close(ours, theirs, **TOLERANCE)
+
+
 @pytest.mark.parametrize("update", ["dense", "per_sequence"])
 def test_sparsity_zero_equals_dense(update, session_cache):
     loaded = load_tiny("tiny-opt", session_cache)
@@ -117,7 +148,8 @@ def test_benchmark_runs_end_to_end_on_a_tiny_model(session_cache):
     predictors = {kind.value: fit(synthetic_traces(loaded.shape, 16), PredictorConfig(name=kind, epochs=1), loaded.shape)
                   for kind in (PredictorName.shadowllm, PredictorName.dejavu, PredictorName.static)}
     policies = {0.5: SparsityPolicy(SparsityConfig(level=0.5), loaded.shape)}
-    cfg = BenchConfig(prompt_length=8, new_tokens=4, repeats=1, warmup=0, threads=1)
+    cfg = BenchConfig(prompt_length=8, new_tokens=4, repeats=1, warmup=0, threads=1,
+                      updates=[MaskUpdate.per_sequence, MaskUpdate.per_token])
     table = run_benchmark(loaded, predictors, policies, cfg)
     assert list(table.path) == ["hf_generate", "ours"] + ["ours"] * 5
     assert set(zip(table["predictor"], table["update"])) >= {("shadowllm", "per_token"), ("dejavu", "per_sequence"),
