@@ -97,6 +97,7 @@ class CalibrationConfig:
     shots: int = 3  # few-shot demonstrations from the calibration part
     plain_text_examples: int = 0  # WikiText-2 calibration windows of max_length tokens
     max_length: int = 256  # tokens; longer prompts are cut from the left
+    positions_per_example: Optional[int] = 32  # per-token samples per example (null: all; 0: none)
     seed: int = 0  # which calibration documents are drawn
     batch_size: int = 8  # does not change the traces (they are exact per example)
 

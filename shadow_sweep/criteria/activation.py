@@ -1,6 +1,6 @@
 """Criteria that read activations only: no backward pass is run for them.
 
-l2_norm (DejaVu's magnitude)   sqrt(sum_{t,d} a_{t,u,d}^2)
+l2_norm (DejaVu's magnitude)   sqrt(sum_{t,d} a_{t,u,d}^2); per token ||a_{t,u}||
 nwot    (Mellor et al. 2021,   log det(I + K_u),  K_u[t, s] = <c_t, c_s> + <1 - c_t, 1 - c_s>,
          NASWOT)               c_t = 1[a_{t,u} > 0] in {0,1}^k over the real tokens t.
 NASWOT scores the Hamming-similarity kernel of binary activation codes across inputs;
@@ -18,6 +18,11 @@ from shadow_sweep.criteria.units import UnitTensors
 
 def l2_norm(x: UnitTensors) -> torch.Tensor:
     return (x.a * x.token_weights).square().sum((1, 3)).sqrt()
+
+
+def l2_norm_per_token(x: UnitTensors) -> torch.Tensor:
+    """||a_t|| per token and unit, [B, T, U] (a neuron: |a_t|)."""
+    return (x.a * x.token_weights).square().sum(3).sqrt()
 
 
 def nwot(x: UnitTensors) -> torch.Tensor:

@@ -9,6 +9,14 @@ grad_norm (Abdelfattah et al.    sqrt(sum_{t,d} g_{t,u,d}^2)            = ||dL/d
            2021)
 grasp     (Wang et al. 2020)     - sum_{t,d} a_{t,u,d} (H g)_{t,u,d}     (activation as parameter)
 Sums over t run over real tokens only; <.,.> is over the unit's k dimensions.
+
+Per-token forms (`*_per_token`, [B, T, U]: the score of unit u for the token at t alone, as
+per-token masks need it; g_t from the language-model loss on every real token):
+plainact, snip   | <a_t, g_t> |            (snip of a single term is plainact's term)
+fisher           1/2 <a_t, g_t>^2
+grad_norm        ||g_t||
+grasp            - <a_t, (H g)_t>
+plainact's and grasp's per-sequence scores are their per-token terms summed over t (tested).
 """
 
 import torch
@@ -21,8 +29,12 @@ def mask_gradient_per_token(x: UnitTensors) -> torch.Tensor:
     return (x.a * x.g * x.token_weights).sum(-1)
 
 
+def plainact_per_token(x: UnitTensors) -> torch.Tensor:
+    return mask_gradient_per_token(x).abs()
+
+
 def plainact(x: UnitTensors) -> torch.Tensor:
-    return mask_gradient_per_token(x).abs().sum(1)
+    return plainact_per_token(x).sum(1)
 
 
 def snip(x: UnitTensors) -> torch.Tensor:
@@ -33,9 +45,21 @@ def fisher(x: UnitTensors) -> torch.Tensor:
     return 0.5 * mask_gradient_per_token(x).sum(1).square()
 
 
+def fisher_per_token(x: UnitTensors) -> torch.Tensor:
+    return 0.5 * mask_gradient_per_token(x).square()
+
+
 def grad_norm(x: UnitTensors) -> torch.Tensor:
     return (x.g * x.token_weights).square().sum((1, 3)).sqrt()
 
 
+def grad_norm_per_token(x: UnitTensors) -> torch.Tensor:
+    return (x.g * x.token_weights).square().sum(3).sqrt()
+
+
+def grasp_per_token(x: UnitTensors) -> torch.Tensor:
+    return -(x.a * x.hg * x.token_weights).sum(3)
+
+
 def grasp(x: UnitTensors) -> torch.Tensor:
-    return -(x.a * x.hg * x.token_weights).sum((1, 3))
+    return grasp_per_token(x).sum(1)

@@ -1,8 +1,11 @@
 """Fitting predictors on traces: seeded train/validation split, AdamW + cosine schedule, MSE.
 
-ShadowLLM:  x = layer-0 head context at the last token (normalised) -> every layer l >= 1's
+Rows are examples (per_sequence: inputs at the last token, per-sequence scores) or tokens
+(per_token: a `TokenBatch` of per-token samples, split into train/validation BY EXAMPLE so no
+example's tokens are on both sides).
+ShadowLLM:  x = layer-0 head context at the token (normalised) -> every layer l >= 1's
             head and neuron scores, one network:            [N, 1, H*d] -> [N, 1, (L-1)(H+I)].
-DejaVu:     x_l = layer l's input hidden state at the last token -> layer l's scores, one
+DejaVu:     x_l = layer l's input hidden state at the token -> layer l's scores, one
             network per layer l >= 1 (grouped):             [N, L-1, D] -> [N, L-1, H+I].
 The loss is MSE(heads) + MSE(neurons), so a layer's few heads weigh as much as its many
 neurons. static / random / dense / oracle fit nothing; every kind records the mean
@@ -58,6 +61,17 @@ def split_indices(n: int, validation_fraction: float, seed: int) -> tuple[torch.
     return order[cut:].sort().values, order[:cut].sort().values
 
 
+def split_rows(batch: TraceBatch, validation_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, validation) row indices; rows of one example (a TokenBatch) stay together."""
+    examples = getattr(batch, "example", None)
+    if examples is None:
+        return split_indices(len(batch.head_scores), validation_fraction, seed)
+    ids = examples.unique()
+    _, held_out = split_indices(len(ids), validation_fraction, seed)
+    validation = torch.isin(examples, ids[held_out])
+    return (~validation).nonzero()[:, 0], validation.nonzero()[:, 0]
+
+
 def network_inputs(kind: PredictorName, batch: TraceBatch) -> torch.Tensor:
     """[N, 1, H*d] (ShadowLLM) or [N, L-1, D] (DejaVu), normalised per example (and layer)."""
     if kind == PredictorName.shadowllm:
@@ -106,7 +120,7 @@ def train_network(net: GroupedMLP, inputs, heads, neurons, cfg: PredictorConfig,
 def fit(batch: TraceBatch, cfg: PredictorConfig, shape: ModelShape) -> FittedPredictor:
     """Train the network of `cfg.name` (if it has one) on the training split of the traces."""
     torch.manual_seed(cfg.seed)
-    train, validation = split_indices(len(batch.head_scores), cfg.validation_fraction, cfg.seed)
+    train, validation = split_rows(batch, cfg.validation_fraction, cfg.seed)
     norm = cfg.target_norm.value
     fitted = FittedPredictor(cfg.name, normalise_targets(batch.head_scores[train], norm).mean(0),
                              normalise_targets(batch.neuron_scores[train], norm).mean(0))
@@ -128,7 +142,7 @@ def predictor_quality(fitted: FittedPredictor, batch: TraceBatch, cfg: Predictor
     empty for dense and oracle (nothing is predicted)."""
     if fitted.kind in (PredictorName.dense, PredictorName.oracle):
         return {}
-    _, validation = split_indices(len(batch.head_scores), cfg.validation_fraction, cfg.seed)
+    _, validation = split_rows(batch, cfg.validation_fraction, cfg.seed)
     heads, neurons = network_targets(batch, cfg.target_norm.value)
     heads, neurons = heads[validation], neurons[validation]
     if fitted.net is not None:

@@ -207,7 +207,7 @@ class OracleSource(MaskSource):
         labels = [CalibrationExample("oracle", i, "", "") for i in range(len(encoded))]
         criterion, cfg = self.runtime.oracle
         with self.runtime.paused():
-            scores = score_batch(self.runtime.loaded, criterion, cfg, encoded, labels)
+            scores, _ = score_batch(self.runtime.loaded, criterion, cfg, encoded, labels)
         self.runtime.masks.set(*self.predictor.masks(scores.head_scores, scores.neuron_scores))
 
 

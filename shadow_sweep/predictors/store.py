@@ -14,25 +14,28 @@ from shadow_sweep.predictors.networks import GroupedMLP, MLPShape
 WEIGHTS, META = "predictor.safetensors", "predictor.json"
 
 
-def save_predictor(fitted: FittedPredictor, folder: Path, model: str, shape: ModelShape, criterion: str) -> None:
+def save_predictor(fitted: FittedPredictor, folder: Path, model: str, shape: ModelShape, criterion: str,
+                   update: str = "per_token") -> None:
     tensors = {"mean_head_scores": fitted.mean_head_scores, "mean_neuron_scores": fitted.mean_neuron_scores}
     if fitted.net is not None:
         tensors.update({f"net.{k}": v for k, v in fitted.net.state_dict().items()})
     save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(folder / WEIGHTS))
-    meta = {"kind": fitted.kind.value, "model": model, "shape": asdict(shape), "criterion": criterion,
+    meta = {"kind": fitted.kind.value, "model": model, "shape": asdict(shape), "criterion": criterion, "update": update,
             "mlp": asdict(fitted.net.shape) if fitted.net is not None else None, "metrics": fitted.metrics}
     (folder / META).write_text(json.dumps(meta, indent=2))
 
 
-def load_predictor(folder: Path, model: str, shape: ModelShape, criterion: str) -> FittedPredictor:
-    """A saved predictor, after checking it was trained for this model (name and shape) and
-    criterion: a mismatch is an error naming both sides."""
+def load_predictor(folder: Path, model: str, shape: ModelShape, criterion: str,
+                   update: str = "per_token") -> FittedPredictor:
+    """A saved predictor, after checking it was trained for this model (name and shape),
+    criterion and update policy: a mismatch is an error naming both sides."""
     folder = Path(folder)
     if not (folder / META).is_file():
         raise ConfigError(f"predictor.checkpoint={str(folder)!r} holds no {META}")
     meta = json.loads((folder / META).read_text())
     for field, found, expected in (("model", meta["model"], model), ("shape", meta["shape"], asdict(shape)),
-                                   ("criterion", meta["criterion"], criterion)):
+                                   ("criterion", meta["criterion"], criterion),
+                                   ("update", meta.get("update", "per_sequence"), update)):
         if found != expected:
             raise ConfigError(f"predictor.checkpoint={str(folder)!r} was trained for {field} {found}, "
                               f"but this job has {field} {expected}")

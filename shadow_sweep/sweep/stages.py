@@ -25,7 +25,7 @@ from shadow_sweep.models.loading import LoadedModel
 from shadow_sweep.predictors.cost import predictor_cost
 from shadow_sweep.predictors.fit import FittedPredictor, predictor_quality
 from shadow_sweep.predictors.runtime import ContextualMasks
-from shadow_sweep.predictors.stage import predictor_for, predictor_key
+from shadow_sweep.predictors.stage import predictor_for, predictor_key, training_data
 from shadow_sweep.sparsity.policy import SparsityPolicy
 from shadow_sweep.sparsity.topk import keep_count
 from shadow_sweep.traces.stage import model_identity, traces_for
@@ -48,8 +48,9 @@ def trace_stage(cfg: AppConfig, loaded: LoadedModel, cache: StageCache) -> tuple
     started = time.perf_counter()
     (traces, folder), built = cache.built("traces", lambda: traces_for(cfg, loaded, cache))
     size = sum(f.stat().st_size for f in folder.iterdir())
-    return traces, {"criterion": cfg.criterion.name.value, "examples": len(traces), "cache_hit": not built,
-                    "seconds": time.perf_counter() - started, "bytes": size,
+    positions = 0 if traces.tokens is None else len(traces.tokens.example)
+    return traces, {"criterion": cfg.criterion.name.value, "examples": len(traces), "positions": positions,
+                    "cache_hit": not built, "seconds": time.perf_counter() - started, "bytes": size,
                     "bytes_per_1000_examples": size * 1000 / len(traces), "folder": str(folder)}
 
 
@@ -57,7 +58,7 @@ def fit_stage(cfg: AppConfig, loaded: LoadedModel, traces: TraceSet, cache: Stag
     started = time.perf_counter()
     (fitted, folder), built = cache.built("predictor", lambda: predictor_for(cfg, loaded, traces, cache))
     policy = policy_at(cfg, levels(cfg)[0], loaded)
-    quality = predictor_quality(fitted, traces.batch, cfg.predictor, loaded.shape,
+    quality = predictor_quality(fitted, training_data(cfg, traces), cfg.predictor, loaded.shape,
                                 keep_count(policy.heads.level, loaded.shape.num_heads),
                                 keep_count(policy.neurons.level, loaded.shape.num_neurons))
     return fitted, {"predictor": cfg.predictor.name.value, "folder": str(folder), "cache_hit": not built,
@@ -94,6 +95,8 @@ def point_key(cfg: AppConfig, predictor: FittedPredictor, level: float) -> dict:
     if predictor.kind != PredictorName.dense:
         sparsity = plain(asdict(cfg.sparsity))
         sparsity.pop("levels")
+        if predictor.kind == PredictorName.static:  # the same masks under either update policy
+            sparsity.pop("update")
         key.update(fitted=predictor_key(cfg), checkpoint=cfg.predictor.checkpoint, sparsity={**sparsity, "level": level})
     return key
 

@@ -53,8 +53,9 @@ def traces_for(cfg: AppConfig, loaded: LoadedModel, cache: StageCache, progress:
 
     def build(folder: Path) -> None:
         examples, encoded = calibration_set(cfg, loaded, cache)
-        batch = collect(loaded, criterion, cfg.criterion, encoded, examples, cfg.calibration.batch_size, progress)
-        save_traces(TraceSet(batch, examples), folder)
+        batch, tokens = collect(loaded, criterion, cfg.criterion, encoded, examples, cfg.calibration.batch_size,
+                                progress, cfg.calibration.positions_per_example)
+        save_traces(TraceSet(batch, examples, tokens), folder)
 
     folder = cache.get_or_build("traces", trace_key(cfg), build)
     return load_traces(folder), folder

@@ -50,7 +50,7 @@ def test_mask_gradient_criteria_equal_autograd_on_a_mask(tiny, name):
     """snip = |dL/dm|, fisher = 1/2 (dL/dm)^2 for one mask per unit; plainact = sum_t |dL/dm_t|
     for one mask per token and unit; each mask placed at 1 and differentiated by autograd."""
     encoded, labels = _examples(tiny, lengths=(12,))
-    traced = score_batch(tiny, get_criterion(name), CriterionConfig(), encoded, labels)
+    traced = score_batch(tiny, get_criterion(name), CriterionConfig(), encoded, labels)[0]
     s, tokens = tiny.shape, len(encoded[0].input_ids)
     heads = torch.ones(tokens, s.num_layers, s.num_heads, requires_grad=True)
     neurons = torch.ones(tokens, s.num_layers, s.num_neurons, requires_grad=True)
@@ -63,7 +63,7 @@ def test_mask_gradient_criteria_equal_autograd_on_a_mask(tiny, name):
 
 def test_grad_norm_equals_the_norm_of_autograd_gradients(tiny):
     encoded, labels = _examples(tiny, lengths=(12,))
-    traced = score_batch(tiny, get_criterion("grad_norm"), CriterionConfig(), encoded, labels)
+    traced = score_batch(tiny, get_criterion("grad_norm"), CriterionConfig(), encoded, labels)[0]
     inputs = {}
     handles = [m.register_forward_pre_hook(lambda _m, args, l=l: inputs.__setitem__(l, args[0]))
                for l, m in enumerate(tiny.adapter.head_context_modules(tiny.model))]
@@ -83,9 +83,9 @@ def test_padded_batch_of_four_equals_each_example_alone(tiny, name):
     batched kernels reorder float sums; grasp's second derivative is the loosest)."""
     encoded, labels = _examples(tiny, lengths=(7, 15, 10, 12))
     criterion = get_criterion(name)
-    batched = score_batch(tiny, criterion, CriterionConfig(), encoded, labels)
+    batched = score_batch(tiny, criterion, CriterionConfig(), encoded, labels)[0]
     for row in range(4):
-        alone = score_batch(tiny, criterion, CriterionConfig(), encoded[row:row + 1], labels[row:row + 1])
+        alone = score_batch(tiny, criterion, CriterionConfig(), encoded[row:row + 1], labels[row:row + 1])[0]
         for field in ("head_scores", "neuron_scores", "shadow_input", "dejavu_input"):
             torch.testing.assert_close(getattr(batched, field)[row], getattr(alone, field)[0], rtol=1e-3, atol=1e-5)
 
@@ -93,7 +93,7 @@ def test_padded_batch_of_four_equals_each_example_alone(tiny, name):
 @pytest.mark.parametrize("name", sorted(CRITERIA))
 def test_every_criterion_gives_finite_scores_of_the_right_shapes(tiny, name):
     encoded, labels = _examples(tiny, lengths=(20, 31, 26))
-    out = score_batch(tiny, get_criterion(name), CriterionConfig(), encoded, labels)
+    out = score_batch(tiny, get_criterion(name), CriterionConfig(), encoded, labels)[0]
     s = tiny.shape
     assert out.head_scores.shape == (3, s.num_layers, s.num_heads)
     assert out.neuron_scores.shape == (3, s.num_layers, s.num_neurons)
@@ -111,7 +111,7 @@ def test_activation_criteria_run_no_backward(tiny, name, monkeypatch):
     monkeypatch.setattr(torch.autograd, "grad", forbidden)
     monkeypatch.setattr(torch.Tensor, "backward", forbidden)
     encoded, labels = _examples(tiny)
-    out = score_batch(tiny, get_criterion(name), CriterionConfig(), encoded, labels)
+    out = score_batch(tiny, get_criterion(name), CriterionConfig(), encoded, labels)[0]
     assert not out.head_scores.requires_grad and torch.isfinite(out.neuron_scores).all()
 
 

@@ -56,7 +56,7 @@ def test_stored_scores_keep_every_ranking(tmp_path, data_root):
     cache = StageCache(tmp_path)
     loaded = load_tiny("tiny-llama", cache)
     traces, folder = traces_for(cfg, loaded, cache, progress=False)
-    exact = collect(loaded, get_criterion("fisher"), cfg.criterion, *_encoded(cfg, loaded, cache), batch_size=4,
+    exact, _ = collect(loaded, get_criterion("fisher"), cfg.criterion, *_encoded(cfg, loaded, cache), batch_size=4,
                     progress=False)
     for field in ("head_scores", "neuron_scores"):
         stored, truth = getattr(traces.batch, field), getattr(exact, field)
