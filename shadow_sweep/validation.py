@@ -3,6 +3,7 @@ before anything expensive: every message names the field and what it allows."""
 
 from typing import Any
 
+from shadow_sweep.criteria.registry import per_token_criteria
 from shadow_sweep.config import AppConfig, ConfigError, MaskUpdate, ModelSource, PredictorName
 from shadow_sweep.data.converters import TASK_FILES as OFFLINE_TASKS
 
@@ -54,6 +55,8 @@ def validate(cfg: AppConfig) -> None:
              "at least one task, or calibration.plain_text_examples > 0")
     for name in ("examples_per_task", "max_length", "batch_size"):
         _require(getattr(cal, name) >= 1, f"calibration.{name}", getattr(cal, name), "an integer >= 1")
+    _require(cal.positions_per_example is None or cal.positions_per_example >= 0,
+             "calibration.positions_per_example", cal.positions_per_example, "null (every position) or >= 0")
     _require(cal.shots >= 0 and cal.plain_text_examples >= 0, "calibration.shots/plain_text_examples",
              (cal.shots, cal.plain_text_examples), "integers >= 0")
     _require(0.0 <= cfg.data_split.calibration_fraction < 1.0, "data_split.calibration_fraction",
@@ -63,6 +66,14 @@ def validate(cfg: AppConfig) -> None:
     _require(crit.min_class_size >= 2, "criterion.min_class_size", crit.min_class_size, "an integer >= 2")
     _require(crit.neuron_block is None or crit.neuron_block >= 3, "criterion.neuron_block", crit.neuron_block,
              "null (the model's head dim) or an integer >= 3 dividing the FFN width")
+    trained = (PredictorName.shadowllm, PredictorName.dejavu, PredictorName.static)
+    if pred.name in trained and cfg.sparsity.update == MaskUpdate.per_token and not pred.checkpoint:
+        forms = per_token_criteria()
+        _require(crit.name.value in forms, "criterion.name", crit.name.value,
+                 f"one with a per-token form ({', '.join(forms)}) with sparsity.update=per_token "
+                 f"(predictor={pred.name.value} trains on per-token samples), or sparsity.update=per_sequence")
+        _require(cal.positions_per_example != 0, "calibration.positions_per_example", 0,
+                 "null (every position) or >= 1 with sparsity.update=per_token")
     if pred.name == PredictorName.oracle and cfg.sparsity.update == MaskUpdate.per_token:
         _require(crit.name.value == "l2_norm", "criterion.name", crit.name.value,
                  "l2_norm with predictor=oracle and sparsity.update=per_token (the per-token oracle reads "
