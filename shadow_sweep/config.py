@@ -120,6 +120,11 @@ class PredictorName(str, Enum):
 TargetNorm = Enum("TargetNorm", [("per_layer", "per_layer"), ("global", "global")], type=str)
 
 
+class PredictorLoss(str, Enum):
+    mse = "mse"  # regression of the normalised scores (ShadowLLM)
+    bce_topk = "bce_topk"  # classification of each layer's kept set (DejaVu's neuron predictors)
+
+
 @dataclass
 class PredictorConfig:
     """Predictor network and training; widths follow docs/predictors.md when null."""
@@ -129,6 +134,8 @@ class PredictorConfig:
     depth: int = 1  # hidden layers of width `width`
     bottleneck: Optional[int] = None  # rank before the output layer; null: width // 4; 0: none
     target_norm: TargetNorm = TargetNorm.per_layer
+    loss: PredictorLoss = PredictorLoss.mse
+    bce_keep_fraction: float = 0.5  # bce_topk: each layer's top fraction labelled 1
     epochs: int = 100
     lr: float = 1e-3
     batch_size: int = 32

@@ -36,6 +36,8 @@ def validate(cfg: AppConfig) -> None:
              "a number in (0, 1)")
     for name in ("epochs", "batch_size", "depth"):
         _require(getattr(pred, name) >= 1, f"predictor.{name}", getattr(pred, name), "an integer >= 1")
+    _require(0.0 < pred.bce_keep_fraction < 1.0, "predictor.bce_keep_fraction", pred.bce_keep_fraction,
+             "a number in (0, 1)")
     _require(pred.width is None or pred.width >= 1, "predictor.width", pred.width, "null (the rule) or >= 1")
     _require(pred.bottleneck is None or pred.bottleneck >= 0, "predictor.bottleneck", pred.bottleneck,
              "null (width // 4), 0 (none) or >= 1")

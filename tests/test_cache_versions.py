@@ -3,8 +3,10 @@ it reads and of the libraries that change its numbers; and a stage's code cannot
 its version stays (fingerprints of the code, docstrings and comments left out).
 
 When `test_stage_code_changes_bump_the_stage_version` fails: if the change alters what the
-stage computes or stores, bump `STAGE_FORMATS[stage].version` in shadow_sweep/cache.py; either
-way, record the fingerprint and version the failure prints in tests/cache_fingerprints.json.
+stage computes or stores, bump `STAGE_FORMATS[stage].version` in shadow_sweep/cache.py; then
+`python -m tests.test_cache_versions` records the new fingerprints (it refuses a stage whose code
+changed while its version stayed: edit tests/cache_fingerprints.json by hand only for a change
+that provably computes the same).
 """
 
 import ast
@@ -26,10 +28,10 @@ STAGE_CODE = {
     "gguf": ["models/loading.py"],
     "model": ["models/loading.py"],
     "tasks": ["data/tasks.py", "data/converters.py"],
-    "traces": ["traces/*.py", "criteria/*.py", "data/calibration.py", "data/wikitext.py", "data/encoding.py"],
+    "traces": ["traces/*.py", "criteria/*.py", "data/calibration.py", "data/wikitext.py"],
     "predictor": ["predictors/*.py"],
     "evaluation": ["evaluation/*.py", "models/masks.py", "sparsity/*.py", "predictors/*.py",
-                   "data/encoding.py"],
+                   "decode/*.py"],
 }
 
 
@@ -93,3 +95,25 @@ def test_library_versions_are_in_the_keys_of_the_stages_they_change(monkeypatch)
 def test_kernel_builds_are_kept_apart_per_cpu_feature_set(tmp_path):
     assert build_dir(tmp_path, "aaaa") != build_dir(tmp_path, "bbbb")
     assert build_dir(tmp_path) == build_dir(tmp_path)  # this host: one stable folder
+
+
+def record_fingerprints() -> None:
+    """`python -m tests.test_cache_versions`: record each stage's fingerprint, refusing a stage
+    whose code changed while its version stayed (bump it first, or confirm it computes the same
+    by editing the record by hand)."""
+    recorded = json.loads(RECORD.read_text())
+    refused = []
+    for stage, patterns in sorted(STAGE_CODE.items()):
+        now = {"fingerprint": code_fingerprint(patterns), "version": STAGE_FORMATS[stage].version}
+        old = recorded.get(stage)
+        if old and old["fingerprint"] != now["fingerprint"] and old["version"] == now["version"]:
+            refused.append(stage)
+            continue
+        recorded[stage] = now
+    RECORD.write_text(json.dumps(recorded, indent=2, sort_keys=True) + "\n")
+    if refused:
+        raise SystemExit(f"code changed, version not bumped: {refused} (STAGE_FORMATS in shadow_sweep/cache.py)")
+
+
+if __name__ == "__main__":
+    record_fingerprints()

@@ -61,10 +61,31 @@ def test_out_of_range_values_name_the_field(override, field):
         validate(compose_app([override]))
 
 
+NO_PER_TOKEN_FORM = {("criterion", "nwot"), ("criterion", "jacov"), ("criterion", "epenas"),
+                     ("predictor", "oracle")}  # the oracle per token needs criterion=l2_norm
+
+
 @pytest.mark.parametrize("group, option", GROUP_OPTIONS)
 def test_every_group_option_composes_and_validates(group, option):
-    cfg = compose_app([f"{group}={option}"])
+    if (group, option) not in NO_PER_TOKEN_FORM:
+        validate(compose_app([f"{group}={option}"]))
+        return
+    validate(compose_app([f"{group}={option}", "sparsity.update=per_sequence"]))
+    with pytest.raises(ConfigError, match=r"criterion\.name=.*per.token"):
+        validate(compose_app([f"{group}={option}"]))
+
+
+def test_update_and_prefill_are_enums_naming_their_values():
+    for override, values in (("sparsity.update=per_batch", "per_token, per_sequence"),
+                             ("sparsity.prefill=half", "sparse, dense"),
+                             ("bench.kernel=triton", "fused, eager"),
+                             ("bench.updates=[per_tok]", "per_token, per_sequence")):
+        with pytest.raises(ConfigCompositionException) as error:
+            compose_app([override])
+        assert f"expected one of [{values}]" in str(error.value.__cause__), override
+    cfg = compose_app(["predictor=oracle", "criterion=l2_norm"])
     validate(cfg)
+    assert cfg.sparsity.update.value == "per_token" and cfg.bench.updates == []
 
 
 def test_experiments_set_what_they_promise():
@@ -79,7 +100,8 @@ def test_experiments_set_what_they_promise():
 @pytest.mark.parametrize("experiment, swept", [("ablation_criteria", {"criterion"}),
                                                ("ablation_ranking", {"sparsity", "predictor"}),
                                                ("ablation_shots", {"calibration.shots"}),
-                                               ("ablation_predictor_design", {"predictor"})])
+                                               ("ablation_predictor_design", {"predictor"}),
+                                               ("ablation_update", {"sparsity.update", "predictor"})])
 def test_ablations_are_ready_multiruns_over_existing_options(experiment, swept):
     from hydra import compose, initialize_config_dir
 

@@ -7,8 +7,8 @@ ShadowLLM:  x = layer-0 head context at the token (normalised) -> every layer l 
             head and neuron scores, one network:            [N, 1, H*d] -> [N, 1, (L-1)(H+I)].
 DejaVu:     x_l = layer l's input hidden state at the token -> layer l's scores, one
             network per layer l >= 1 (grouped):             [N, L-1, D] -> [N, L-1, H+I].
-The loss is MSE(heads) + MSE(neurons), so a layer's few heads weigh as much as its many
-neurons. static / random / dense / oracle fit nothing; every kind records the mean
+The loss (`predictor.loss`) is MSE(heads) + MSE(neurons), so a layer's few heads weigh as much
+as its many neurons, or the same sum of binary cross-entropies of top-k membership. static / random / dense / oracle fit nothing; every kind records the mean
 normalised calibration scores (static's scores, and DejaVu's per-layer budgets under global
 ranking).
 """
@@ -20,11 +20,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from shadow_sweep.config import PredictorConfig, PredictorName
+from shadow_sweep.config import PredictorConfig, PredictorLoss, PredictorName
 from shadow_sweep.models.adapters import ModelShape
 from shadow_sweep.predictors.networks import GroupedMLP, MLPShape
 from shadow_sweep.predictors.quality import quality_report
 from shadow_sweep.predictors.targets import normalise_inputs, normalise_targets
+from shadow_sweep.sparsity.topk import keep_count, top_k_mask
 from shadow_sweep.traces.collect import TraceBatch
 
 WIDTH_CAP = {PredictorName.shadowllm: 2048, PredictorName.dejavu: 1000}  # the papers' widths
@@ -94,6 +95,22 @@ def split_outputs(kind: PredictorName, out: torch.Tensor, shape: ModelShape) -> 
     return out[..., :shape.num_heads], out[..., shape.num_heads:]
 
 
+def top_membership(targets: torch.Tensor, keep_fraction: float) -> torch.Tensor:
+    """1.0 for the round(keep_fraction * U) highest targets of each (row, layer), else 0.0."""
+    return top_k_mask(targets, keep_count(1.0 - keep_fraction, targets.shape[-1]))
+
+
+def prediction_loss(cfg: PredictorConfig, predicted: tuple[torch.Tensor, torch.Tensor],
+                    targets: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """mse: MSE(heads) + MSE(neurons) on the normalised scores; bce_topk: binary cross-entropy of
+    the outputs (logits) against membership of each layer's top `bce_keep_fraction` (DejaVu's
+    classifier of the kept set). Heads and neurons weigh the same either way."""
+    if cfg.loss == PredictorLoss.mse:
+        return sum(F.mse_loss(p, t) for p, t in zip(predicted, targets))
+    return sum(F.binary_cross_entropy_with_logits(p, top_membership(t, cfg.bce_keep_fraction))
+               for p, t in zip(predicted, targets))
+
+
 def train_network(net: GroupedMLP, inputs, heads, neurons, cfg: PredictorConfig, kind: PredictorName,
                   shape: ModelShape) -> list[float]:
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -105,8 +122,8 @@ def train_network(net: GroupedMLP, inputs, heads, neurons, cfg: PredictorConfig,
     for _ in epochs:
         total = 0.0
         for rows in torch.randperm(len(inputs), generator=generator).split(cfg.batch_size):
-            predicted_heads, predicted_neurons = split_outputs(kind, net(inputs[rows]), shape)
-            loss = F.mse_loss(predicted_heads, heads[rows]) + F.mse_loss(predicted_neurons, neurons[rows])
+            predicted = split_outputs(kind, net(inputs[rows]), shape)
+            loss = prediction_loss(cfg, predicted, (heads[rows], neurons[rows]))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -131,8 +148,8 @@ def fit(batch: TraceBatch, cfg: PredictorConfig, shape: ModelShape) -> FittedPre
         losses = train_network(fitted.net, inputs[train], heads[train], neurons[train], cfg, cfg.name, shape)
         with torch.no_grad():
             predicted = split_outputs(cfg.name, fitted.net(inputs[validation]), shape)
-        fitted.metrics.update(train_loss=losses[-1], validation_loss=float(
-            F.mse_loss(predicted[0], heads[validation]) + F.mse_loss(predicted[1], neurons[validation])))
+        validation_loss = prediction_loss(cfg, predicted, (heads[validation], neurons[validation]))
+        fitted.metrics.update(train_loss=losses[-1], validation_loss=float(validation_loss))
     return fitted
 
 

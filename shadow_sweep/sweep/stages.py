@@ -49,7 +49,14 @@ def trace_stage(cfg: AppConfig, loaded: LoadedModel, cache: StageCache) -> tuple
     (traces, folder), built = cache.built("traces", lambda: traces_for(cfg, loaded, cache))
     size = sum(f.stat().st_size for f in folder.iterdir())
     positions = 0 if traces.tokens is None else len(traces.tokens.example)
+    token_bytes = 0  # fp16 inputs and scores, fp32 scale, int32 example and position
+    if traces.tokens is not None:
+        tokens = traces.tokens
+        halves = sum(t.numel() for t in (tokens.shadow_input, tokens.dejavu_input, tokens.head_scores,
+                                         tokens.neuron_scores))
+        token_bytes = 2 * halves + 12 * positions
     return traces, {"criterion": cfg.criterion.name.value, "examples": len(traces), "positions": positions,
+                    "bytes_per_1000_positions": token_bytes * 1000 / max(positions, 1),
                     "cache_hit": not built, "seconds": time.perf_counter() - started, "bytes": size,
                     "bytes_per_1000_examples": size * 1000 / len(traces), "folder": str(folder)}
 

@@ -59,8 +59,9 @@ class WandbTracker(Tracker):
         import wandb
 
         self.wandb, self.cfg = wandb, cfg
-        tags = [cfg.predictor.name.value, f"ranking:{cfg.sparsity.ranking.value}",
-                f"sweep:{sweep_id}"[:64]] + [f"update:{u}" for u in cfg.bench.updates if cfg.stages.bench]
+        sparsity = cfg.sparsity
+        tags = [cfg.predictor.name.value, f"ranking:{sparsity.ranking.value}", f"update:{sparsity.update.value}",
+                f"prefill:{sparsity.prefill.value}", f"sweep:{sweep_id}"[:64]]
         run_dir.mkdir(parents=True, exist_ok=True)
         self.run = None
         try:

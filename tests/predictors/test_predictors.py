@@ -176,3 +176,23 @@ def test_shadowllm_needs_layer_zero_dense(trained):
     policy = SparsityPolicy(SparsityConfig(level=0.5, keep_first_layer_dense=False), loaded.shape)
     with pytest.raises(ConfigError, match="keep_first_layer_dense"):
         ContextualMasks(loaded, _fitted(loaded, traces, PredictorName.shadowllm), policy)
+
+
+def test_both_losses_learn_a_known_relation_from_per_token_rows_split_by_example():
+    """Token rows (a TokenBatch) are split by example; MSE and top-k classification both
+    recover the rankings of a known relation."""
+    from shadow_sweep.config import PredictorLoss
+    from shadow_sweep.predictors.fit import split_rows
+    from shadow_sweep.traces.collect import TokenBatch
+
+    traces = synthetic_traces(SHAPE, 600)
+    example = torch.arange(600) // 6  # 100 examples of 6 tokens
+    tokens = TokenBatch(traces.shadow_input, traces.dejavu_input, traces.head_scores, traces.neuron_scores,
+                        example, torch.arange(600) % 6)
+    train, validation = split_rows(tokens, 0.2, 0)
+    assert set(example[train].tolist()).isdisjoint(example[validation].tolist())
+    assert len(validation) == 120
+    for loss in PredictorLoss:
+        cfg = PredictorConfig(name=PredictorName.shadowllm, width=128, bottleneck=0, epochs=150, lr=3e-3, loss=loss)
+        quality = predictor_quality(fit(tokens, cfg, SHAPE), tokens, cfg, SHAPE, keep_heads=4, keep_neurons=12)
+        assert quality["heads_recall_mean"] > 0.8 and quality["neurons_recall_mean"] > 0.8, loss

@@ -34,12 +34,14 @@ def test_bench_stage_adds_latency_rows(tmp_path, data_root):
     cfg = compose_app(["model=tiny-llama", f"paths.data_root={data_root}", f"paths.cache_dir={tmp_path / 'cache'}",
                        "stages.accuracy=false", "stages.perplexity=false", "stages.bench=true", "predictor.epochs=1",
                        "calibration.examples_per_task=1", "calibration.max_length=32", "bench.prompt_length=8",
-                       "bench.new_tokens=3", "bench.repeats=1", "bench.warmup=0", "bench.kernel=eager"])
+                       "bench.new_tokens=3", "bench.repeats=1", "bench.warmup=0", "bench.kernel=eager",
+                       "bench.updates=[per_sequence,per_token]", "sparsity.prefill=dense"])
     run_job(cfg, tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()][:-1]
     assert {(r["stage"], r["predictor"], r["update"]) for r in rows} == {
         ("bench", "dense", "dense"), ("bench", "shadowllm", "per_sequence"), ("bench", "shadowllm", "per_token")}
     assert all(r["ms_per_token"] > 0 for r in rows)
+    assert {r["prefill"] for r in rows if r["predictor"] == "shadowllm"} == {"dense"}
 
 
 def test_unavailable_task_fails_before_the_model_loads(tmp_path, data_root, monkeypatch):

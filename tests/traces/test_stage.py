@@ -63,8 +63,11 @@ def test_stored_scores_keep_every_ranking(tmp_path, data_root):
         peak = torch.maximum(exact.head_scores.flatten(1).amax(1), exact.neuron_scores.flatten(1).amax(1))
         assert ((stored - truth).abs() <= truth.abs() * 2.0 ** -11 + 1e-7 * peak[:, None, None]).all()
     n, s = len(traces), loaded.shape
-    expected_bytes = 2 * n * (s.num_heads * s.head_dim + s.num_layers * (s.hidden_size + s.num_heads + s.num_neurons))
-    assert expected_bytes < (folder / "traces.safetensors").stat().st_size < expected_bytes + 4 * n + 2048
+    positions = len(traces.tokens.example)  # per-token samples: fp16 like the rest, fp32 scale, int32 indices
+    assert positions > n
+    per_row = 2 * (s.num_heads * s.head_dim + s.num_layers * (s.hidden_size + s.num_heads + s.num_neurons))
+    expected_bytes = per_row * (n + positions) + 4 * n + 12 * positions
+    assert expected_bytes < (folder / "traces.safetensors").stat().st_size < expected_bytes + 4096
 
 
 def _encoded(cfg, loaded, cache):
