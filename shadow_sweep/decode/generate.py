@@ -28,6 +28,7 @@ from shadow_sweep.decode.engine import SparseDecoder
 from shadow_sweep.decode.graphs import GraphedStep
 from shadow_sweep.decode.weights import LayerWeights
 from shadow_sweep.predictors.inference import MaskPredictor
+from shadow_sweep.predictors.layouts import NETWORKS
 
 UPDATES = ("per_sequence", "per_token", "dense")
 
@@ -66,6 +67,7 @@ class Generator:
         self.graphs = graphs
         self.prefill = Prefill(prefill)
         self.kind = predictor.fitted.kind if predictor else PredictorName.dense
+        self.layout = NETWORKS.get(self.kind)  # None: no network (static, dense)
         self.static_weights = None
         if self.kind == PredictorName.static and update != "dense":  # one gather for every sequence
             heads, neurons = (m[0].bool() for m in predictor.static)
@@ -74,6 +76,12 @@ class Generator:
     def _slice_all(self, heads: torch.Tensor, neurons: torch.Tensor) -> list[LayerWeights]:
         return [self.decoder.dense[0]] + [self.decoder.sliced(l, heads[l], neurons[l])
                                           for l in range(1, self.decoder.shape.num_layers)]
+
+    def _runs_before(self, layer: int) -> bool:
+        return self.layout is not None and self.layout.runs_before(layer)
+
+    def _runs_after(self, layer: int) -> bool:
+        return self.layout is not None and self.layout.runs_after_layer_zero(layer)
 
     def _now(self) -> float:
         return clock(self.decoder.device)
@@ -103,7 +111,7 @@ class Generator:
         dense_kv = self.update == "per_token" or not use
         x = d.family.embed(ids, positions)
         for layer in range(d.shape.num_layers):
-            if predict and self.kind == PredictorName.dejavu and layer > 0:
+            if predict and self._runs_before(layer):
                 began = now()
                 masks = tuple(m[0].bool() for m in self.predictor.one_layer(layer, x[-1:]))
                 run.predictor_s += now() - began
@@ -115,7 +123,7 @@ class Generator:
                 caches[layer] = d.new_cache(self.max_len, [source])[0]
             x, context = d.layer(layer, x, positions, weights[layer] if use else d.dense[layer], caches[layer],
                                  d.dense[layer] if dense_kv else None)
-            if predict and self.kind == PredictorName.shadowllm and layer == 0:
+            if predict and self._runs_after(layer):
                 began = now()
                 heads, neurons = tuple(m[0].bool() for m in self.predictor.all_layers(context[-1:]))
                 run.predictor_s += now() - began
@@ -135,7 +143,7 @@ class Generator:
         for layer in range(d.shape.num_layers):
             token_masks = None
             began = now()
-            if self.kind == PredictorName.dejavu and layer > 0:
+            if self._runs_before(layer):
                 token_masks = self.predictor.one_layer(layer, x)
             elif predicted is not None:
                 token_masks = (predicted[0][:, layer], predicted[1][:, layer])
@@ -143,7 +151,7 @@ class Generator:
             caches[layer] = d.new_cache(self.max_len, [d.dense[layer]])[0]
             x, context = d.layer(layer, x, positions, d.dense[layer], caches[layer], d.dense[layer],
                                  token_masks=token_masks)
-            if self.kind == PredictorName.shadowllm and layer == 0:
+            if self._runs_after(layer):
                 began = now()
                 predicted = self.predictor.all_layers(context)  # [T, L, H], [T, L, I]
                 run.predictor_s += now() - began
@@ -163,7 +171,7 @@ class Generator:
                     if w is not d.dense[layer]:
                         caches[layer] = d.kept_cache(caches[layer], w)
             return logits
-        if self.update == "per_token" and self.kind != PredictorName.static:
+        if self.update == "per_token" and self.layout is not None:
             return self._masked_prompt(prompt, caches, run)
         return self._run(prompt, 0, weights, caches, run, predict=learned)
 
@@ -175,7 +183,7 @@ class Generator:
         run = DecodeRun([], [])
         weights = list(self.static_weights or d.dense)
         caches = [None] * d.shape.num_layers
-        learned = self.kind in (PredictorName.shadowllm, PredictorName.dejavu) and self.update != "dense"
+        learned = self.layout is not None and self.update != "dense"
         began = now()
         logits = self._prefill(prompt, weights, caches, run, learned)
         graphed = None

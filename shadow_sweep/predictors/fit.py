@@ -2,15 +2,11 @@
 
 Rows are examples (per_sequence: inputs at the last token, per-sequence scores) or tokens
 (per_token: a `TokenBatch` of per-token samples, split into train/validation BY EXAMPLE so no
-example's tokens are on both sides).
-ShadowLLM:  x = layer-0 head context at the token (normalised) -> every layer l >= 1's
-            head and neuron scores, one network:            [N, 1, H*d] -> [N, 1, (L-1)(H+I)].
-DejaVu:     x_l = layer l's input hidden state at the token -> layer l's scores, one
-            network per layer l >= 1 (grouped):             [N, L-1, D] -> [N, L-1, H+I].
-The loss (`predictor.loss`) is MSE(heads) + MSE(neurons), so a layer's few heads weigh as much
-as its many neurons, or the same sum of binary cross-entropies of top-k membership. static / random / dense / oracle fit nothing; every kind records the mean
-normalised calibration scores (static's scores, and DejaVu's per-layer budgets under global
-ranking).
+example's tokens are on both sides). ShadowLLM's and DejaVu's networks are laid out in
+`predictors.layouts`. The loss (`predictor.loss`) is MSE(heads) + MSE(neurons), so a layer's few
+heads weigh as much as its many neurons, or the same sum of binary cross-entropies of top-k
+membership. static / random / dense / oracle fit nothing; every kind records the mean
+normalised calibration scores (static's scores, and the per-layer budgets of global ranking).
 """
 
 from dataclasses import dataclass, field
@@ -22,13 +18,12 @@ from tqdm.auto import tqdm
 
 from shadow_sweep.config import PredictorConfig, PredictorLoss, PredictorName
 from shadow_sweep.models.adapters import ModelShape
-from shadow_sweep.predictors.networks import GroupedMLP, MLPShape
+from shadow_sweep.predictors.layouts import NETWORKS
+from shadow_sweep.predictors.networks import GroupedMLP
 from shadow_sweep.predictors.quality import quality_report
-from shadow_sweep.predictors.targets import normalise_inputs, normalise_targets
+from shadow_sweep.predictors.targets import normalise_targets
 from shadow_sweep.sparsity.topk import keep_count, top_k_mask
 from shadow_sweep.traces.collect import TraceBatch
-
-WIDTH_CAP = {PredictorName.shadowllm: 2048, PredictorName.dejavu: 1000}  # the papers' widths
 
 
 @dataclass
@@ -38,22 +33,6 @@ class FittedPredictor:
     mean_neuron_scores: torch.Tensor  # [L, I]
     net: Optional[GroupedMLP] = None
     metrics: dict = field(default_factory=dict)
-
-
-def default_width(kind: PredictorName, hidden_size: int) -> int:
-    """64 * max(2, D // 128), capped at the paper's width: 256 for SmolLM2-135M (D = 576),
-    2048 (ShadowLLM) / 1000 (DejaVu) from D = 5120 (OPT-13B) on."""
-    return min(WIDTH_CAP[kind], 64 * max(2, hidden_size // 128))
-
-
-def mlp_shape(cfg: PredictorConfig, shape: ModelShape) -> MLPShape:
-    width = cfg.width or default_width(cfg.name, shape.hidden_size)
-    bottleneck = width // 4 if cfg.bottleneck is None else cfg.bottleneck
-    predicted = shape.num_layers - 1
-    if cfg.name == PredictorName.shadowllm:
-        return MLPShape(1, shape.num_heads * shape.head_dim, width, cfg.depth, bottleneck,
-                        predicted * (shape.num_heads + shape.num_neurons))
-    return MLPShape(predicted, shape.hidden_size, width, cfg.depth, bottleneck, shape.num_heads + shape.num_neurons)
 
 
 def split_indices(n: int, validation_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,26 +52,10 @@ def split_rows(batch: TraceBatch, validation_fraction: float, seed: int) -> tupl
     return (~validation).nonzero()[:, 0], validation.nonzero()[:, 0]
 
 
-def network_inputs(kind: PredictorName, batch: TraceBatch) -> torch.Tensor:
-    """[N, 1, H*d] (ShadowLLM) or [N, L-1, D] (DejaVu), normalised per example (and layer)."""
-    if kind == PredictorName.shadowllm:
-        return normalise_inputs(batch.shadow_input)[:, None]
-    return normalise_inputs(batch.dejavu_input[:, 1:])
-
-
 def network_targets(batch: TraceBatch, target_norm: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised scores of the predicted layers: heads [N, L-1, H], neurons [N, L-1, I]."""
     return (normalise_targets(batch.head_scores[:, 1:], target_norm),
             normalise_targets(batch.neuron_scores[:, 1:], target_norm))
-
-
-def split_outputs(kind: PredictorName, out: torch.Tensor, shape: ModelShape) -> tuple[torch.Tensor, torch.Tensor]:
-    """Network output -> (heads [N, L-1, H], neurons [N, L-1, I])."""
-    n, predicted = out.shape[0], shape.num_layers - 1
-    if kind == PredictorName.shadowllm:
-        heads = out[:, 0, :predicted * shape.num_heads].reshape(n, predicted, shape.num_heads)
-        return heads, out[:, 0, predicted * shape.num_heads:].reshape(n, predicted, shape.num_neurons)
-    return out[..., :shape.num_heads], out[..., shape.num_heads:]
 
 
 def top_membership(targets: torch.Tensor, keep_fraction: float) -> torch.Tensor:
@@ -122,7 +85,7 @@ def train_network(net: GroupedMLP, inputs, heads, neurons, cfg: PredictorConfig,
     for _ in epochs:
         total = 0.0
         for rows in torch.randperm(len(inputs), generator=generator).split(cfg.batch_size):
-            predicted = split_outputs(kind, net(inputs[rows]), shape)
+            predicted = NETWORKS[kind].split(net(inputs[rows]), shape)
             loss = prediction_loss(cfg, predicted, (heads[rows], neurons[rows]))
             optimizer.zero_grad()
             loss.backward()
@@ -142,12 +105,14 @@ def fit(batch: TraceBatch, cfg: PredictorConfig, shape: ModelShape) -> FittedPre
     fitted = FittedPredictor(cfg.name, normalise_targets(batch.head_scores[train], norm).mean(0),
                              normalise_targets(batch.neuron_scores[train], norm).mean(0))
     fitted.metrics = {"train_examples": len(train), "validation_examples": len(validation)}
-    if cfg.name in WIDTH_CAP:
-        inputs, (heads, neurons) = network_inputs(cfg.name, batch), network_targets(batch, norm)
-        fitted.net = GroupedMLP(mlp_shape(cfg, shape))
+    if cfg.name in NETWORKS:
+        layout = NETWORKS[cfg.name]
+        inputs = layout.inputs(batch)
+        heads, neurons = network_targets(batch, norm)
+        fitted.net = GroupedMLP(layout.mlp_shape(cfg, shape))
         losses = train_network(fitted.net, inputs[train], heads[train], neurons[train], cfg, cfg.name, shape)
         with torch.no_grad():
-            predicted = split_outputs(cfg.name, fitted.net(inputs[validation]), shape)
+            predicted = layout.split(fitted.net(inputs[validation]), shape)
         validation_loss = prediction_loss(cfg, predicted, (heads[validation], neurons[validation]))
         fitted.metrics.update(train_loss=losses[-1], validation_loss=float(validation_loss))
     return fitted
@@ -163,8 +128,9 @@ def predictor_quality(fitted: FittedPredictor, batch: TraceBatch, cfg: Predictor
     heads, neurons = network_targets(batch, cfg.target_norm.value)
     heads, neurons = heads[validation], neurons[validation]
     if fitted.net is not None:
+        layout = NETWORKS[fitted.kind]
         with torch.no_grad():
-            predicted = split_outputs(fitted.kind, fitted.net(network_inputs(fitted.kind, batch)[validation]), shape)
+            predicted = layout.split(fitted.net(layout.inputs(batch)[validation]), shape)
     elif fitted.kind == PredictorName.static:
         predicted = (fitted.mean_head_scores[None, 1:].expand_as(heads),
                      fitted.mean_neuron_scores[None, 1:].expand_as(neurons))

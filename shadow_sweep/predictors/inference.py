@@ -16,7 +16,8 @@ from typing import Optional
 import torch
 
 from shadow_sweep.config import MaskUpdate, PredictorName
-from shadow_sweep.predictors.fit import FittedPredictor, split_outputs
+from shadow_sweep.predictors.fit import FittedPredictor
+from shadow_sweep.predictors.layouts import NETWORKS
 from shadow_sweep.predictors.targets import normalise_inputs
 from shadow_sweep.sparsity.policy import SparsityPolicy
 
@@ -77,7 +78,7 @@ class MaskPredictor:
         """ShadowLLM: layer-0 head context [N, H*d] -> masks [N, L, H], [N, L, I] (layer 0 kept:
         it is not predicted)."""
         out = self.fitted.net(normalise_inputs(context.float())[:, None])
-        heads, neurons = split_outputs(PredictorName.shadowllm, out, self.shape)
+        heads, neurons = NETWORKS[PredictorName.shadowllm].split(out, self.shape)
         return self.masks(_with_layer_zero(heads), _with_layer_zero(neurons))
 
     def dejavu_layer_scores(self, layer: int, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,6 +23,7 @@ from shadow_sweep.models.loading import LoadedModel
 from shadow_sweep.models.masks import HeadNeuronMasks
 from shadow_sweep.predictors.fit import FittedPredictor
 from shadow_sweep.predictors.inference import MaskPredictor
+from shadow_sweep.predictors.layouts import NETWORKS
 from shadow_sweep.predictors.sources import SOURCES, ForwardInputs
 from shadow_sweep.sparsity.policy import SparsityPolicy
 
@@ -40,7 +41,7 @@ class ContextualMasks:
     def __init__(self, loaded: LoadedModel, fitted: FittedPredictor, policy: SparsityPolicy, seed: int = 0,
                  oracle: Optional[tuple[Criterion, CriterionConfig]] = None,
                  update: MaskUpdate = MaskUpdate.per_token):
-        predicts_later_layers = fitted.kind in (PredictorName.shadowllm, PredictorName.dejavu)
+        predicts_later_layers = fitted.kind in NETWORKS
         if predicts_later_layers and not policy.cfg.keep_first_layer_dense:
             raise ConfigError(f"predictor {fitted.kind.value} predicts layers 1..L-1 only: "
                               "set sparsity.keep_first_layer_dense=true")

@@ -140,6 +140,25 @@ def test_smollm2_sparse_path_matches_the_masked_path(embedded_cache):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=2e-3)  # logits up to ~40: relative 5e-5
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("prefill", list(Prefill))
+def test_smollm2_per_token_decode_matches_the_masked_path(embedded_cache, prefill):
+    """SmolLM2 (GQA, 30 layers), a ShadowLLM network per token: decode == one masked forward."""
+    from shadow_sweep.models.loading import load_model
+
+    loaded = load_model(compose_app().model, embedded_cache)
+    fitted = fit(synthetic_traces(loaded.shape, 16), PredictorConfig(name=PredictorName.shadowllm, epochs=1),
+                 loaded.shape)
+    policy = SparsityPolicy(SparsityConfig(level=0.5, ranking=Ranking["per_layer"]), loaded.shape)
+    update = MaskUpdate.per_token
+    run = Generator(SparseDecoder(loaded), MaskPredictor(fitted, policy, update=update), update.value,
+                    prefill=prefill).generate(_prompt(3, 16), STEPS)
+    with ContextualMasks(loaded, fitted, policy, update=update) as runtime:
+        expected = masked_path_logits(loaded, runtime, _prompt(3, 16), run.tokens, prefill)
+    for ours, theirs in zip(run.logits, expected):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=2e-3)  # logits up to ~40: relative 5e-5
+
+
 def test_benchmark_runs_end_to_end_on_a_tiny_model(session_cache):
     from shadow_sweep.config import BenchConfig
     from shadow_sweep.decode.benchmark import run_benchmark
@@ -148,7 +167,7 @@ def test_benchmark_runs_end_to_end_on_a_tiny_model(session_cache):
     predictors = {kind.value: fit(synthetic_traces(loaded.shape, 16), PredictorConfig(name=kind, epochs=1), loaded.shape)
                   for kind in (PredictorName.shadowllm, PredictorName.dejavu, PredictorName.static)}
     policies = {0.5: SparsityPolicy(SparsityConfig(level=0.5), loaded.shape)}
-    cfg = BenchConfig(prompt_length=8, new_tokens=4, repeats=1, warmup=0, threads=1,
+    cfg = BenchConfig(prompt_length=8, new_tokens=4, repeats=3, warmup=0, threads=1,
                       updates=[MaskUpdate.per_sequence, MaskUpdate.per_token])
     table = run_benchmark(loaded, predictors, policies, cfg)
     assert list(table.path) == ["hf_generate", "ours"] + ["ours"] * 5

@@ -8,7 +8,8 @@ from shadow_sweep.config import (ConfigError, CriterionConfig, MaskUpdate, Predi
                                  SparsityConfig)
 from shadow_sweep.criteria.registry import get_criterion
 from shadow_sweep.models.adapters import ModelShape
-from shadow_sweep.predictors.fit import default_width, fit, mlp_shape, predictor_quality
+from shadow_sweep.predictors.fit import fit, predictor_quality
+from shadow_sweep.predictors.layouts import NETWORKS
 from shadow_sweep.predictors.quality import spearman, top_k_recall
 from shadow_sweep.predictors.runtime import ContextualMasks, last_real_token
 from shadow_sweep.predictors.store import load_predictor, save_predictor
@@ -64,13 +65,14 @@ def test_spearman_and_recall_match_independent_computations():
 
 
 def test_default_widths_follow_the_rule_and_costs_add_up():
-    assert default_width(PredictorName.shadowllm, 576) == 256 and default_width(PredictorName.shadowllm, 5120) == 2048
-    assert default_width(PredictorName.dejavu, 5120) == 1000
+    shadowllm, dejavu_layout = NETWORKS[PredictorName.shadowllm], NETWORKS[PredictorName.dejavu]
+    assert shadowllm.default_width(576) == 256 and shadowllm.default_width(5120) == 2048
+    assert dejavu_layout.default_width(5120) == 1000
     smol = ModelShape(30, 9, 3, 64, 1536, 576)
-    shape = mlp_shape(PredictorConfig(name=PredictorName.shadowllm), smol)
+    shape = shadowllm.mlp_shape(PredictorConfig(name=PredictorName.shadowllm), smol)
     assert shape.outputs == 29 * (9 + 1536) == 44805
     assert shape.macs_per_group == 576 * 256 + 256 * 64 + 64 * 44805
-    dejavu = mlp_shape(PredictorConfig(name=PredictorName.dejavu, width=1000, bottleneck=0), smol)
+    dejavu = dejavu_layout.mlp_shape(PredictorConfig(name=PredictorName.dejavu, width=1000, bottleneck=0), smol)
     assert dejavu.groups * dejavu.macs_per_group == 29 * (576 * 1000 + 1000 * 1545)
 
 
