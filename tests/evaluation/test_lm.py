@@ -138,3 +138,19 @@ def test_task_accuracy_runs_lm_eval_on_offline_tasks(data_root, tmp_path, sessio
     scores = task_accuracy(SparseLM(loaded, 4), tasks, EvalConfig(tasks=["copa", "arc_easy"], limit=5))
     assert set(scores) == {"copa", "arc_easy"} and 0.0 <= scores["copa"]["acc"] <= 1.0
     assert "acc_norm" in scores["arc_easy"]
+
+
+class _Request:
+    def __init__(self, context: str, max_tokens: int):
+        self.args = (context, {"until": ["\n\n\n"], "max_gen_toks": max_tokens})
+
+
+@pytest.mark.parametrize("update, calls", [(MaskUpdate.per_sequence, 1), (MaskUpdate.per_token, 6)])
+def test_generation_follows_the_update_policy(tiny_llama, update, calls):
+    """per_sequence: the prompt's forward chooses the masks, kept for every new token (one
+    network call); per_token: one call per forward (the prompt, then each new token)."""
+    runtime = _shadow_runtime(tiny_llama, update)
+    with runtime:
+        text = SparseLM(tiny_llama, 1, runtime=runtime).generate_until([_Request("The cat sat on", 6)], True)
+    assert runtime.network_calls == calls and isinstance(text[0], str)
+    assert not runtime.holding
