@@ -20,8 +20,32 @@ from shadow_sweep.config import AppConfig
 
 RESULTS_NAME = "results.jsonl"
 JOB_STAGE = "job"
+COST_FIELDS = ("predictor_parameters", "predictor_macs_per_token", "model_macs_per_token",
+               "predictor_macs_percent_of_model")  # predictors.cost
 QUALITY_FIELDS = ("heads_spearman_mean", "neurons_spearman_mean", "heads_recall_mean", "neurons_recall_mean",
-                  "predictor_macs_percent_of_model")  # the predictor's quality and cost, on a job row
+                  *COST_FIELDS)  # the predictor's quality and cost, on a job row
+
+# The fields each kind of row holds (docs/sweeps.md, "Row fields"); a test holds a real job's rows
+# to them. Every row also carries the job's context (CONTEXT_FIELDS).
+CONTEXT_FIELDS = ("job_key", "sweep_id", "job", "model", "criterion", "job_predictor", "ranking", "job_update",
+                  "job_prefill", "target_norm", "shots", "calibration_examples_per_task")
+ROW_FIELDS = {
+    "evaluate": ("stage", "predictor", "sparsity", "update", "prefill", "ranking_rule", "eval_seconds",
+                 "peak_memory_mib", "predictor_network_calls", "cache_hit"),
+    "evaluate+accuracy": ("acc_mean",),  # and acc/<task>, acc_norm/<task> (tasks that have it)
+    "evaluate+perplexity": ("token_perplexity", "word_perplexity", "bits_per_byte", "perplexity_tokens"),
+    "bench": ("stage", "path", "predictor", "update", "sparsity", "graph", "ms_per_token", "tokens_per_s",
+              "speedup_vs_dense"),
+    "job": ("stage", "status", "torch_threads", "load_seconds", "job_seconds"),
+    "job+fit": ("traces_examples", "traces_positions", "traces_bytes", "traces_bytes_per_1000_positions",
+                "traces_cache_hit", "traces_seconds", "predictor_cache_hit", "fit_seconds", *QUALITY_FIELDS),
+}
+
+
+def missing_fields(row: dict, *kinds: str) -> list[str]:
+    """The declared fields of these row kinds (and the context) that `row` lacks."""
+    declared = CONTEXT_FIELDS + tuple(f for kind in kinds for f in ROW_FIELDS[kind])
+    return [f for f in declared if f not in row]
 
 
 def job_key(cfg: AppConfig) -> str:

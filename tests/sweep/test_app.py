@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from shadow_sweep.sweep.job import run_job
+from shadow_sweep.sweep.results import missing_fields
 from tests.conftest import compose_app, REPO
 
 
@@ -22,7 +23,9 @@ def test_job_traces_fits_and_writes_a_row_per_level(tmp_path, data_root, predict
     assert summary["job_predictor"] == predictor and "neurons_spearman_mean" in summary
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert rows[-1]["stage"] == "job" and rows[-1]["status"] == "ok" and not rows[-1]["predictor_cache_hit"]
+    assert missing_fields(rows[-1], "job", "job+fit") == []  # predictor quality and cost included
     rows = rows[:-1]
+    assert all(missing_fields(r, "evaluate", "evaluate+accuracy", "evaluate+perplexity") == [] for r in rows)
     assert [(r["predictor"], r["sparsity"]) for r in rows] == [("dense", 0.0), (predictor, 0.3), (predictor, 0.5)]
     assert list(table["sparsity"]) == [0.0, 0.3, 0.5]
     assert rows[0]["perplexity_tokens"] == rows[1]["perplexity_tokens"] > 0
@@ -40,7 +43,7 @@ def test_bench_stage_adds_latency_rows(tmp_path, data_root):
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()][:-1]
     assert {(r["stage"], r["predictor"], r["update"]) for r in rows} == {
         ("bench", "dense", "dense"), ("bench", "shadowllm", "per_sequence"), ("bench", "shadowllm", "per_token")}
-    assert all(r["ms_per_token"] > 0 for r in rows)
+    assert all(r["ms_per_token"] > 0 and missing_fields(r, "bench") == [] for r in rows)
     assert {r["prefill"] for r in rows if r["predictor"] == "shadowllm"} == {"dense"}
 
 
