@@ -18,7 +18,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from shadow_sweep.config import AppConfig, register_configs
+from shadow_sweep.config import AppConfig, ConfigError, register_configs
 from shadow_sweep.report.table import summary_table
 from shadow_sweep.sweep.compose import CONF_DIR
 from shadow_sweep.sweep.job import JobIdentity, run_job
@@ -66,6 +66,14 @@ def _hydra_entry(cfg: DictConfig) -> None:
     torch.set_num_threads(job_threads(app_cfg, hydra_cfg.launcher))
     try:
         run_job(app_cfg, output_dir, results, JobIdentity(f"{sweep_dir.parent.name}/{sweep_dir.name}", name))
+    except ConfigError as error:  # a value the schema allows but the rules reject: one line, no traceback
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        if multirun:
+            log.error("sweep point %s: config error: %s (recorded in %s)", name, error, results.path)
+            return
+        print(f"shadow-sweep: config error: {error}", file=sys.stderr)
+        sys.exit(2)
     except Exception:
         if not multirun:
             raise

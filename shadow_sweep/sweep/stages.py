@@ -102,8 +102,6 @@ def point_key(cfg: AppConfig, predictor: FittedPredictor, level: float) -> dict:
     if predictor.kind != PredictorName.dense:
         sparsity = plain(asdict(cfg.sparsity))
         sparsity.pop("levels")
-        if predictor.kind == PredictorName.static:  # the same masks under either update policy
-            sparsity.pop("update")
         key.update(fitted=predictor_key(cfg), checkpoint=cfg.predictor.checkpoint, sparsity={**sparsity, "level": level})
     return key
 

@@ -108,3 +108,13 @@ def test_skip_finished_false_runs_a_finished_job_again(tmp_path, data_root):
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in rows] == ["evaluate", "evaluate", "job"] * 2
     assert [r["cache_hit"] for r in rows if r["stage"] == "evaluate"] == [False, False, True, True]
+
+
+def test_a_config_error_prints_one_line_and_exits_non_zero(tmp_path):
+    """A value the schema allows but the rules reject: one clear line, exit 2, no traceback."""
+    command = [sys.executable, "-m", "shadow_sweep", "model=tiny-llama", "logger=none", "sparsity.level=0.5",
+               "sparsity.head_level=1.5", f"hydra.run.dir={tmp_path}"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert "config error: sparsity.head_level=1.5 is not allowed: expected null or a number in [0, 1)" in done.stderr
