@@ -1,3 +1,3 @@
-from shadow_sweep.sweep.app import main
+from shadow_sweep.cli import main
 
 main()

@@ -79,6 +79,9 @@ def offline_task(task: str, data_root: str | Path, rule: SplitRule, cache: Stage
     config = load_yaml(Path(lm_eval.tasks.__file__).parent / TASK_FILES[task].lm_eval_yaml, resolve_func=True)
     for key in ("tag", "group"):
         config.pop(key, None)
+    for metric in config.get("metric_list", []):  # copa, rte: lm-eval warns and assumes these
+        metric.setdefault("aggregation", "mean")
+        metric.setdefault("higher_is_better", True)
     config.update(
         dataset_path="json", dataset_name=None,
         dataset_kwargs={"data_files": {split: str(folder / f"{split}.jsonl") for split in parts}},

@@ -75,8 +75,11 @@ def test_console_command_runs_the_default_job(tmp_path, data_root):
     assert sparse["predictor"] == "shadowllm" and sparse["token_perplexity"] > dense["token_perplexity"]
     assert {"acc/copa", "acc/piqa", "acc/arc_easy"} <= set(dense)
     bench = {(r["predictor"], r["update"]) for r in rows if r["stage"] == "bench"}
-    assert bench == {("dense", "dense"), ("shadowllm", "per_sequence"), ("shadowllm", "per_token")}
+    assert bench == {("dense", "dense"), ("shadowllm", "per_token")}  # the job's own update policy
+    assert sparse["update"] == "per_token" and rows[-1]["traces_positions"] > 0
     assert rows[-1]["stage"] == "job" and rows[-1]["status"] == "ok"
+    assert done.stderr.count("\r") < 300, "progress bars flood a log that is not a terminal"
+    assert "aggregation is not" not in done.stderr
     assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
 
 
