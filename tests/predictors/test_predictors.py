@@ -198,3 +198,24 @@ def test_both_losses_learn_a_known_relation_from_per_token_rows_split_by_example
         cfg = PredictorConfig(name=PredictorName.shadowllm, width=128, bottleneck=0, epochs=150, lr=3e-3, loss=loss)
         quality = predictor_quality(fit(tokens, cfg, SHAPE), tokens, cfg, SHAPE, keep_heads=4, keep_neurons=12)
         assert quality["heads_recall_mean"] > 0.8 and quality["neurons_recall_mean"] > 0.8, loss
+
+
+def test_spearman_and_recall_with_ties_and_constant_layers():
+    """Average ranks as scipy gives them; recall's expected share of tied units; a layer whose
+    targets are constant is left out and counted."""
+    from shadow_sweep.predictors.quality import quality_report
+
+    g = torch.Generator().manual_seed(1)
+    predicted = torch.rand(6, 2, 12, generator=g)
+    target = torch.randint(0, 3, (6, 2, 12), generator=g).float()  # many ties, like fp16 zeros
+    target[0, 1] = 0.0  # a constant (row, layer): no ranking
+    expected = torch.tensor([[spearmanr(predicted[i, l], target[i, l]).statistic if (i, l) != (0, 1) else 0.0
+                              for l in range(2)] for i in range(6)], dtype=torch.float64)
+    rho = spearman(predicted, target)
+    torch.testing.assert_close(rho[0], expected[:, 0].mean(), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(rho[1], expected[1:, 1].mean(), rtol=1e-9, atol=1e-12)
+    tied = torch.tensor([[[5.0, 1.0, 1.0, 1.0]]])  # top-2: unit 0, then one of three tied units
+    assert top_k_recall(torch.tensor([[[4.0, 3.0, 0.0, 0.0]]]), tied, 2).item() == pytest.approx((1 + 1 / 3) / 2)
+    assert top_k_recall(torch.tensor([[[0.0, 3.0, 4.0, 0.0]]]), tied, 2).item() == pytest.approx((2 / 3) / 2)
+    report = quality_report(predicted, target, predicted, target, 4, 4)
+    assert report["heads_constant_rows"] == 1 and report["heads_recall_mean"] < 1
