@@ -136,7 +136,7 @@ class PredictorConfig:
     target_norm: TargetNorm = TargetNorm.per_layer
     loss: PredictorLoss = PredictorLoss.mse
     bce_keep_fraction: float = 0.5  # bce_topk: each layer's top fraction labelled 1
-    epochs: int = 100
+    epochs: Optional[int] = None  # null: 100 over per-example rows, 20 over per-token rows (~30x more)
     lr: float = 1e-3
     batch_size: int = 32
     weight_decay: float = 0.01

@@ -34,8 +34,10 @@ def validate(cfg: AppConfig) -> None:
     pred = cfg.predictor
     _require(0.0 < pred.validation_fraction < 1.0, "predictor.validation_fraction", pred.validation_fraction,
              "a number in (0, 1)")
-    for name in ("epochs", "batch_size", "depth"):
+    for name in ("batch_size", "depth"):
         _require(getattr(pred, name) >= 1, f"predictor.{name}", getattr(pred, name), "an integer >= 1")
+    _require(pred.epochs is None or pred.epochs >= 1, "predictor.epochs", pred.epochs,
+             "null (100 over examples, 20 over tokens) or an integer >= 1")
     _require(0.0 < pred.bce_keep_fraction < 1.0, "predictor.bce_keep_fraction", pred.bce_keep_fraction,
              "a number in (0, 1)")
     _require(pred.width is None or pred.width >= 1, "predictor.width", pred.width, "null (the rule) or >= 1")

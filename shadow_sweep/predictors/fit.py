@@ -74,15 +74,27 @@ def prediction_loss(cfg: PredictorConfig, predicted: tuple[torch.Tensor, torch.T
                for p, t in zip(predicted, targets))
 
 
+EXAMPLE_EPOCHS = 100  # predictor.epochs=null over per-example rows (a few hundred)
+TOKEN_EPOCHS = 20  # and over per-token rows: ~30x more rows; 100 epochs cost 12 min on SmolLM2 for
+# +0.007 heads / +0.005 neurons top-30% recall over 20 (docs/predictors.md)
+
+
+def epochs_for(cfg: PredictorConfig, batch: TraceBatch) -> int:
+    """`predictor.epochs`, or the rule for null: fewer passes over the many per-token rows."""
+    if cfg.epochs is not None:
+        return cfg.epochs
+    return TOKEN_EPOCHS if getattr(batch, "example", None) is not None else EXAMPLE_EPOCHS
+
+
 def train_network(net: GroupedMLP, inputs, heads, neurons, cfg: PredictorConfig, kind: PredictorName,
-                  shape: ModelShape) -> list[float]:
+                  shape: ModelShape, epochs: int) -> list[float]:
     generator = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = -(-len(inputs) // cfg.batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
     losses = []
-    epochs = tqdm(range(cfg.epochs), desc=f"fit {kind.value}", leave=False)
-    for _ in epochs:
+    passes = tqdm(range(epochs), desc=f"fit {kind.value}", leave=False)
+    for _ in passes:
         total = 0.0
         for rows in torch.randperm(len(inputs), generator=generator).split(cfg.batch_size):
             predicted = NETWORKS[kind].split(net(inputs[rows]), shape)
@@ -93,7 +105,7 @@ def train_network(net: GroupedMLP, inputs, heads, neurons, cfg: PredictorConfig,
             schedule.step()
             total += loss.item() * len(rows)
         losses.append(total / len(inputs))
-        epochs.set_postfix(loss=f"{losses[-1]:.4f}")
+        passes.set_postfix(loss=f"{losses[-1]:.4f}")
     return losses
 
 
@@ -104,13 +116,16 @@ def fit(batch: TraceBatch, cfg: PredictorConfig, shape: ModelShape) -> FittedPre
     norm = cfg.target_norm.value
     fitted = FittedPredictor(cfg.name, normalise_targets(batch.head_scores[train], norm).mean(0),
                              normalise_targets(batch.neuron_scores[train], norm).mean(0))
-    fitted.metrics = {"train_examples": len(train), "validation_examples": len(validation)}
+    fitted.metrics = {"train_examples": len(train), "validation_examples": len(validation),
+                      "epochs": epochs_for(cfg, batch)}
     if cfg.name in NETWORKS:
         layout = NETWORKS[cfg.name]
         inputs = layout.inputs(batch)
         heads, neurons = network_targets(batch, norm)
         fitted.net = GroupedMLP(layout.mlp_shape(cfg, shape))
-        losses = train_network(fitted.net, inputs[train], heads[train], neurons[train], cfg, cfg.name, shape)
+        epochs = epochs_for(cfg, batch)
+        losses = train_network(fitted.net, inputs[train], heads[train], neurons[train], cfg, cfg.name, shape,
+                               epochs)
         with torch.no_grad():
             predicted = layout.split(fitted.net(inputs[validation]), shape)
         validation_loss = prediction_loss(cfg, predicted, (heads[validation], neurons[validation]))
