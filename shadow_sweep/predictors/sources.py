@@ -176,13 +176,17 @@ class OracleSource(MaskSource):
             handles.append(module.register_forward_pre_hook(self._neurons_hook(layer), prepend=True))
         return handles
 
+    def _budget(self, kind: int):
+        """Per-layer keep counts of heads (0) or neurons (1) under global_budgets, else None."""
+        budgets = self.predictor.budgets
+        return None if budgets is None else budgets[kind]
+
     def _heads_hook(self, layer: int):
         def hook(_module, args) -> None:
             x = args[0]
             scores = x.unflatten(-1, (self.shape.num_heads, self.shape.head_dim)).float().norm(dim=-1)
             policy = self.runtime.policy
-            budgets = self.predictor.budgets
-            mask = policy.heads.layer_masks(layer, policy.group_heads(scores), None if budgets is None else budgets[0])
+            mask = policy.heads.layer_masks(layer, policy.group_heads(scores), self._budget(0))
             self.runtime.masks.heads[layer] = policy.expand_heads(mask)
 
         return hook
@@ -192,9 +196,8 @@ class OracleSource(MaskSource):
             x = args[0]
             batch = self.runtime.inputs.ids.shape[0]
             scores = (x.view(batch, -1, x.shape[-1]) if x.dim() == 2 else x).float().abs()
-            budgets = self.predictor.budgets
             plan = self.runtime.policy.neurons
-            self.runtime.masks.neurons[layer] = plan.layer_masks(layer, scores, None if budgets is None else budgets[1])
+            self.runtime.masks.neurons[layer] = plan.layer_masks(layer, scores, self._budget(1))
 
         return hook
 

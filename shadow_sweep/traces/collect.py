@@ -118,6 +118,16 @@ class _LayerViews:
     def neurons(self, x):
         return None if x is None else x.detach().float().view(self.batch, -1, self.shape.num_neurons, 1)
 
+    def units(self, layer: int, heads: list, neurons: list, grads: list, hgs: list, valid, targets
+              ) -> tuple[UnitTensors, UnitTensors]:
+        """Layer `layer`'s heads and neurons as UnitTensors, with these gradients (per layer,
+        heads first then neurons, None entries without backward)."""
+        layers = self.shape.num_layers
+        h = UnitTensors(self.heads(heads[layer]), valid, targets, self.heads(grads[layer]), self.heads(hgs[layer]))
+        n = UnitTensors(self.neurons(neurons[layer]), valid, targets, self.neurons(grads[layers + layer]),
+                        self.neurons(hgs[layers + layer]))
+        return h, n
+
 
 def score_batch(loaded: LoadedModel, criterion: Criterion, cfg: CriterionConfig, encoded: list[EncodedExample],
                 labels: list[CalibrationExample], token_positions: Optional[list[list[int]]] = None
@@ -151,9 +161,7 @@ def score_batch(loaded: LoadedModel, criterion: Criterion, cfg: CriterionConfig,
     view = _LayerViews(shape, batch)
     head_scores, neuron_scores = [], []
     for layer in range(layers):
-        h = UnitTensors(view.heads(heads[layer]), valid, targets, view.heads(grads[layer]), view.heads(hgs[layer]))
-        n = UnitTensors(view.neurons(neurons[layer]), valid, targets, view.neurons(grads[layers + layer]),
-                        view.neurons(hgs[layers + layer]))
+        h, n = view.units(layer, heads, neurons, grads, hgs, valid, targets)
         head_scores.append(_finite(criterion.heads(h, cfg), criterion, "heads", layer, labels))
         neuron_scores.append(_finite(criterion.neurons(n, cfg, shape.head_dim), criterion, "neurons", layer, labels))
     sequence = TraceBatch(shadow_input, dejavu_input, torch.stack(head_scores, 1), torch.stack(neuron_scores, 1))
@@ -165,10 +173,7 @@ def score_batch(loaded: LoadedModel, criterion: Criterion, cfg: CriterionConfig,
     sample_labels = [labels[r] for r in sample_rows.tolist()]
     token_heads, token_neurons = [], []
     for layer in range(layers):
-        h = UnitTensors(view.heads(heads[layer]), valid, targets, view.heads(token_grads[layer]),
-                        view.heads(token_hgs[layer]))
-        n = UnitTensors(view.neurons(neurons[layer]), valid, targets, view.neurons(token_grads[layers + layer]),
-                        view.neurons(token_hgs[layers + layer]))
+        h, n = view.units(layer, heads, neurons, token_grads, token_hgs, valid, targets)
         token_heads.append(_finite(criterion.per_token(h)[at], criterion, "heads", layer, sample_labels))
         token_neurons.append(_finite(criterion.per_token(n)[at], criterion, "neurons", layer, sample_labels))
     tokens = TokenBatch(heads[0].detach()[at].float(), torch.stack([x[at] for x in hidden], 1).float(),
