@@ -105,7 +105,7 @@ def train_network(net: GroupedMLP, inputs, heads, neurons, cfg: PredictorConfig,
             schedule.step()
             total += loss.item() * len(rows)
         losses.append(total / len(inputs))
-        passes.set_postfix(loss=f"{losses[-1]:.4f}")
+        passes.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)  # a redraw per epoch defeats mininterval
     return losses
 
 
