@@ -15,7 +15,7 @@ from shadow_sweep.cache import StageCache
 from shadow_sweep.models.loading import load_model
 from shadow_sweep.predictors.cost import predictor_cost
 from shadow_sweep.predictors.fit import predictor_quality
-from shadow_sweep.predictors.stage import predictor_for
+from shadow_sweep.predictors.stage import predictor_for, training_data
 from shadow_sweep.sparsity.topk import keep_count
 from shadow_sweep.sweep.compose import compose_config
 from shadow_sweep.traces.stage import traces_for
@@ -47,11 +47,12 @@ def main() -> None:
                 loaded = loaded or load_model(cfg.model, cache)
                 traces, _ = traces_for(cfg, loaded, cache)
                 fitted, _ = predictor_for(cfg, loaded, traces, cache)
-                quality = predictor_quality(fitted, traces.batch, cfg.predictor, loaded.shape,
+                quality = predictor_quality(fitted, training_data(cfg, traces), cfg.predictor, loaded.shape,
                                             keep_count(args.level, loaded.shape.num_heads),
                                             keep_count(args.level, loaded.shape.num_neurons))
                 cost = predictor_cost(fitted, loaded)
                 rows.append({"criterion": criterion, "predictor": predictor, "examples": len(traces),
+                             "rows": len(training_data(cfg, traces).head_scores),
                              "width": cost.get("predictor_width", 0), "rank": cost.get("predictor_bottleneck", 0),
                              "params": cost["predictor_parameters"], "macs_per_token": cost["predictor_macs_per_token"],
                              "macs_%_model": cost["predictor_macs_percent_of_model"],

@@ -45,7 +45,7 @@ STAGE_FORMATS: dict[str, StageFormat] = {
     "model": StageFormat(1, libraries=("transformers", "gguf")),
     "tasks": StageFormat(1, libraries=("lm_eval",)),
     "traces": StageFormat(2, reads=("model", "tasks"), libraries=("torch", "transformers", "lm_eval")),
-    "predictor": StageFormat(2, reads=("traces",), libraries=("torch",)),
+    "predictor": StageFormat(3, reads=("traces",), libraries=("torch",)),
     "evaluation": StageFormat(2, reads=("predictor",), libraries=("torch", "transformers", "lm_eval")),
 }
 

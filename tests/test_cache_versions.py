@@ -28,9 +28,9 @@ STAGE_CODE = {
     "gguf": ["models/loading.py"],
     "model": ["models/loading.py"],
     "tasks": ["data/tasks.py", "data/converters.py"],
-    "traces": ["traces/*.py", "criteria/*.py", "data/calibration.py", "data/wikitext.py"],
+    "traces": ["traces/*.py", "criteria/*.py", "data/calibration.py", "data/requests.py", "data/wikitext.py"],
     "predictor": ["predictors/*.py"],
-    "evaluation": ["evaluation/*.py", "models/masks.py", "sparsity/*.py", "predictors/*.py",
+    "evaluation": ["evaluation/*.py", "data/requests.py", "models/masks.py", "sparsity/*.py", "predictors/*.py",
                    "decode/*.py"],
 }
 

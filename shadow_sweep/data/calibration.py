@@ -10,16 +10,12 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from typing import TYPE_CHECKING
-
 from transformers import PreTrainedTokenizerBase
 
 from shadow_sweep.cache import StageCache
 from shadow_sweep.data.tasks import CALIBRATION, SplitRule, offline_task
+from shadow_sweep.data.requests import RequestEncoder
 from shadow_sweep.data.wikitext import WIKITEXT, load_wikitext
-
-if TYPE_CHECKING:
-    from shadow_sweep.evaluation.lm import SparseLM
 
 
 @dataclass(frozen=True)
@@ -73,9 +69,9 @@ def plain_text_examples(tokenizer: PreTrainedTokenizerBase, count: int, length: 
     return examples
 
 
-def encode_example(lm: "SparseLM", example: CalibrationExample, max_length: int) -> EncodedExample:
-    """Tokenise as lm-eval does for a loglikelihood request (`SparseLM.encode_request`), then
-    truncate from the left to `max_length` keeping the answer."""
-    context, answer = lm.encode_request(example.context, example.continuation)
+def encode_example(requests: RequestEncoder, example: CalibrationExample, max_length: int) -> EncodedExample:
+    """Tokenise as lm-eval does for a loglikelihood request, then truncate from the left to
+    `max_length` keeping the answer."""
+    context, answer = requests.encode_request(example.context, example.continuation)
     ids = (context + answer)[-max_length:]
     return EncodedExample(ids, max(1, len(ids) - len(answer)))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from lm_eval import evaluator
 from lm_eval.api.task import Task
+from lm_eval.tasks import TaskManager
 
 from shadow_sweep.cache import StageCache
 from shadow_sweep.config import ConfigError, EvalConfig
@@ -38,9 +39,12 @@ def build_tasks(names: list[str], data_root: str | Path, rule: SplitRule, cache:
 
 
 def task_accuracy(lm: SparseLM, tasks: list[Task | str], cfg: EvalConfig) -> dict[str, dict[str, float]]:
-    """{task: {acc, acc_norm (when the task has it)}} with lm-eval's own metrics."""
-    out = evaluator.simple_evaluate(model=lm, tasks=tasks, num_fewshot=cfg.num_fewshot, limit=cfg.limit,
-                                    bootstrap_iters=0, log_samples=False, fewshot_random_seed=cfg.fewshot_seed,
+    """{task: {acc, acc_norm (when the task has it)}} with lm-eval's own metrics. lm-eval's task
+    index (~10 s to build) is built only when some task is named rather than built offline."""
+    index = TaskManager(include_defaults=any(isinstance(t, str) for t in tasks))
+    out = evaluator.simple_evaluate(model=lm, tasks=tasks, task_manager=index, num_fewshot=cfg.num_fewshot,
+                                    limit=cfg.limit, bootstrap_iters=0, log_samples=False,
+                                    fewshot_random_seed=cfg.fewshot_seed,
                                     random_seed=cfg.fewshot_seed, numpy_random_seed=cfg.fewshot_seed,
                                     torch_random_seed=cfg.fewshot_seed)
     return {task: {metric.split(",")[0]: value for metric, value in metrics.items()

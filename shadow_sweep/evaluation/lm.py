@@ -19,11 +19,11 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from lm_eval.api.model import TemplateLM
-from lm_eval.models.utils import _add_special_kwargs, has_bos_prefix
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm.auto import tqdm
 
 from shadow_sweep.config import Prefill
+from shadow_sweep.data.requests import RequestEncoder
 from shadow_sweep.models.loading import LoadedModel
 from shadow_sweep.predictors.runtime import ContextualMasks
 
@@ -37,34 +37,20 @@ class SparseLM(TemplateLM):
         self.tokenizer = loaded.tokenizer
         self.batch_size = batch_size
         self.max_length = max_length
-        self.add_bos_token = add_bos_token
+        self.requests = RequestEncoder(loaded.tokenizer, add_bos_token)  # lm-eval's tokenisation rule
         self.runtime = runtime
         self.prefill = Prefill(prefill)
 
     @property
     def eot_token_id(self) -> int:
-        return self.tokenizer.eos_token_id
+        return self.requests.eot_token_id
 
     @property
     def prefix_token_id(self) -> int:
-        """HFLM's rule: BOS when the tokenizer has one, else EOS."""
-        bos = self.tokenizer.bos_token_id
-        return bos if bos is not None else self.eot_token_id
+        return self.requests.prefix_token_id
 
     def tok_encode(self, string: str, add_special_tokens: Optional[bool] = None, **kwargs) -> list[int]:
-        """HFLM's rule: explicit flag, else `add_bos_token`, else the tokenizer's own default;
-        no second BOS when the string already starts with one."""
-        special = _add_special_kwargs(add_special_tokens, self.add_bos_token)
-        if add_special_tokens is None and has_bos_prefix(string, self.tokenizer.decode(self.prefix_token_id)):
-            special["add_special_tokens"] = False
-        return self.tokenizer.encode(string, **special)
-
-    def encode_request(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """(context tokens, continuation tokens) as TemplateLM.loglikelihood makes them."""
-        if context:
-            return self._encode_pair(context, continuation)
-        tokens = self.tok_encode(continuation, add_special_tokens=False)
-        return ([self.prefix_token_id], tokens) if tokens[:1] != [self.prefix_token_id] else (tokens[:1], tokens[1:])
+        return self.requests.tok_encode(string, add_special_tokens)
 
     def tok_decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)

@@ -89,7 +89,7 @@ def epochs_for(cfg: PredictorConfig, batch: TraceBatch) -> int:
 def train_network(net: GroupedMLP, inputs, heads, neurons, cfg: PredictorConfig, kind: PredictorName,
                   shape: ModelShape, epochs: int) -> list[float]:
     generator = torch.Generator().manual_seed(cfg.seed)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     steps_per_epoch = -(-len(inputs) // cfg.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
     losses = []

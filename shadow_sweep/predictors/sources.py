@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Optional
 import torch
 
 from shadow_sweep.config import ConfigError, MaskUpdate, PredictorName
-from shadow_sweep.data.calibration import CalibrationExample, EncodedExample
-from shadow_sweep.traces.collect import score_batch
+from shadow_sweep.traces.collect import score_inputs
 
 if TYPE_CHECKING:
     from shadow_sweep.predictors.runtime import ContextualMasks
@@ -206,11 +205,9 @@ class OracleSource(MaskSource):
             return
         ids, attention_mask = inputs.ids, inputs.attention_mask
         valid = attention_mask.bool() if attention_mask is not None else torch.ones_like(ids, dtype=torch.bool)
-        encoded = [EncodedExample(row[keep].tolist(), 1) for row, keep in zip(ids, valid)]
-        labels = [CalibrationExample("oracle", i, "", "") for i in range(len(encoded))]
         criterion, cfg = self.runtime.oracle
         with self.runtime.paused():
-            scores, _ = score_batch(self.runtime.loaded, criterion, cfg, encoded, labels)
+            scores = score_inputs(self.runtime.loaded, criterion, cfg, ids, valid)
         self.runtime.masks.set(*self.predictor.masks(scores.head_scores, scores.neuron_scores))
 
 

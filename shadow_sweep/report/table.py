@@ -10,7 +10,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from shadow_sweep.sweep.results import (JOB_STAGE, QUALITY_FIELDS, RESULTS_NAME, ResultsFile, latency_mode,
+from shadow_sweep.results import (JOB_STAGE, QUALITY_FIELDS, RESULTS_NAME, ResultsFile, latency_mode,
                                         point_id)
 
 DESIGN = ("model", "ranking", "job_update", "job_prefill", "target_norm", "shots", "calibration_examples_per_task")

@@ -22,7 +22,7 @@ from shadow_sweep.config import AppConfig, ConfigError, register_configs
 from shadow_sweep.report.table import summary_table
 from shadow_sweep.sweep.compose import CONF_DIR
 from shadow_sweep.sweep.job import JobIdentity, run_job
-from shadow_sweep.sweep.results import ResultsFile, job_key
+from shadow_sweep.results import ResultsFile, job_key
 
 log = logging.getLogger(__name__)
 

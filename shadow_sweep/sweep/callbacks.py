@@ -12,7 +12,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from shadow_sweep.sweep.results import ResultsFile
+from shadow_sweep.results import ResultsFile
 
 
 class FailedPointsReport(Callback):

@@ -22,7 +22,7 @@ from shadow_sweep.data.wikitext import load_wikitext
 from shadow_sweep.evaluation.harness import build_tasks, check_tasks
 from shadow_sweep.models.loading import load_model
 from shadow_sweep.predictors.fit import FittedPredictor
-from shadow_sweep.sweep.results import (JOB_STAGE, QUALITY_FIELDS, RESULTS_NAME, ResultsFile, finished_row, job_key,
+from shadow_sweep.results import (JOB_STAGE, QUALITY_FIELDS, RESULTS_NAME, ResultsFile, finished_row, job_key,
                                         point_id, point_ids)
 from shadow_sweep.sweep.stages import (bench_rows, cached_point, evaluation_points, fit_stage, levels, point_row,
                                        policy_at, trace_stage)

@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from shadow_sweep.config import AppConfig
-from shadow_sweep.sweep.results import ResultsFile, job_key
+from shadow_sweep.results import ResultsFile, job_key
 
 
 def app_config(job_config: DictConfig) -> AppConfig:

@@ -16,7 +16,7 @@ from typing import Any, Optional
 import pandas as pd
 
 from shadow_sweep.config import AppConfig, LoggerName, WandbMode
-from shadow_sweep.sweep.results import latency_mode
+from shadow_sweep.results import latency_mode
 
 METRIC_FIELDS = ("acc_mean", "token_perplexity", "word_perplexity", "bits_per_byte")
 

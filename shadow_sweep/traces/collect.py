@@ -181,6 +181,15 @@ def score_batch(loaded: LoadedModel, criterion: Criterion, cfg: CriterionConfig,
     return sequence, tokens
 
 
+def score_inputs(loaded: LoadedModel, criterion: Criterion, cfg: CriterionConfig, ids: torch.Tensor,
+                 valid: torch.Tensor) -> TraceBatch:
+    """Per-sequence scores of model inputs ids [B, T] (valid: real tokens), the loss on every
+    token after the first: the oracle's masks for these very inputs."""
+    encoded = [EncodedExample(row[keep].tolist(), 1) for row, keep in zip(ids, valid)]
+    labels = [CalibrationExample("oracle", i, "", "") for i in range(len(encoded))]
+    return score_batch(loaded, criterion, cfg, encoded, labels)[0]
+
+
 def _finite(scores: torch.Tensor, criterion: Criterion, kind: str, layer: int,
             labels: list[CalibrationExample]) -> torch.Tensor:
     bad = ~torch.isfinite(scores)

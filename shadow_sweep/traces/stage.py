@@ -10,8 +10,8 @@ from shadow_sweep.cache import StageCache
 from shadow_sweep.config import AppConfig
 from shadow_sweep.criteria.registry import get_criterion
 from shadow_sweep.data.calibration import encode_example, plain_text_examples, task_examples
+from shadow_sweep.data.requests import RequestEncoder
 from shadow_sweep.data.tasks import SplitRule
-from shadow_sweep.evaluation.lm import SparseLM
 from shadow_sweep.models.loading import LoadedModel
 from shadow_sweep.traces.collect import collect
 from shadow_sweep.traces.store import TraceSet, load_traces, save_traces
@@ -42,8 +42,8 @@ def calibration_set(cfg: AppConfig, loaded: LoadedModel, cache: StageCache):
     if cal.plain_text_examples:
         examples += plain_text_examples(loaded.tokenizer, cal.plain_text_examples, cal.max_length,
                                         cfg.paths.data_root, rule)
-    lm = SparseLM(loaded, add_bos_token=cfg.model.add_bos_token)
-    encoded = [encode_example(lm, e, cal.max_length) for e in examples]
+    requests = RequestEncoder(loaded.tokenizer, cfg.model.add_bos_token)
+    encoded = [encode_example(requests, e, cal.max_length) for e in examples]
     return examples, encoded
 
 

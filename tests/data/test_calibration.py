@@ -61,12 +61,12 @@ def test_encoding_is_lm_evals_and_keeps_the_answer_when_truncating(session_cache
 
     lm = SparseLM(load_tiny("tiny-llama", session_cache))
     example = CalibrationExample("t", 0, "Question: why? Answer: ", "because")
-    context, answer = lm._encode_pair(example.context, example.continuation)  # lm-eval's own
-    encoded = encode_example(lm, example, max_length=100)
+    context, answer = lm._encode_pair(example.context, example.continuation)  # lm-eval's own, via SparseLM
+    encoded = encode_example(lm.requests, example, max_length=100)
     assert encoded.input_ids == context + answer and encoded.answer_start == len(context)
-    short = encode_example(lm, example, max_length=10)
+    short = encode_example(lm.requests, example, max_length=10)
     assert short.input_ids == (context + answer)[-10:] and short.input_ids[short.answer_start:] == answer
-    plain = encode_example(lm, CalibrationExample("wikitext", 0, "", "abc"), 100)
+    plain = encode_example(lm.requests, CalibrationExample("wikitext", 0, "", "abc"), 100)
     assert plain.input_ids[0] == lm.prefix_token_id and plain.answer_start == 1
 
 

@@ -69,7 +69,7 @@ def test_batch_of_eight_equals_batch_of_one_with_masks(copa, tiny_llama, update,
 @pytest.mark.parametrize("update", list(MaskUpdate))
 def test_dense_prefill_scores_a_one_token_continuation_exactly_dense(copa, tiny_llama, update):
     lm = SparseLM(tiny_llama, 4)
-    first_tokens = [(None, c, t[:1]) for c, t in (lm.encode_request(*r.args) for r in _requests(copa, n=6))]
+    first_tokens = [(None, c, t[:1]) for c, t in (lm.requests.encode_request(*r.args) for r in _requests(copa, n=6))]
     dense = lm._loglikelihood_tokens(first_tokens)
     with _shadow_runtime(tiny_llama, update) as runtime:
         for prefill, expect_dense in ((Prefill.dense, True), (Prefill.sparse, False)):

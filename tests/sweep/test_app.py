@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from shadow_sweep.sweep.job import run_job
-from shadow_sweep.sweep.results import missing_fields
+from shadow_sweep.results import missing_fields
 from tests.conftest import compose_app, REPO
 
 

@@ -6,7 +6,7 @@ from hydra import compose, initialize_config_dir
 from shadow_sweep.config import register_configs
 from shadow_sweep.sweep.compose import CONF_DIR
 from shadow_sweep.sweep.relaunch import app_config, next_job_number, unfinished_points
-from shadow_sweep.sweep.results import ResultsFile, job_key
+from shadow_sweep.results import ResultsFile, job_key
 from tests.conftest import compose_app
 
 

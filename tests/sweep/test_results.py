@@ -3,7 +3,7 @@ latest row decides whether it is finished or failed; job keys ignore logger and 
 
 from concurrent.futures import ThreadPoolExecutor
 
-from shadow_sweep.sweep.results import ResultsFile, job_key
+from shadow_sweep.results import ResultsFile, job_key
 from tests.conftest import compose_app
 
 

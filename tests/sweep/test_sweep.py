@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from shadow_sweep.cache import MANIFEST
-from shadow_sweep.sweep.results import ResultsFile
+from shadow_sweep.results import ResultsFile
 from tests.conftest import REPO
 from tests.sweep.wandb_records import read_run
 
