@@ -46,7 +46,7 @@ STAGE_FORMATS: dict[str, StageFormat] = {
     "tasks": StageFormat(1, libraries=("lm_eval",)),
     "traces": StageFormat(2, reads=("model", "tasks"), libraries=("torch", "transformers", "lm_eval")),
     "predictor": StageFormat(3, reads=("traces",), libraries=("torch",)),
-    "evaluation": StageFormat(2, reads=("predictor",), libraries=("torch", "transformers", "lm_eval")),
+    "evaluation": StageFormat(3, reads=("predictor",), libraries=("torch", "transformers", "lm_eval")),
 }
 
 

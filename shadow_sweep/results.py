@@ -9,6 +9,7 @@ A job ends with a `stage: job` row whose `status` is `ok` or `failed` (with the 
 
 import json
 import os
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Iterable, Optional
@@ -19,6 +20,7 @@ from shadow_sweep.cache import cache_key, plain
 from shadow_sweep.config import AppConfig
 
 RESULTS_NAME = "results.jsonl"
+OUTCOMES_DIR = "outcomes"  # per-document outcomes of the evaluation rows, next to the results file
 JOB_STAGE = "job"
 COST_FIELDS = ("predictor_parameters", "predictor_macs_per_token", "model_macs_per_token",
                "predictor_macs_percent_of_model")  # predictors.cost
@@ -31,10 +33,13 @@ CONTEXT_FIELDS = ("job_key", "sweep_id", "job", "model", "criterion", "job_predi
                   "job_prefill", "target_norm", "shots", "calibration_examples_per_task")
 ROW_FIELDS = {
     "evaluate": ("stage", "predictor", "sparsity", "update", "prefill", "ranking_rule", "eval_seconds",
-                 "peak_memory_mib", "predictor_network_calls", "cache_hit"),
-    "evaluate+accuracy": ("acc_mean",),  # and acc/<task>, acc_norm/<task> (tasks that have it)
-    "evaluate+perplexity": ("token_perplexity", "word_perplexity", "bits_per_byte", "perplexity_tokens"),
-    "bench": ("stage", "path", "predictor", "update", "sparsity", "graph", "ms_per_token", "tokens_per_s",
+                 "peak_memory_mib", "predictor_network_calls", "cache_hit", "outcomes"),
+    # and acc/<task>, acc_stderr/<task>, documents/<task>, acc_norm(_stderr)/<task> (tasks that have it)
+    "evaluate+accuracy": ("acc_mean", "acc_mean_stderr"),
+    "evaluate+perplexity": ("token_perplexity", "token_perplexity_low", "token_perplexity_high", "perplexity_ci_unit",
+                            "perplexity_units", "word_perplexity", "bits_per_byte", "perplexity_tokens"),
+    "bench": ("stage", "path", "predictor", "update", "sparsity", "graph", "ms_per_token", "ms_per_token_min",
+              "ms_per_token_max", "tokens_per_s",
               "speedup_vs_dense"),
     "job": ("stage", "status", "torch_threads", "load_seconds", "job_seconds"),
     "job+fit": ("traces_examples", "traces_positions", "traces_bytes", "traces_bytes_per_1000_positions",
@@ -115,6 +120,24 @@ class ResultsFile:
                 sink.write(text.encode())
                 sink.flush()
                 os.fsync(sink.fileno())
+
+    def keep_outcomes(self, source: Path) -> str:
+        """Copy a point's outcomes file (named by its cache entry) next to the results file,
+        once; returns its path relative to the results file's folder (a row's `outcomes`)."""
+        relative = Path(OUTCOMES_DIR) / f"{Path(source).parent.name}.json"
+        target = self.path.parent / relative
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_suffix(f".{os.getpid()}.part")
+            shutil.copyfile(source, partial)
+            partial.replace(target)  # atomic: a reader never sees half a file
+        return relative.as_posix()
+
+    def outcomes(self, row: dict) -> Optional[dict]:
+        """The per-document outcomes of an evaluation row (None when it has none)."""
+        if not row.get("outcomes"):
+            return None
+        return json.loads((self.path.parent / row["outcomes"]).read_text())
 
     def job_rows(self, key: str) -> list[dict]:
         return [r for r in self.rows() if r.get("job_key") == key]

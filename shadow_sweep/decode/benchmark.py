@@ -29,8 +29,15 @@ def _median(runs: list, field: str) -> float:
     return statistics.median(getattr(r, field) for r in runs)
 
 
-def _hf_generate_ms_per_token(loaded: LoadedModel, prompt: torch.Tensor, cfg: BenchConfig) -> float:
-    """(time for new_tokens - time for 1 token) / (new_tokens - 1), greedy, HF's own cache."""
+def _spread(ms_per_token: list[float]) -> dict:
+    """ms_per_token (the median over repeats) and its min and max."""
+    return {"ms_per_token": statistics.median(ms_per_token), "ms_per_token_min": min(ms_per_token),
+            "ms_per_token_max": max(ms_per_token)}
+
+
+def _hf_generate_ms_per_token(loaded: LoadedModel, prompt: torch.Tensor, cfg: BenchConfig) -> dict:
+    """Per repeat (time for new_tokens - median time for 1 token) / (new_tokens - 1), greedy,
+    HF's own cache: its median, min and max."""
     def timed(tokens: int) -> float:
         ids = prompt[None].to(loaded.device)
         began = clock(loaded.device)
@@ -40,9 +47,9 @@ def _hf_generate_ms_per_token(loaded: LoadedModel, prompt: torch.Tensor, cfg: Be
 
     for _ in range(cfg.warmup):
         timed(2)
-    full = statistics.median(timed(cfg.new_tokens) for _ in range(cfg.repeats))
+    full = [timed(cfg.new_tokens) for _ in range(cfg.repeats)]
     first = statistics.median(timed(1) for _ in range(cfg.repeats))
-    return 1000 * (full - first) / (cfg.new_tokens - 1)
+    return _spread([1000 * (f - first) / (cfg.new_tokens - 1) for f in full])
 
 
 def _updates(cfg: BenchConfig, predictor: str) -> list[str]:
@@ -62,7 +69,7 @@ def run_benchmark(loaded: LoadedModel, predictors: dict[str, FittedPredictor], p
         g = torch.Generator().manual_seed(cfg.seed)
         prompt = torch.randint(3, loaded.model.config.vocab_size, (cfg.prompt_length,), generator=g)
         rows = [{"path": "hf_generate", "predictor": "dense", "update": "dense", "sparsity": 0.0, "graph": False,
-                 "ms_per_token": _hf_generate_ms_per_token(loaded, prompt, cfg)}]
+                 **_hf_generate_ms_per_token(loaded, prompt, cfg)}]
         points = [("dense", "dense", 0.0)] + [(p, u, level) for p in cfg.predictors for level in cfg.levels
                                               for u in _updates(cfg, p)]
         graphs = [False, True] if cfg.cuda_graphs and loaded.device.type == "cuda" else [False]
@@ -78,11 +85,11 @@ def run_benchmark(loaded: LoadedModel, predictors: dict[str, FittedPredictor], p
                 generator.generate(prompt, 4)
             runs = [generator.generate(prompt, cfg.new_tokens) for _ in range(cfg.repeats)]
             steps = cfg.new_tokens - 1
-            decode_ms = 1000 * _median(runs, "decode_s") / steps
             rows.append({"path": "ours", "predictor": predictor, "update": update, "sparsity": level, "graph": graph,
                          "prefill": prefill.value if fitted is not None else "dense",
                          "kernel": kernel_name(kernels) if update == "per_token" else "sliced" if fitted else "dense",
-                         "ms_per_token": decode_ms, "prefill_ms": 1000 * _median(runs, "prefill_s"),
+                         **_spread([1000 * r.decode_s / steps for r in runs]),
+                         "prefill_ms": 1000 * _median(runs, "prefill_s"),
                          "prefill_capture_ms": 1000 * _median(runs, "prefill_capture_s"),
                          "predictor_ms_per_token": 1000 * _median(runs, "predictor_s") / steps,
                          "gather_ms_per_token": 1000 * _median(runs, "gather_s") / steps,

@@ -92,23 +92,23 @@ class SparseLM(TemplateLM):
                 self.cache_hook.add_partial("loglikelihood", requests[i][0], results[i])
         return results
 
-    def rolling(self, text: str, window: int, stride: int) -> tuple[float, int]:
-        """(log-likelihood, tokens) of a whole text in lm-eval's rolling windows of `window`
-        tokens: the first predicts its whole length from the prefix token, each later one
-        `stride` new tokens after `window - stride` tokens of context (stride = window is
-        lm-eval's `loglikelihood_rolling`). Every token sparse: per_token masks, or under
-        per_sequence one mask per window chosen at its last token."""
+    def rolling(self, text: str, window: int, stride: int) -> list[tuple[float, int]]:
+        """(log-likelihood, scored tokens) of each of lm-eval's rolling windows of `window`
+        tokens over a whole text: the first predicts its whole length from the prefix token,
+        each later one `stride` new tokens after `window - stride` tokens of context (stride =
+        window is lm-eval's `loglikelihood_rolling`). Every token sparse: per_token masks, or
+        under per_sequence one mask per window chosen at its last token."""
         tokens = self.tok_encode(text)
         windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
             tokens, self.prefix_token_id, max_seq_len=window, context_len=window - stride + 1)]
         requests = [(None, ctx, cont) for ctx, cont in windows]
         scores = self._loglikelihood_tokens(requests, disable_tqdm=True, dense_context=False)
-        return sum(score for score, _ in scores), len(tokens)
+        return [(score, len(cont)) for (score, _), (_, cont) in zip(scores, windows)]
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         totals = []
         for request in tqdm(requests, desc="rolling loglikelihood", disable=disable_tqdm):
-            totals.append(self.rolling(request.args[0], self.max_length, self.max_length)[0])
+            totals.append(sum(score for score, _ in self.rolling(request.args[0], self.max_length, self.max_length)))
             self.cache_hook.add_partial("loglikelihood_rolling", (request.args[0],), totals[-1])
         return totals
 

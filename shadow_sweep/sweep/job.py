@@ -90,7 +90,8 @@ class Job:
             tasks = build_tasks(cfg.eval.tasks, cfg.paths.data_root, rule, cache) if cfg.stages.accuracy else []
             for predictor, level in evaluation_points(cfg, fitted):
                 if point_id(point_row(cfg, predictor, level)) not in measured:
-                    self.record([cached_point(cfg, loaded, predictor, level, tasks, documents, cache)])
+                    row, outcomes = cached_point(cfg, loaded, predictor, level, tasks, documents, cache)
+                    self.record([{**row, "outcomes": self.results.keep_outcomes(outcomes)}])
         if cfg.stages.bench and not any(p.startswith("bench:") for p in measured):
             self.record(bench_rows(cfg, loaded, fitted))
         self.summary["job_seconds"] = time.perf_counter() - started

@@ -20,6 +20,8 @@ from shadow_sweep.decode.benchmark import run_benchmark
 from shadow_sweep.decode.fused import gather_kernels
 from shadow_sweep.evaluation.harness import task_accuracy
 from shadow_sweep.evaluation.lm import SparseLM
+from shadow_sweep.evaluation.outcomes import (OUTCOMES_NAME, accuracy_fields, outcomes_record, perplexity_fields,
+                                             write_outcomes)
 from shadow_sweep.evaluation.perplexity import wikitext_perplexity
 from shadow_sweep.models.loading import LoadedModel
 from shadow_sweep.predictors.cost import predictor_cost
@@ -107,42 +109,47 @@ def point_key(cfg: AppConfig, predictor: FittedPredictor, level: float) -> dict:
 
 
 def cached_point(cfg: AppConfig, loaded: LoadedModel, predictor: FittedPredictor, level: float, tasks: list,
-                 documents: list[str], cache: StageCache) -> dict:
+                 documents: list[str], cache: StageCache) -> tuple[dict, Path]:
     """evaluate_point through the stage cache (stage `evaluation`): a dense baseline shared by
-    the jobs of a sweep, or a point a killed job finished, is measured once."""
+    the jobs of a sweep, or a point a killed job finished, is measured once. Returns the row
+    and the entry's outcomes file."""
+
+    def build(out: Path) -> None:
+        row, record = evaluate_point(cfg, loaded, predictor, level, tasks, documents)
+        write_outcomes(record, out)
+        (out / "row.json").write_text(json.dumps(row))
+
     folder, built = cache.built("evaluation", lambda: cache.get_or_build(
-        "evaluation", point_key(cfg, predictor, level), lambda out: (out / "row.json").write_text(
-            json.dumps(evaluate_point(cfg, loaded, predictor, level, tasks, documents)))))
-    return {**json.loads((folder / "row.json").read_text()), "cache_hit": not built}
+        "evaluation", point_key(cfg, predictor, level), build))
+    return {**json.loads((folder / "row.json").read_text()), "cache_hit": not built}, folder / OUTCOMES_NAME
 
 
 def evaluate_point(cfg: AppConfig, loaded: LoadedModel, predictor: FittedPredictor, level: float, tasks: list,
-                   documents: list[str]) -> dict:
+                   documents: list[str]) -> tuple[dict, dict]:
     """Task accuracy through lm-eval and WikiText-2 perplexity with the predictor's masks,
-    chosen as `sparsity.update` and `sparsity.prefill` say."""
+    chosen as `sparsity.update` and `sparsity.prefill` say: the row (with errors) and the
+    per-document outcomes."""
     started = time.perf_counter()
     sparsity = cfg.sparsity
     oracle = (get_criterion(cfg.criterion.name.value), cfg.criterion)
     runtime = ContextualMasks(loaded, predictor, policy_at(cfg, level, loaded), seed=cfg.predictor.seed,
                               oracle=oracle, update=sparsity.update)
     row = {**point_row(cfg, predictor, level), "ranking_rule": runtime.ranking_rule}
+    accuracy = ppl = None
     with runtime:
         if tasks:
             lm = SparseLM(loaded, cfg.eval.batch_size, cfg.eval.max_length, cfg.model.add_bos_token, runtime,
                           sparsity.prefill)
             accuracy = task_accuracy(lm, tasks, cfg.eval)
-            row.update({f"{metric}/{task}": value for task, metrics in accuracy.items()
-                        for metric, value in metrics.items()})
-            row["acc_mean"] = sum(m["acc"] for m in accuracy.values()) / len(accuracy)
+            row.update(accuracy_fields(accuracy))
         if cfg.stages.perplexity:
             lm = SparseLM(loaded, cfg.perplexity.batch_size, add_bos_token=cfg.model.add_bos_token)
             ppl = wikitext_perplexity(lm, documents, cfg.perplexity.window,
                                       cfg.perplexity.stride or cfg.perplexity.window, progress=True)
-            row.update(token_perplexity=ppl.token_perplexity, word_perplexity=ppl.word_perplexity,
-                       bits_per_byte=ppl.bits_per_byte, perplexity_tokens=ppl.tokens)
+            row.update(perplexity_fields(ppl, seed=cfg.data_split.seed))
     row.update(eval_seconds=time.perf_counter() - started, peak_memory_mib=peak_memory_mib(),
                predictor_network_calls=runtime.network_calls)
-    return row
+    return row, outcomes_record(accuracy, ppl)
 
 
 def bench_rows(cfg: AppConfig, loaded: LoadedModel, fitted: FittedPredictor) -> list[dict]:

@@ -18,7 +18,9 @@ import pandas as pd
 from shadow_sweep.config import AppConfig, LoggerName, WandbMode
 from shadow_sweep.results import latency_mode
 
-METRIC_FIELDS = ("acc_mean", "token_perplexity", "word_perplexity", "bits_per_byte")
+METRIC_FIELDS = ("acc_mean", "acc_mean_stderr", "token_perplexity", "token_perplexity_low", "token_perplexity_high",
+                 "word_perplexity", "bits_per_byte")
+PER_TASK_METRICS = ("acc/", "acc_stderr/", "acc_norm/", "acc_norm_stderr/")
 
 
 def point_metrics(row: dict) -> dict[str, float]:
@@ -26,8 +28,9 @@ def point_metrics(row: dict) -> dict[str, float]:
     if row["stage"] == "bench":
         name = latency_mode(row)
         return {"sparsity": row["sparsity"], f"ms_per_token/{name}": row["ms_per_token"],
+                f"ms_per_token_min/{name}": row["ms_per_token_min"], f"ms_per_token_max/{name}": row["ms_per_token_max"],
                 f"speedup_vs_dense/{name}": row["speedup_vs_dense"]}
-    metrics = {k: v for k, v in row.items() if k in METRIC_FIELDS or k.startswith(("acc/", "acc_norm/"))}
+    metrics = {k: v for k, v in row.items() if k in METRIC_FIELDS or k.startswith(PER_TASK_METRICS)}
     return {"sparsity": row["sparsity"], **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
 
 

@@ -3,6 +3,7 @@ offline requests equal to the built-in tasks' prompts."""
 
 import bz2
 
+import numpy as np
 import pytest
 import torch
 from lm_eval.models.huggingface import HFLM
@@ -132,12 +133,21 @@ def test_unavailable_task_fails_naming_it_and_the_data_root(monkeypatch, data_ro
     check_tasks(["copa", "piqa"], data_root)
 
 
-def test_task_accuracy_runs_lm_eval_on_offline_tasks(data_root, tmp_path, session_cache):
+def test_task_accuracy_reports_lm_evals_metrics_with_stderr_and_per_document_outcomes(data_root, tmp_path,
+                                                                                     session_cache):
     loaded = load_tiny("tiny-opt", session_cache)
     tasks = build_tasks(["copa", "arc_easy"], data_root, SplitRule(), StageCache(tmp_path))
-    scores = task_accuracy(SparseLM(loaded, 4), tasks, EvalConfig(tasks=["copa", "arc_easy"], limit=5))
-    assert set(scores) == {"copa", "arc_easy"} and 0.0 <= scores["copa"]["acc"] <= 1.0
-    assert "acc_norm" in scores["arc_easy"]
+    results = task_accuracy(SparseLM(loaded, 4), tasks, EvalConfig(tasks=["copa", "arc_easy"], limit=6))
+    assert set(results.metrics) == set(results.outcomes) == {"copa", "arc_easy"}
+    assert "acc_norm_stderr" in results.metrics["arc_easy"]
+    for task, metrics in results.metrics.items():
+        outcomes = results.outcomes[task]
+        acc = np.array([o["acc"] for o in outcomes])
+        assert metrics["documents"] == len(outcomes) == 6 and len({o["doc_id"] for o in outcomes}) == 6
+        assert metrics["acc"] == pytest.approx(acc.mean())
+        assert metrics["acc_stderr"] == pytest.approx(acc.std(ddof=1) / np.sqrt(len(acc)))
+    for o in results.outcomes["arc_easy"]:  # acc is the argmax of the kept log-likelihoods (gold: an index)
+        assert o["acc"] == float(int(np.argmax(o["loglikelihoods"])) == o["target"])
 
 
 class _Request:

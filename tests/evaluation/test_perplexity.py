@@ -10,7 +10,7 @@ from lm_eval.utils import get_rolling_token_windows
 
 from shadow_sweep.data.wikitext import WikiDocument, load_wikitext
 from shadow_sweep.evaluation.lm import SparseLM
-from shadow_sweep.evaluation.perplexity import wikitext_perplexity
+from shadow_sweep.evaluation.perplexity import PerplexityResult, Window, wikitext_perplexity
 from tests.conftest import load_tiny
 
 
@@ -55,3 +55,23 @@ def test_overlapping_windows_need_a_valid_stride(session_cache):
     lm = SparseLM(load_tiny("tiny-opt", session_cache))
     with pytest.raises(ValueError, match="perplexity.stride"):
         wikitext_perplexity(lm, [WikiDocument("a b c")], window=8, stride=9)
+
+
+def test_windows_hold_the_totals_and_give_the_perplexity_a_ci(data_root, session_cache):
+    loaded = load_tiny("tiny-llama", session_cache)
+    docs = [WikiDocument(d.page[:700]) for d in load_wikitext(data_root, 2)]
+    result = wikitext_perplexity(SparseLM(loaded, 2), docs, window=64, stride=64)
+    assert sum(w.tokens for w in result.windows) == result.tokens
+    assert sum(w.nll for w in result.windows) == pytest.approx(result.nll)
+    assert {w.document for w in result.windows} == {0, 1}
+    assert result.resampled_unit == "windows" and len(result.units()[0]) == len(result.windows)
+    low, high = result.token_perplexity_ci(seed=0)
+    assert low < result.token_perplexity < high
+
+
+def test_enough_documents_are_resampled_whole():
+    windows = [Window(doc, nll=float(doc + 1), tokens=2) for doc in range(12) for _ in range(3)]
+    result = PerplexityResult(sum(w.nll for w in windows), 72, 10, 10, windows)
+    nll, tokens = result.units()
+    assert result.resampled_unit == "documents" and tokens == [6] * 12
+    assert nll == [3.0 * (doc + 1) for doc in range(12)]

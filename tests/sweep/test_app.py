@@ -43,7 +43,10 @@ def test_bench_stage_adds_latency_rows(tmp_path, data_root):
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()][:-1]
     assert {(r["stage"], r["predictor"], r["update"]) for r in rows} == {
         ("bench", "dense", "dense"), ("bench", "shadowllm", "per_sequence"), ("bench", "shadowllm", "per_token")}
-    assert all(r["ms_per_token"] > 0 and missing_fields(r, "bench") == [] for r in rows)
+    assert all(missing_fields(r, "bench") == [] for r in rows)
+    # HF generate's figure is a difference of two timings: on a loaded machine 3 tokens can be < 0
+    assert all(r["ms_per_token_min"] <= r["ms_per_token"] <= r["ms_per_token_max"] for r in rows)
+    assert all(r["ms_per_token"] > 0 for r in rows if r["path"] == "ours")
     assert {r["prefill"] for r in rows if r["predictor"] == "shadowllm"} == {"dense"}
 
 

@@ -3,6 +3,7 @@ latest row decides whether it is finished or failed; job keys ignore logger and 
 
 from concurrent.futures import ThreadPoolExecutor
 
+from shadow_sweep.evaluation.outcomes import task_outcomes, write_outcomes
 from shadow_sweep.results import ResultsFile, job_key
 from tests.conftest import compose_app
 
@@ -58,3 +59,18 @@ def test_latency_rows_of_a_gpu_run_stay_apart(tmp_path):
     assert table.loc["dense", "ms_per_token/dense"] == 22.4 and table.loc["dense", "ms_per_token/dense+graph"] == 3.68
     sparse = table.loc["shadowllm x plainact"]
     assert sparse["ms_per_token/per_sequence"] == 23.8 and sparse["ms_per_token/per_sequence+graph"] == 3.59
+
+
+def test_outcomes_are_copied_beside_the_results_once_and_read_back(tmp_path):
+    entry = tmp_path / "cache" / "evaluation" / "abc123"
+    entry.mkdir(parents=True)
+    record = {"tasks": {"copa": [{"doc_id": 3, "acc": 1.0, "loglikelihoods": [-1.0, -2.0], "target": 0}]},
+              "perplexity_windows": [{"document": 0, "nll": 12.5, "tokens": 4}]}
+    source = write_outcomes(record, entry)
+    results = ResultsFile(tmp_path / "sweep" / "results.jsonl")
+    relative = results.keep_outcomes(source)
+    assert relative == "outcomes/abc123.json" and results.outcomes({"outcomes": relative}) == record
+    (tmp_path / "sweep" / relative).write_text("{}")  # an existing copy is kept, not rewritten
+    assert results.keep_outcomes(source) == relative and results.outcomes({"outcomes": relative}) == {}
+    assert results.outcomes({"stage": "bench"}) is None
+    assert task_outcomes(record) == {"copa": {3: 1.0}}

@@ -1,0 +1,80 @@
+"""Errors of measured points and of differences between them, from per-document outcomes.
+
+- `mean_stderr(x)`: s / sqrt(n) with the sample standard deviation (ddof 1): lm-eval's
+  `acc_stderr` for a mean metric.
+- `stderr_of_mean_of_means(se)`: sqrt(sum_k se_k^2) / K, the stderr of an unweighted mean of
+  K independent task means (`acc_mean`).
+- `bootstrap_ratio_ci(num, den)`: a seeded percentile bootstrap of sum(num) / sum(den) over
+  resampled units (documents, or windows when there are few documents): the CI of a
+  perplexity's log, exp'd by the caller.
+- `paired_difference(a, b)`: per task, outcomes of two points on the SAME documents; the
+  difference of their mean-over-tasks, with a bootstrap that resamples documents within each
+  task (stratified) and keeps each document's two outcomes together (paired).
+Bootstraps are scipy.stats.bootstrap's percentile intervals, seeded: the same inputs give the
+same CI.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import bootstrap
+
+CONFIDENCE = 0.95
+BOOTSTRAP_ITERATIONS = 2000
+
+
+def mean_stderr(values: list[float]) -> float:
+    """s / sqrt(n), s with ddof 1 (lm-eval's `mean_stderr`); 0 for fewer than two values."""
+    if len(values) < 2:
+        return 0.0
+    return float(np.std(values, ddof=1) / math.sqrt(len(values)))
+
+
+def stderr_of_mean_of_means(stderrs: list[float]) -> float:
+    """sqrt(sum se_k^2) / K for the unweighted mean of K independent means."""
+    return math.sqrt(sum(se * se for se in stderrs)) / len(stderrs)
+
+
+def bootstrap_ratio_ci(numerators: list[float], denominators: list[float], seed: int = 0,
+                       iterations: int = BOOTSTRAP_ITERATIONS) -> tuple[float, float]:
+    """95% percentile CI of sum(num) / sum(den) over units resampled with replacement, each
+    unit's numerator and denominator together (scipy.stats.bootstrap, paired)."""
+    data = (np.asarray(numerators, dtype=np.float64), np.asarray(denominators, dtype=np.float64))
+    result = bootstrap(data, lambda num, den, axis: num.sum(axis) / den.sum(axis), paired=True, vectorized=True,
+                       n_resamples=iterations, method="percentile", confidence_level=CONFIDENCE, rng=seed)
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    difference: float  # mean over tasks of (a - b) per task
+    low: float  # 95% bootstrap CI
+    high: float
+    documents: int  # paired documents, all tasks
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+
+def _mean_of_means(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean([x.mean(axis) for x in samples], axis=0)
+
+
+def paired_difference(a: dict[str, dict[int, float]], b: dict[str, dict[int, float]], seed: int = 0,
+                      iterations: int = BOOTSTRAP_ITERATIONS) -> PairedDifference:
+    """a, b: {task: {document id: outcome}} of two points. Each task's per-document differences
+    are one sample of scipy.stats.bootstrap, resampled on its own (stratified by task); the
+    statistic is the mean over tasks of each task's mean difference. Refuses unequal
+    document sets."""
+    if set(a) != set(b) or any(set(a[t]) != set(b[t]) for t in a):
+        raise ValueError("paired comparison needs the same tasks and document ids on both sides")
+    differences = [np.array([a[t][i] - b[t][i] for i in sorted(a[t])], dtype=np.float64) for t in sorted(a)]
+    observed = float(_mean_of_means(*differences))
+    if all(np.ptp(d) == 0 for d in differences):  # every resample gives the observed value
+        return PairedDifference(observed, observed, observed, sum(len(d) for d in differences))
+    result = bootstrap(differences, _mean_of_means, vectorized=True, n_resamples=iterations, method="percentile",
+                       confidence_level=CONFIDENCE, rng=seed)
+    interval = result.confidence_interval
+    return PairedDifference(observed, float(interval.low), float(interval.high), sum(len(d) for d in differences))
