@@ -29,8 +29,10 @@ QUALITY_FIELDS = ("heads_spearman_mean", "neurons_spearman_mean", "heads_recall_
 
 # The fields each kind of row holds (docs/sweeps.md, "Row fields"); a test holds a real job's rows
 # to them. Every row also carries the job's context (CONTEXT_FIELDS).
-CONTEXT_FIELDS = ("job_key", "sweep_id", "job", "model", "criterion", "job_predictor", "ranking", "job_update",
-                  "job_prefill", "target_norm", "shots", "calibration_examples_per_task")
+CONTEXT_FIELDS = ("job_key", "config_key", *(f"pair_key/{axis}" for axis in ("predictor", "criterion", "update")),
+                  "sweep_id", "job", "model", "criterion", "job_predictor", "ranking", "job_update",
+                  "job_prefill", "target_norm", "shots", "calibration_examples_per_task", "calibration_seed",
+                  "predictor_seed")
 ROW_FIELDS = {
     "evaluate": ("stage", "predictor", "sparsity", "update", "prefill", "ranking_rule", "eval_seconds",
                  "peak_memory_mib", "predictor_network_calls", "cache_hit", "outcomes"),
@@ -53,13 +55,37 @@ def missing_fields(row: dict, *kinds: str) -> list[str]:
     return [f for f in declared if f not in row]
 
 
-def job_key(cfg: AppConfig) -> str:
-    """Identity of a job's results: its config without logger, sweep and paths.cache_dir."""
+def _result_fields(cfg: AppConfig) -> dict:
+    """The config without the fields that cannot change a result: logger, sweep, cache path."""
     fields = plain(asdict(cfg))
     for name in ("logger", "sweep"):
         fields.pop(name)
     fields["paths"].pop("cache_dir")
-    return cache_key("job", fields)
+    return fields
+
+
+def job_key(cfg: AppConfig) -> str:
+    """Identity of a job's results: its config without logger, sweep and paths.cache_dir."""
+    return cache_key("job", _result_fields(cfg))
+
+
+SEED_FIELDS = (("calibration", "seed"), ("predictor", "seed"))  # data_split.seed picks documents: not one
+COMPARISON_AXES = {"predictor": ("predictor", "name"), "criterion": ("criterion", "name"),
+                   "update": ("sparsity", "update")}  # axis: its config field (and its row column's name)
+
+
+def comparison_keys(cfg: AppConfig) -> dict[str, str]:
+    """`config_key`: the job's config without seeds (rows differing only in seeds are repeats
+    of one point); `pair_key/<axis>`: also without that axis's field (rows that differ only
+    there are compared in pairs by the report)."""
+    fields = _result_fields(cfg)
+    for group, name in SEED_FIELDS:
+        fields[group].pop(name)
+    keys = {"config_key": cache_key("config", fields)}
+    for axis, (group, name) in COMPARISON_AXES.items():
+        keys[f"pair_key/{axis}"] = cache_key("pair", {**fields, group: {k: v for k, v in fields[group].items()
+                                                                          if k != name}})
+    return keys
 
 
 def point_id(row: dict) -> str:

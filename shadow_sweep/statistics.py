@@ -10,6 +10,8 @@
 - `paired_difference(a, b)`: per task, outcomes of two points on the SAME documents; the
   difference of their mean-over-tasks, with a bootstrap that resamples documents within each
   task (stratified) and keeps each document's two outcomes together (paired).
+- `paired_ratio_difference(a, b, den)`: (sum a - sum b) / sum den over paired units, e.g. the
+  difference of two log perplexities on the same windows.
 Bootstraps are scipy.stats.bootstrap's percentile intervals, seeded: the same inputs give the
 same CI.
 """
@@ -78,3 +80,19 @@ def paired_difference(a: dict[str, dict[int, float]], b: dict[str, dict[int, flo
                        confidence_level=CONFIDENCE, rng=seed)
     interval = result.confidence_interval
     return PairedDifference(observed, float(interval.low), float(interval.high), sum(len(d) for d in differences))
+
+
+def paired_ratio_difference(numerators_a: list[float], numerators_b: list[float], denominators: list[float],
+                            seed: int = 0, iterations: int = BOOTSTRAP_ITERATIONS) -> PairedDifference:
+    """(sum a - sum b) / sum den over paired units (the difference of two log perplexities over
+    the same windows or documents), with a 95% bootstrap CI resampling units, each unit's
+    three numbers together."""
+    data = tuple(np.asarray(x, dtype=np.float64) for x in (numerators_a, numerators_b, denominators))
+    observed = float((data[0].sum() - data[1].sum()) / data[2].sum())
+    if np.array_equal(data[0], data[1]):
+        return PairedDifference(observed, observed, observed, len(data[0]))
+    result = bootstrap(data, lambda a, b, den, axis: (a.sum(axis) - b.sum(axis)) / den.sum(axis), paired=True,
+                       vectorized=True, n_resamples=iterations, method="percentile", confidence_level=CONFIDENCE,
+                       rng=seed)
+    interval = result.confidence_interval
+    return PairedDifference(observed, float(interval.low), float(interval.high), len(data[0]))

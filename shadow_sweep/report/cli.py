@@ -1,10 +1,13 @@
-"""`shadow-sweep report <sweep dir or results.jsonl>... [--out DIR]`: print the table, write
-report.csv and the PNG curves."""
+"""`shadow-sweep report <sweep dir or results.jsonl>... [--out DIR] [--compare AXIS]`: print the
+table (means with 95% CIs) and the paired comparisons along AXIS (predictor, criterion or
+update), write report.csv, comparisons.csv and the PNG curves."""
 
 import argparse
 from pathlib import Path
 
+from shadow_sweep.report.compare import comparison_table
 from shadow_sweep.report.plots import draw_curves
+from shadow_sweep.results import COMPARISON_AXES
 from shadow_sweep.report.table import load_rows, summary_table
 
 
@@ -12,13 +15,23 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="shadow-sweep report", description=__doc__)
     parser.add_argument("paths", nargs="+", help="sweep folders (searched for results.jsonl) or results files")
     parser.add_argument("--out", type=Path, help="where report.csv and the PNGs go (default: <first path>/report)")
+    parser.add_argument("--compare", choices=sorted(COMPARISON_AXES), default="predictor",
+                        help="the axis whose values are compared in pairs (default: predictor)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap CIs")
     args = parser.parse_args(argv)
     first = Path(args.paths[0])
     out = args.out or (first.parent if first.is_file() else first) / "report"
-    table = summary_table(load_rows(args.paths))
+    rows = load_rows(args.paths)
+    table = summary_table(rows)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    comparisons = comparison_table(rows, args.compare, args.seed)
+    print(f"\n{len(comparisons)} paired comparisons along {args.compare} (a - b, 95% bootstrap CI; "
+          f"resolved: the CI excludes 0)")
+    if len(comparisons):
+        print(comparisons.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "report.csv", index=False)
+    comparisons.to_csv(out / "comparisons.csv", index=False)
     for path in draw_curves(table, out):
         print(f"wrote {path}")
     print(f"wrote {out / 'report.csv'}")

@@ -1,10 +1,14 @@
 """Results files -> one table: a row per (model, predictor, criterion, design, sparsity).
 
-Columns: per-task accuracy, acc_mean, perplexity (accuracy path); ms/token and speed-up per
-update policy (latency path); the predictor's quality and cost (its job row). A line label
-names predictor x criterion plus every design field that varies across the loaded sweeps.
+Columns: per-task accuracy, acc_mean with its 95% CI half-width (`acc_mean_ci95`, from the
+stderr over documents), token perplexity with its 95% CI (`token_perplexity_low` / `_high`),
+`seeds` (rows that differ only in calibration / predictor seeds, averaged) and the spread of
+acc_mean across them (`acc_mean_seed_sd`); ms/token and speed-up per update policy (latency
+path); the predictor's quality and cost (its job row). A line label names predictor x
+criterion plus every design field that varies across the loaded sweeps.
 """
 
+import hashlib
 from pathlib import Path
 from typing import Iterable
 
@@ -28,7 +32,7 @@ def results_files(paths: Iterable[str | Path]) -> list[Path]:
 
 def load_rows(paths: Iterable[str | Path]) -> pd.DataFrame:
     """Every row of these sweeps; a point measured twice (a rerun) keeps its last row."""
-    rows = [row for file in results_files(paths) for row in ResultsFile(file).rows()]
+    rows = [{**row, "results_dir": str(file.parent)} for file in results_files(paths) for row in ResultsFile(file).rows()]
     frame = pd.DataFrame(rows)
     if frame.empty:
         raise ValueError(f"the results files under {list(paths)} hold no rows")
@@ -51,12 +55,40 @@ def line_labels(frame: pd.DataFrame) -> pd.Series:
     return frame.apply(label, axis=1)
 
 
+Z95 = 1.959964  # normal quantile of a two-sided 95% interval
+
+
+def point_identity(frame: pd.DataFrame) -> pd.Series:
+    """What makes two evaluation rows the same point up to seeds: the seedless config; for a
+    dense point its evaluation entry (named by `outcomes`): every job of a sweep measures the
+    same dense point whatever its criterion or predictor."""
+    identity = frame.get("config_key", pd.Series(None, index=frame.index))
+    if "outcomes" in frame:
+        identity = identity.where(frame["predictor"] != "dense", frame["outcomes"])
+    return identity.fillna("")
+
+
 def _evaluation(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean over seeds per (point, sparsity); rows of different configs that share a label get
+    their key appended instead of being averaged; dense rows measured by several jobs count once."""
     evaluated = frame[frame["stage"] == "evaluate"].copy()
     evaluated["line"] = line_labels(evaluated)
+    evaluated["identity"] = point_identity(evaluated)
+    if "outcomes" in evaluated:
+        evaluated = evaluated[evaluated["outcomes"].isna() | ~evaluated.duplicated(["identity", "outcomes"])]
+    configs = evaluated.groupby("line")["identity"].transform("nunique")
+    tags = evaluated.loc[configs > 1, "identity"].map(lambda key: hashlib.sha256(key.encode()).hexdigest()[:6])
+    evaluated.loc[configs > 1, "line"] += " [" + tags + "]"
     metrics = [c for c in evaluated.columns if c.startswith("acc/")] + \
-        [c for c in ("acc_mean", "word_perplexity", "token_perplexity") if c in evaluated]
-    return evaluated.groupby(["line", "sparsity"], as_index=False)[metrics].mean()
+        [c for c in ("acc_mean", "acc_mean_stderr", "word_perplexity", "token_perplexity", "token_perplexity_low",
+                     "token_perplexity_high") if c in evaluated]
+    groups = evaluated.groupby(["line", "sparsity"])
+    table = groups[metrics].mean()
+    table["seeds"] = groups.size()
+    if "acc_mean" in table:
+        table["acc_mean_seed_sd"] = groups["acc_mean"].std()
+        table["acc_mean_ci95"] = Z95 * table.pop("acc_mean_stderr")
+    return table.reset_index()
 
 
 def _latency(frame: pd.DataFrame) -> pd.DataFrame:

@@ -22,8 +22,8 @@ from shadow_sweep.data.wikitext import load_wikitext
 from shadow_sweep.evaluation.harness import build_tasks, check_tasks
 from shadow_sweep.models.loading import load_model
 from shadow_sweep.predictors.fit import FittedPredictor
-from shadow_sweep.results import (JOB_STAGE, QUALITY_FIELDS, RESULTS_NAME, ResultsFile, finished_row, job_key,
-                                        point_id, point_ids)
+from shadow_sweep.results import (JOB_STAGE, QUALITY_FIELDS, RESULTS_NAME, ResultsFile, comparison_keys,
+                                  finished_row, job_key, point_id, point_ids)
 from shadow_sweep.sweep.stages import (bench_rows, cached_point, evaluation_points, fit_stage, levels, point_row,
                                        policy_at, trace_stage)
 from shadow_sweep.sweep.tracking import Tracker, open_tracker
@@ -42,7 +42,8 @@ def design_fields(cfg: AppConfig) -> dict:
     return {"model": cfg.model.name, "criterion": cfg.criterion.name.value, "job_predictor": cfg.predictor.name.value,
             "ranking": cfg.sparsity.ranking.value, "job_update": cfg.sparsity.update.value,
             "job_prefill": cfg.sparsity.prefill.value, "target_norm": cfg.predictor.target_norm.value,
-            "shots": cfg.calibration.shots, "calibration_examples_per_task": cfg.calibration.examples_per_task}
+            "shots": cfg.calibration.shots, "calibration_examples_per_task": cfg.calibration.examples_per_task,
+            "calibration_seed": cfg.calibration.seed, "predictor_seed": cfg.predictor.seed, **comparison_keys(cfg)}
 
 
 class Job:

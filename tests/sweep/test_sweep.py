@@ -126,7 +126,14 @@ def test_report_prints_the_table_and_writes_the_curves(grid_sweep, tmp_path):
     import pandas as pd
 
     table = pd.read_csv(tmp_path / "report.csv")
-    assert len(table) == 9 and {"acc/copa", "acc_mean", "ms_per_token/per_token", "neurons_spearman_mean"} <= set(table)
+    assert len(table) == 9 and {"acc/copa", "acc_mean", "acc_mean_ci95", "token_perplexity_low", "seeds",
+                                "ms_per_token/per_token", "neurons_spearman_mean"} <= set(table)
+    assert (table["token_perplexity_low"] <= table["token_perplexity"]).all()
+    # per criterion: shadowllm vs dejavu at 0.3 and 0.5, and each sparse point vs dense
+    comparisons = pd.read_csv(tmp_path / "comparisons.csv")
+    assert "12 paired comparisons along predictor" in done.stdout and len(comparisons) == 12
+    assert set(comparisons["b"]) == {"dense", "shadowllm"} and (comparisons["documents"] > 0).all()
+    assert (comparisons["acc_low"] <= comparisons["acc_diff"]).all() and (comparisons["windows"] > 0).all()
 
 
 def test_analysis_notebook_runs_on_the_sweep(grid_sweep, monkeypatch):

@@ -1,0 +1,70 @@
+"""The report from results files alone (no model): paired comparisons from per-document outcome
+files, seeds averaged, different configs never averaged together."""
+
+import numpy as np
+import pytest
+
+from shadow_sweep.evaluation.outcomes import write_outcomes
+from shadow_sweep.report.compare import comparison_table
+from shadow_sweep.report.table import load_rows, summary_table
+from shadow_sweep.results import ResultsFile
+
+DOCS = 60
+
+
+def _record(rng, accuracy: float, nll_per_token: float) -> dict:
+    tasks = {task: [{"doc_id": i, "acc": float(rng.random() < accuracy), "loglikelihoods": [0.0], "target": 0}
+                    for i in range(DOCS)] for task in ("copa", "piqa")}
+    windows = [{"document": w // 4, "nll": nll_per_token * 64 + float(rng.normal(0, 5)), "tokens": 64}
+               for w in range(24)]
+    return {"tasks": tasks, "perplexity_windows": windows}
+
+
+def _point(tmp_path, results, rng, predictor, level, accuracy, nll, config="c", seed=0, width=256):
+    entry = tmp_path / "cache" / f"{predictor}-{level}-{config}-{seed}-{width}"
+    entry.mkdir(parents=True)
+    record = _record(rng, accuracy, nll)
+    acc = np.mean([[o["acc"] for o in docs] for docs in record["tasks"].values()])
+    row = {"job_key": f"{predictor}{config}{seed}{width}", "stage": "evaluate", "predictor": predictor,
+           "sparsity": level, "update": "per_token", "criterion": "plainact", "model": "m", "ranking": "per_layer",
+           "job_predictor": predictor, "config_key": f"{predictor}-{config}-{width}", "predictor_seed": seed,
+           "pair_key/predictor": f"{config}-{width}", "acc_mean": float(acc), "acc_mean_stderr": 0.04,
+           "token_perplexity": float(np.exp(nll)), "token_perplexity_low": 1.0, "token_perplexity_high": 2.0}
+    row["outcomes"] = results.keep_outcomes(write_outcomes(record, entry))
+    results.append([row])
+
+
+@pytest.fixture()
+def sweep(tmp_path):
+    rng = np.random.default_rng(0)
+    results = ResultsFile(tmp_path / "sweep" / "results.jsonl")
+    _point(tmp_path, results, rng, "dense", 0.0, 0.8, 3.0)
+    for seed in (0, 1):
+        _point(tmp_path, results, rng, "shadowllm", 0.5, 0.7, 3.2, seed=seed)
+    _point(tmp_path, results, rng, "dejavu", 0.5, 0.3, 4.0)
+    _point(tmp_path, results, rng, "dejavu", 0.5, 0.3, 4.0, width=512)  # another config, same label
+    return tmp_path / "sweep"
+
+
+def test_pairs_along_the_predictor_axis_from_outcome_files(sweep):
+    table = comparison_table(load_rows([sweep]), "predictor")
+    pairs = {(r.a, r.b, r.sparsity, r.seeds_a) for r in table.itertuples()}
+    # pairs in name order, a sparse point before dense; the dejavu of another width is its own group
+    assert pairs == {("dejavu", "dense", 0.5, 1), ("dejavu", "shadowllm", 0.5, 1), ("shadowllm", "dense", 0.5, 2)}
+    dejavu_vs_shadow = table[(table.a == "dejavu") & (table.b == "shadowllm")].iloc[0]
+    assert dejavu_vs_shadow.documents == 2 * DOCS and dejavu_vs_shadow.windows == 24
+    assert dejavu_vs_shadow.acc_low < -0.4 < dejavu_vs_shadow.acc_high and dejavu_vs_shadow.acc_resolved
+    assert dejavu_vs_shadow.log_ppl_low > 0 and dejavu_vs_shadow.log_ppl_resolved
+
+
+def test_an_unknown_axis_is_refused(sweep):
+    with pytest.raises(ValueError, match="axis must be one of"):
+        comparison_table(load_rows([sweep]), "width")
+
+
+def test_seeds_average_and_other_configs_stay_apart(sweep):
+    table = summary_table(load_rows([sweep])).set_index("line")
+    assert table.loc["shadowllm x plainact", "seeds"] == 2
+    dejavu = [line for line in table.index if line.startswith("dejavu")]
+    assert len(dejavu) == 2 and all(table.loc[line, "seeds"] == 1 for line in dejavu)
+    assert table.loc["dense", "acc_mean_ci95"] == pytest.approx(1.959964 * 0.04)
