@@ -1,5 +1,8 @@
-"""Curves against sparsity, one line per predictor x criterion (and varying design fields);
-dense is a dashed horizontal line."""
+"""Curves against sparsity, one line per predictor x criterion (and varying design fields),
+with 95% CIs as error bars (accuracy: over documents; token perplexity: bootstrap; latency: min
+to max over repeats); dense is a dashed horizontal line. And the figure the sweeps exist for:
+quality (token perplexity, mean accuracy) against decode latency, one point per line x level
+x update policy, CIs in both directions."""
 
 from pathlib import Path
 
@@ -8,7 +11,7 @@ from matplotlib.figure import Figure  # no pyplot: works headless and leaves a n
 
 CURVES = {  # file stem: (columns prefix or name, y label, title, log scale)
     "accuracy_vs_sparsity": ("acc_mean", "mean accuracy", "Accuracy vs sparsity", False),
-    "perplexity_vs_sparsity": ("word_perplexity", "WikiText-2 word perplexity", "Perplexity vs sparsity", True),
+    "perplexity_vs_sparsity": ("token_perplexity", "WikiText-2 token perplexity", "Perplexity vs sparsity", True),
     "latency_vs_sparsity": ("ms_per_token/", "ms per generated token (batch 1)", "Decode latency vs sparsity", False),
 }
 
@@ -21,6 +24,19 @@ def curve_columns(table: pd.DataFrame, name: str) -> list[str]:
     return [c for c in columns if table[c].notna().any()]
 
 
+def error_bars(points: pd.DataFrame, column: str):
+    """The 95% CI of `column` as matplotlib's yerr ([2, n] distances below and above), or None."""
+    if column == "acc_mean" and "acc_mean_ci95" in points:
+        return points["acc_mean_ci95"].to_numpy()
+    low, high = {"token_perplexity": ("token_perplexity_low", "token_perplexity_high")}.get(
+        column, (column.replace("ms_per_token/", "ms_per_token_min/"), column.replace("ms_per_token/", "ms_per_token_max/")))
+    if low in points and high in points and low != column:
+        # a percentile CI need not contain the estimate: never a negative bar
+        return [(points[column] - points[low]).clip(lower=0).to_numpy(),
+                (points[high] - points[column]).clip(lower=0).to_numpy()]
+    return None
+
+
 def plot_curve(table: pd.DataFrame, name: str, axes) -> None:
     """Draw curve `name` (a key of CURVES) of a summary table onto matplotlib axes."""
     _, ylabel, title, log = CURVES[name]
@@ -31,12 +47,47 @@ def plot_curve(table: pd.DataFrame, name: str, axes) -> None:
             if set(points["sparsity"]) == {0.0}:
                 axes.axhline(points[column].mean(), color="black", linestyle="--", linewidth=1, label=label)
             else:
-                axes.plot(points["sparsity"], points[column], marker="o", label=label)
+                axes.errorbar(points["sparsity"], points[column], yerr=error_bars(points, column), marker="o",
+                              capsize=3, label=label)
     axes.set(xlabel="sparsity (fraction of heads and neurons skipped)", ylabel=ylabel, title=title)
     if log:
         axes.set_yscale("log")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7)
+
+
+def quality_latency_points(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the summary table that have both an evaluation and the latency of their own
+    update policy: columns line, sparsity, update, ms_per_token (+ min / max) and the quality."""
+    if "update" not in table:
+        return pd.DataFrame()
+    rows = []
+    for row in table.to_dict("records"):
+        latency = f"ms_per_token/{row['update']}"
+        if pd.notna(row.get(latency)):
+            rows.append({**row, "ms_per_token": row[latency], "ms_per_token_min": row.get(latency.replace("/", "_min/")),
+                         "ms_per_token_max": row.get(latency.replace("/", "_max/"))})
+    return pd.DataFrame(rows)
+
+
+def plot_quality_vs_latency(points: pd.DataFrame, figure) -> None:
+    """Token perplexity and mean accuracy against ms per generated token, one marker per line
+    x level x update policy, error bars of both quantities."""
+    quality = [c for c in ("token_perplexity", "acc_mean") if c in points and points[c].notna().any()]
+    for axes, column in zip(figure.subplots(1, len(quality), squeeze=False)[0], quality):
+        for line, group in points.dropna(subset=[column]).groupby("line"):
+            xerr = [(group["ms_per_token"] - group["ms_per_token_min"]).to_numpy(),
+                    (group["ms_per_token_max"] - group["ms_per_token"]).to_numpy()]
+            axes.errorbar(group["ms_per_token"], group[column], xerr=xerr, yerr=error_bars(group, column),
+                          marker="o", linestyle="", capsize=3, label=line)
+            for x, y, level in zip(group["ms_per_token"], group[column], group["sparsity"]):
+                axes.annotate(f"{level:g}", (x, y), fontsize=6, textcoords="offset points", xytext=(3, 3))
+        axes.set(xlabel="ms per generated token (batch 1)", ylabel=column.replace("_", " "),
+                 title=f"{column.replace('_', ' ')} vs latency")
+        if column == "token_perplexity":
+            axes.set_yscale("log")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=6)
 
 
 def draw_curves(table: pd.DataFrame, out: Path) -> list[Path]:
@@ -49,4 +100,10 @@ def draw_curves(table: pd.DataFrame, out: Path) -> list[Path]:
             plot_curve(table, name, figure.subplots())
             figure.savefig(out / f"{name}.png", dpi=120)
             written.append(out / f"{name}.png")
+    points = quality_latency_points(table)
+    if not points.empty:
+        figure = Figure(figsize=(10, 4.5), layout="tight")
+        plot_quality_vs_latency(points, figure)
+        figure.savefig(out / "quality_vs_latency.png", dpi=120)
+        written.append(out / "quality_vs_latency.png")
     return written

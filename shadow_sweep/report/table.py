@@ -74,6 +74,7 @@ def _evaluation(frame: pd.DataFrame) -> pd.DataFrame:
     evaluated = frame[frame["stage"] == "evaluate"].copy()
     evaluated["line"] = line_labels(evaluated)
     evaluated["identity"] = point_identity(evaluated)
+    evaluated["update"] = evaluated["update"].fillna("unknown") if "update" in evaluated else "unknown"
     if "outcomes" in evaluated:
         evaluated = evaluated[evaluated["outcomes"].isna() | ~evaluated.duplicated(["identity", "outcomes"])]
     configs = evaluated.groupby("line")["identity"].transform("nunique")
@@ -82,7 +83,7 @@ def _evaluation(frame: pd.DataFrame) -> pd.DataFrame:
     metrics = [c for c in evaluated.columns if c.startswith("acc/")] + \
         [c for c in ("acc_mean", "acc_mean_stderr", "word_perplexity", "token_perplexity", "token_perplexity_low",
                      "token_perplexity_high") if c in evaluated]
-    groups = evaluated.groupby(["line", "sparsity"])
+    groups = evaluated.groupby(["line", "sparsity", "update"])
     table = groups[metrics].mean()
     table["seeds"] = groups.size()
     if "acc_mean" in table:
@@ -95,8 +96,8 @@ def _latency(frame: pd.DataFrame) -> pd.DataFrame:
     bench = frame[(frame["stage"] == "bench") & (frame["path"] == "ours")].copy()
     bench["line"] = line_labels(bench)
     bench["mode"] = [latency_mode(row) for row in bench.to_dict("records")]
-    latency = bench.pivot_table(index=["line", "sparsity"], columns="mode",
-                                values=["ms_per_token", "speedup_vs_dense"], aggfunc="mean")
+    values = [c for c in ("ms_per_token", "ms_per_token_min", "ms_per_token_max", "speedup_vs_dense") if c in bench]
+    latency = bench.pivot_table(index=["line", "sparsity"], columns="mode", values=values, aggfunc="mean")
     latency.columns = [f"{metric}/{update}" for metric, update in latency.columns]
     return latency.reset_index()
 

@@ -6,6 +6,7 @@ import pytest
 
 from shadow_sweep.evaluation.outcomes import write_outcomes
 from shadow_sweep.report.compare import comparison_table
+from shadow_sweep.report.plots import draw_curves, error_bars, quality_latency_points
 from shadow_sweep.report.table import load_rows, summary_table
 from shadow_sweep.results import ResultsFile
 
@@ -26,10 +27,11 @@ def _point(tmp_path, results, rng, predictor, level, accuracy, nll, config="c", 
     record = _record(rng, accuracy, nll)
     acc = np.mean([[o["acc"] for o in docs] for docs in record["tasks"].values()])
     row = {"job_key": f"{predictor}{config}{seed}{width}", "stage": "evaluate", "predictor": predictor,
-           "sparsity": level, "update": "per_token", "criterion": "plainact", "model": "m", "ranking": "per_layer",
+           "sparsity": level, "update": "dense" if predictor == "dense" else "per_token", "criterion": "plainact", "model": "m", "ranking": "per_layer",
            "job_predictor": predictor, "config_key": f"{predictor}-{config}-{width}", "predictor_seed": seed,
            "pair_key/predictor": f"{config}-{width}", "acc_mean": float(acc), "acc_mean_stderr": 0.04,
-           "token_perplexity": float(np.exp(nll)), "token_perplexity_low": 1.0, "token_perplexity_high": 2.0}
+           "token_perplexity": float(np.exp(nll)), "token_perplexity_low": float(np.exp(nll) - 1),
+           "token_perplexity_high": float(np.exp(nll) + 2)}
     row["outcomes"] = results.keep_outcomes(write_outcomes(record, entry))
     results.append([row])
 
@@ -68,3 +70,22 @@ def test_seeds_average_and_other_configs_stay_apart(sweep):
     dejavu = [line for line in table.index if line.startswith("dejavu")]
     assert len(dejavu) == 2 and all(table.loc[line, "seeds"] == 1 for line in dejavu)
     assert table.loc["dense", "acc_mean_ci95"] == pytest.approx(1.959964 * 0.04)
+
+
+def test_curves_carry_the_cis_and_quality_meets_latency(sweep, tmp_path):
+    results = ResultsFile(sweep / "results.jsonl")
+    for predictor, update, ms in (("dense", "dense", 80.0), ("shadowllm", "per_token", 50.0)):
+        results.append([{"job_key": "b", "stage": "bench", "path": "ours", "predictor": predictor, "update": update,
+                         "sparsity": 0.0 if predictor == "dense" else 0.5, "criterion": "plainact", "model": "m",
+                         "ranking": "per_layer", "graph": False, "ms_per_token": ms, "ms_per_token_min": ms - 2,
+                         "ms_per_token_max": ms + 3, "speedup_vs_dense": 80.0 / ms}])
+    table = summary_table(load_rows([sweep]))
+    points = quality_latency_points(table)
+    assert set(zip(points["line"], points["update"])) == {("dense", "dense"), ("shadowllm x plainact", "per_token")}
+    shadow = points[points["line"] == "shadowllm x plainact"].iloc[0]
+    assert (shadow.ms_per_token_min, shadow.ms_per_token, shadow.ms_per_token_max) == (48.0, 50.0, 53.0)
+    dense = table[table["line"] == "dense"]
+    below, above = error_bars(dense, "token_perplexity")  # distances to the CI's ends (fixture: 1 and 2)
+    assert (below[0], above[0]) == (pytest.approx(1.0), pytest.approx(2.0))
+    written = {p.name for p in draw_curves(table, tmp_path / "report")}
+    assert {"accuracy_vs_sparsity.png", "quality_vs_latency.png", "latency_vs_sparsity.png"} <= written

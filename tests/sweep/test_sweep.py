@@ -121,7 +121,7 @@ def test_report_prints_the_table_and_writes_the_curves(grid_sweep, tmp_path):
     done = run([sys.executable, "-m", "shadow_sweep", "report", str(sweep_dir), "--out", str(tmp_path)])
     for line in ("shadowllm x plainact", "dejavu x l2_norm", "dense"):
         assert line in done.stdout
-    for name in ("accuracy_vs_sparsity", "perplexity_vs_sparsity", "latency_vs_sparsity"):
+    for name in ("accuracy_vs_sparsity", "perplexity_vs_sparsity", "latency_vs_sparsity", "quality_vs_latency"):
         assert (tmp_path / f"{name}.png").stat().st_size > 10_000
     import pandas as pd
 
