@@ -9,6 +9,7 @@ from shadow_sweep.report.compare import comparison_table
 from shadow_sweep.report.plots import draw_curves
 from shadow_sweep.results import COMPARISON_AXES
 from shadow_sweep.report.table import load_rows, summary_table
+from shadow_sweep.report.tracking import log_report
 
 
 def main(argv: list[str]) -> None:
@@ -18,6 +19,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--compare", choices=sorted(COMPARISON_AXES), default="predictor",
                         help="the axis whose values are compared in pairs (default: predictor)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap CIs")
+    parser.add_argument("--wandb-project", help="also log the tables and figures to this W&B project as one run "
+                                                "(mode: WANDB_MODE, else offline)")
     args = parser.parse_args(argv)
     first = Path(args.paths[0])
     out = args.out or (first.parent if first.is_file() else first) / "report"
@@ -32,6 +35,9 @@ def main(argv: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "report.csv", index=False)
     comparisons.to_csv(out / "comparisons.csv", index=False)
-    for path in draw_curves(table, out):
+    figures = draw_curves(table, out)
+    for path in figures:
         print(f"wrote {path}")
+    if args.wandb_project:
+        print(f"W&B run: {log_report(args.wandb_project, out, table, comparisons, figures)}")
     print(f"wrote {out / 'report.csv'}")

@@ -89,3 +89,19 @@ def test_curves_carry_the_cis_and_quality_meets_latency(sweep, tmp_path):
     assert (below[0], above[0]) == (pytest.approx(1.0), pytest.approx(2.0))
     written = {p.name for p in draw_curves(table, tmp_path / "report")}
     assert {"accuracy_vs_sparsity.png", "quality_vs_latency.png", "latency_vs_sparsity.png"} <= written
+
+
+def test_report_command_logs_its_tables_to_an_offline_wandb_run(sweep, tmp_path, monkeypatch, capsys):
+    from shadow_sweep.report.cli import main
+    from tests.sweep.wandb_records import read_run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    main([str(sweep), "--out", str(tmp_path / "report"), "--wandb-project", "shadow-sweep-test"])
+    assert "3 paired comparisons along predictor" in capsys.readouterr().out
+    run = read_run(next((tmp_path / "report" / "wandb").glob("offline-run-*")))
+    assert run["run"].job_type == "report" and run["summary"]["comparisons_made"] == 3
+    logged = set().union(*run["history"])
+    assert {"summary/_type", "comparisons/_type", "figures/accuracy_vs_sparsity/_type"} <= logged
+    assert run["history"][0]["comparisons/nrows"] == 3 and run["history"][0]["comparisons/_type"] == "table-file"
+    written = {"comparisons.csv", "report.csv", "accuracy_vs_sparsity.png"}
+    assert written <= {p.name for p in (tmp_path / "report").iterdir()}
