@@ -12,12 +12,15 @@
   task (stratified) and keeps each document's two outcomes together (paired).
 - `paired_ratio_difference(a, b, den)`: (sum a - sum b) / sum den over paired units, e.g. the
   difference of two log perplexities on the same windows.
+- `two_stage_paired_difference(a, b)`: the same with several seeds a side: seeds resampled,
+  then documents (scipy has no two-stage bootstrap: hand-written, numpy).
 Bootstraps are scipy.stats.bootstrap's percentile intervals, seeded: the same inputs give the
 same CI.
 """
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from scipy.stats import bootstrap
@@ -96,3 +99,28 @@ def paired_ratio_difference(numerators_a: list[float], numerators_b: list[float]
                        rng=seed)
     interval = result.confidence_interval
     return PairedDifference(observed, float(interval.low), float(interval.high), len(data[0]))
+
+
+def two_stage_paired_difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray],
+                                denominators: Optional[dict[str, np.ndarray]] = None, seed: int = 0,
+                                iterations: int = BOOTSTRAP_ITERATIONS) -> PairedDifference:
+    """Seeds and documents both resampled. a[s], b[s]: outcomes [seeds, units] of stratum s
+    (a task, or the perplexity's windows) for each side's seeds; the statistic is the mean over
+    strata of sum(mean_seeds(a) - mean_seeds(b)) / sum(den) over the stratum's units (den = 1:
+    the mean difference; den = tokens: a difference of log perplexities). Each iteration draws
+    each side's seeds with replacement, then the stratum's units with replacement, the same
+    units for both sides (paired). With one seed a side it is the plain paired bootstrap."""
+    rng = np.random.default_rng(seed)
+    observed, samples = [], np.zeros(iterations)
+    for stratum in sorted(a):
+        den = np.ones(a[stratum].shape[1]) if denominators is None else np.asarray(denominators[stratum], float)
+        observed.append((a[stratum].mean(0) - b[stratum].mean(0)).sum() / den.sum())
+        seeds_a = rng.integers(0, len(a[stratum]), size=(iterations, len(a[stratum])))
+        seeds_b = rng.integers(0, len(b[stratum]), size=(iterations, len(b[stratum])))
+        difference = a[stratum][seeds_a].mean(1) - b[stratum][seeds_b].mean(1)  # [iterations, units]
+        units = rng.integers(0, len(den), size=(iterations, len(den)))
+        samples += np.take_along_axis(difference, units, 1).sum(1) / den[units].sum(1)
+    samples /= len(a)
+    tail = 100 * (1 - CONFIDENCE) / 2
+    low, high = np.percentile(samples, [tail, 100 - tail])
+    return PairedDifference(float(np.mean(observed)), float(low), float(high), sum(x.shape[1] for x in a.values()))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from lm_eval.api.metrics import mean_stderr as lm_eval_mean_stderr
 
-from shadow_sweep.statistics import (bootstrap_ratio_ci, mean_stderr, paired_difference,
+from shadow_sweep.statistics import (bootstrap_ratio_ci, mean_stderr, paired_difference, two_stage_paired_difference,
                                      stderr_of_mean_of_means)
 
 
@@ -62,3 +62,19 @@ def test_ratio_ci_is_seeded_and_covers_the_ratio():
     low, high = bootstrap_ratio_ci(nll.tolist(), tokens.tolist(), seed=7)
     assert low < nll.sum() / tokens.sum() < high
     assert (low, high) == bootstrap_ratio_ci(nll.tolist(), tokens.tolist(), seed=7)
+
+
+def test_two_stage_bootstrap_is_the_paired_one_with_one_seed_and_wider_with_seed_spread():
+    rng = np.random.default_rng(5)
+    a, b = _outcomes(rng, 200, 0.3)
+    one = {t: np.array([[a[t][i] for i in sorted(a[t])]]) for t in a}
+    other = {t: np.array([[b[t][i] for i in sorted(b[t])]]) for t in b}
+    two_stage = two_stage_paired_difference(one, other, seed=0)
+    plain = paired_difference(a, b, seed=0)
+    assert two_stage.difference == pytest.approx(plain.difference)
+    assert two_stage.low == pytest.approx(plain.low, abs=0.03) and two_stage.high == pytest.approx(plain.high, abs=0.03)
+    # three seeds of side a, each shifted as training noise would: the CI must widen to cover it
+    seeded = {t: one[t] + np.array([[-0.3], [0.0], [0.3]]) for t in one}
+    spread = two_stage_paired_difference(seeded, other, seed=0)
+    assert spread.difference == pytest.approx(plain.difference)
+    assert (spread.high - spread.low) > 2 * (plain.high - plain.low)

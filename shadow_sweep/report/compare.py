@@ -7,8 +7,9 @@ dense point of its config. For each pair: the difference in mean accuracy (a - b
 tasks of per-task differences, bootstrap stratified by task) and in log token perplexity
 (paired bootstrap over the perplexity's windows or documents), each with its 95% CI and
 whether it excludes 0. Pairs form only on identical document-id sets (and identical perplexity
-windows); a point repeated with other seeds contributes each document's outcome averaged over
-its seeds, so the CI covers document variation (seeds are counted in `seeds_a` / `seeds_b`).
+windows). A point repeated under other seeds (`calibration.seed`, `predictor.seed`) enters with
+all its seeds: the difference is that of the seed means, and its CI resamples seeds, then
+documents (seed and document variation together; `seeds_a` / `seeds_b` count them).
 """
 
 from itertools import combinations
@@ -20,7 +21,8 @@ import pandas as pd
 
 from shadow_sweep.evaluation.outcomes import task_outcomes
 from shadow_sweep.results import COMPARISON_AXES, ResultsFile
-from shadow_sweep.statistics import PairedDifference, paired_difference, paired_ratio_difference
+from shadow_sweep.statistics import (PairedDifference, paired_difference, paired_ratio_difference,
+                                     two_stage_paired_difference)
 
 COLUMNS = ["axis", "a", "b", "sparsity", "seeds_a", "seeds_b", "documents", "acc_diff", "acc_low", "acc_high",
            "acc_resolved", "windows", "log_ppl_diff", "log_ppl_low", "log_ppl_high", "log_ppl_resolved"]
@@ -30,21 +32,25 @@ def _read(row: dict) -> dict:
     return ResultsFile(Path(row["results_dir"]) / "results.jsonl").outcomes(row)
 
 
-def seed_averaged(records: list[dict]) -> tuple[dict, Optional[list[dict]]]:
-    """({task: {doc id: acc averaged over records}}, perplexity windows with NLL averaged), the
-    records being one point measured under several seeds on the same documents."""
-    accuracy = [task_outcomes(r) for r in records]
-    averaged = {task: {doc: float(np.mean([a[task][doc] for a in accuracy])) for doc in accuracy[0][task]}
-                for task in accuracy[0]}
-    windows = records[0]["perplexity_windows"]
-    if windows:
-        nll = np.mean([[w["nll"] for w in r["perplexity_windows"]] for r in records], axis=0)
-        windows = [{**w, "nll": float(v)} for w, v in zip(windows, nll)]
-    return averaged, windows
+def accuracy_by_seed(records: list[dict]) -> tuple[dict[str, np.ndarray], dict[str, list[int]]]:
+    """({task: acc [seeds, documents]}, {task: document ids}) of one point's seeds; a task whose
+    document ids differ between seeds is left out."""
+    outcomes = [task_outcomes(r) for r in records]
+    arrays, ids = {}, {}
+    for task in outcomes[0]:
+        documents = sorted(outcomes[0][task])
+        if all(sorted(o.get(task, {})) == documents for o in outcomes):
+            arrays[task] = np.array([[o[task][d] for d in documents] for o in outcomes])
+            ids[task] = documents
+    return arrays, ids
 
 
-def _same_windows(a: list[dict], b: list[dict]) -> bool:
-    return bool(a) and [(w["document"], w["tokens"]) for w in a] == [(w["document"], w["tokens"]) for w in b]
+def windows_by_seed(records: list[dict]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """(NLL [seeds, windows], (document, tokens) of each window) of one point's seeds."""
+    windows = [[(w["document"], w["tokens"]) for w in r["perplexity_windows"]] for r in records]
+    if any(w != windows[0] for w in windows):
+        return np.zeros((0, 0)), []
+    return np.array([[w["nll"] for w in r["perplexity_windows"]] for r in records]), windows[0]
 
 
 def _fields(prefix: str, result: Optional[PairedDifference]) -> dict:
@@ -55,16 +61,27 @@ def _fields(prefix: str, result: Optional[PairedDifference]) -> dict:
 
 
 def compare_pair(a: list[dict], b: list[dict], seed: int = 0) -> dict:
-    """One pair's row: a and b are the outcome records of each side's seeds."""
-    accuracy_a, windows_a = seed_averaged(a)
-    accuracy_b, windows_b = seed_averaged(b)
-    same_documents = bool(accuracy_a) and accuracy_a.keys() == accuracy_b.keys() and all(
-        accuracy_a[t].keys() == accuracy_b[t].keys() for t in accuracy_a)
-    accuracy = paired_difference(accuracy_a, accuracy_b, seed) if same_documents else None
+    """One pair's row: a and b are the outcome records of each side's seeds (one record a side:
+    scipy's paired bootstrap; more: seeds and documents resampled, `two_stage_paired_difference`)."""
+    seeded = len(a) > 1 or len(b) > 1
+    accuracy_a, ids_a = accuracy_by_seed(a)
+    accuracy_b, ids_b = accuracy_by_seed(b)
+    accuracy = None
+    if ids_a and ids_a == ids_b:
+        if seeded:
+            accuracy = two_stage_paired_difference(accuracy_a, accuracy_b, seed=seed)
+        else:
+            accuracy = paired_difference({t: dict(zip(ids_a[t], accuracy_a[t][0])) for t in ids_a},
+                                         {t: dict(zip(ids_b[t], accuracy_b[t][0])) for t in ids_b}, seed)
+    nll_a, windows_a = windows_by_seed(a)
+    nll_b, windows_b = windows_by_seed(b)
     perplexity = None
-    if _same_windows(windows_a, windows_b):
-        perplexity = paired_ratio_difference([w["nll"] for w in windows_a], [w["nll"] for w in windows_b],
-                                             [w["tokens"] for w in windows_a], seed)
+    if windows_a and windows_a == windows_b:
+        tokens = np.array([t for _, t in windows_a], dtype=float)
+        if seeded:
+            perplexity = two_stage_paired_difference({"windows": nll_a}, {"windows": nll_b}, {"windows": tokens}, seed)
+        else:
+            perplexity = paired_ratio_difference(nll_a[0], nll_b[0], tokens, seed)
     return {"documents": accuracy.documents if accuracy else 0, **_fields("acc", accuracy),
             "windows": len(windows_a) if perplexity else 0, **_fields("log_ppl", perplexity)}
 
