@@ -70,16 +70,18 @@ def job_key(cfg: AppConfig) -> str:
 
 
 SEED_FIELDS = (("calibration", "seed"), ("predictor", "seed"))  # data_split.seed picks documents: not one
+LEVEL_FIELDS = (("sparsity", "level"), ("sparsity", "levels"))  # a line spans levels: a row names its own
 COMPARISON_AXES = {"predictor": ("predictor", "name"), "criterion": ("criterion", "name"),
                    "update": ("sparsity", "update")}  # axis: its config field (and its row column's name)
 
 
 def comparison_keys(cfg: AppConfig) -> dict[str, str]:
-    """`config_key`: the job's config without seeds (rows differing only in seeds are repeats
-    of one point); `pair_key/<axis>`: also without that axis's field (rows that differ only
-    there are compared in pairs by the report)."""
+    """`config_key`: the job's config without seeds and sparsity levels (rows differing only in
+    seeds are repeats of one point; a row's own `sparsity` places it on its line);
+    `pair_key/<axis>`: also without that axis's field (rows that differ only there are
+    compared in pairs by the report)."""
     fields = _result_fields(cfg)
-    for group, name in SEED_FIELDS:
+    for group, name in SEED_FIELDS + LEVEL_FIELDS:
         fields[group].pop(name)
     keys = {"config_key": cache_key("config", fields)}
     for axis, (group, name) in COMPARISON_AXES.items():

@@ -59,27 +59,33 @@ Z95 = 1.959964  # normal quantile of a two-sided 95% interval
 
 
 def point_identity(frame: pd.DataFrame) -> pd.Series:
-    """What makes two evaluation rows the same point up to seeds: the seedless config; for a
-    dense point its evaluation entry (named by `outcomes`): every job of a sweep measures the
-    same dense point whatever its criterion or predictor."""
+    """What makes two rows the same line up to seeds: the config without seeds and levels
+    (`config_key`); for a dense evaluation its evaluation entry (named by `outcomes`): every job
+    of a sweep measures the same dense point whatever its criterion or predictor; dense latency
+    rows are one line."""
     identity = frame.get("config_key", pd.Series(None, index=frame.index))
-    if "outcomes" in frame:
-        identity = identity.where(frame["predictor"] != "dense", frame["outcomes"])
-    return identity.fillna("")
+    dense = frame["predictor"] == "dense"
+    identity = identity.where(~dense, frame["outcomes"] if "outcomes" in frame else "dense")
+    return identity.where(~(dense & (frame["stage"] == "bench")), "dense").fillna("")
+
+
+def distinct_lines(rows: pd.DataFrame) -> pd.Series:
+    """Line labels; a label shared by rows of different identities gets a short tag of the
+    identity appended, so different configs are never averaged together."""
+    lines = line_labels(rows)
+    identity = point_identity(rows)
+    shared = identity.groupby(lines).transform("nunique") > 1
+    tags = identity[shared].map(lambda key: hashlib.sha256(key.encode()).hexdigest()[:6])
+    return lines.where(~shared, lines + " [" + tags + "]")
 
 
 def _evaluation(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean over seeds per (point, sparsity); rows of different configs that share a label get
-    their key appended instead of being averaged; dense rows measured by several jobs count once."""
+    """Mean over seeds per (line, sparsity); a dense point measured by several jobs counts once."""
     evaluated = frame[frame["stage"] == "evaluate"].copy()
-    evaluated["line"] = line_labels(evaluated)
-    evaluated["identity"] = point_identity(evaluated)
+    evaluated["line"] = distinct_lines(evaluated)
     evaluated["update"] = evaluated["update"].fillna("unknown") if "update" in evaluated else "unknown"
     if "outcomes" in evaluated:
-        evaluated = evaluated[evaluated["outcomes"].isna() | ~evaluated.duplicated(["identity", "outcomes"])]
-    configs = evaluated.groupby("line")["identity"].transform("nunique")
-    tags = evaluated.loc[configs > 1, "identity"].map(lambda key: hashlib.sha256(key.encode()).hexdigest()[:6])
-    evaluated.loc[configs > 1, "line"] += " [" + tags + "]"
+        evaluated = evaluated[evaluated["outcomes"].isna() | ~evaluated.duplicated(["line", "outcomes"])]
     metrics = [c for c in evaluated.columns if c.startswith("acc/")] + \
         [c for c in ("acc_mean", "acc_mean_stderr", "word_perplexity", "token_perplexity", "token_perplexity_low",
                      "token_perplexity_high") if c in evaluated]
@@ -94,7 +100,7 @@ def _evaluation(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _latency(frame: pd.DataFrame) -> pd.DataFrame:
     bench = frame[(frame["stage"] == "bench") & (frame["path"] == "ours")].copy()
-    bench["line"] = line_labels(bench)
+    bench["line"] = distinct_lines(bench)
     bench["mode"] = [latency_mode(row) for row in bench.to_dict("records")]
     values = [c for c in ("ms_per_token", "ms_per_token_min", "ms_per_token_max", "speedup_vs_dense") if c in bench]
     latency = bench.pivot_table(index=["line", "sparsity"], columns="mode", values=values, aggfunc="mean")
@@ -117,6 +123,6 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
     quality = [c for c in QUALITY_FIELDS if c in jobs]
     if quality:
         jobs = jobs[jobs["status"] == "ok"].assign(predictor=lambda j: j["job_predictor"])
-        jobs["line"] = line_labels(jobs)
+        jobs["line"] = distinct_lines(jobs)
         table = table.merge(jobs.groupby("line", as_index=False)[quality].mean(), on="line", how="left")
     return table.sort_values(["line", "sparsity"]).reset_index(drop=True)
