@@ -75,8 +75,8 @@ def distinct_lines(rows: pd.DataFrame) -> pd.Series:
     lines = line_labels(rows)
     identity = point_identity(rows)
     shared = identity.groupby(lines).transform("nunique") > 1
-    tags = identity[shared].map(lambda key: hashlib.sha256(key.encode()).hexdigest()[:6])
-    return lines.where(~shared, lines + " [" + tags + "]")
+    tags = identity.map(lambda key: hashlib.sha256(str(key).encode()).hexdigest()[:6]).astype(str)
+    return lines.where(~shared, lines.astype(str) + " [" + tags + "]")
 
 
 def _evaluation(frame: pd.DataFrame) -> pd.DataFrame:
