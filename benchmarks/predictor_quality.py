@@ -47,12 +47,13 @@ def main() -> None:
                 loaded = loaded or load_model(cfg.model, cache)
                 traces, _ = traces_for(cfg, loaded, cache)
                 fitted, _ = predictor_for(cfg, loaded, traces, cache)
-                quality = predictor_quality(fitted, training_data(cfg, traces), cfg.predictor, loaded.shape,
+                rows_used = training_data(cfg, traces)  # per-token samples, or per-example rows
+                quality = predictor_quality(fitted, rows_used, cfg.predictor, loaded.shape,
                                             keep_count(args.level, loaded.shape.num_heads),
                                             keep_count(args.level, loaded.shape.num_neurons))
                 cost = predictor_cost(fitted, loaded)
                 rows.append({"criterion": criterion, "predictor": predictor, "examples": len(traces),
-                             "rows": len(training_data(cfg, traces).head_scores),
+                             "rows": len(rows_used.head_scores),
                              "width": cost.get("predictor_width", 0), "rank": cost.get("predictor_bottleneck", 0),
                              "params": cost["predictor_parameters"], "macs_per_token": cost["predictor_macs_per_token"],
                              "macs_%_model": cost["predictor_macs_percent_of_model"],

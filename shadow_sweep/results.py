@@ -27,9 +27,12 @@ COST_FIELDS = ("predictor_parameters", "predictor_macs_per_token", "model_macs_p
 QUALITY_FIELDS = ("heads_spearman_mean", "neurons_spearman_mean", "heads_recall_mean", "neurons_recall_mean",
                   *COST_FIELDS)  # the predictor's quality and cost, on a job row
 
+COMPARISON_AXES = {"predictor": ("predictor", "name"), "criterion": ("criterion", "name"),
+                   "update": ("sparsity", "update")}  # axis: its config field (and its row column's name)
+
 # The fields each kind of row holds (docs/sweeps.md, "Row fields"); a test holds a real job's rows
 # to them. Every row also carries the job's context (CONTEXT_FIELDS).
-CONTEXT_FIELDS = ("job_key", "config_key", *(f"pair_key/{axis}" for axis in ("predictor", "criterion", "update")),
+CONTEXT_FIELDS = ("job_key", "config_key", *(f"pair_key/{axis}" for axis in COMPARISON_AXES),
                   "sweep_id", "job", "model", "criterion", "job_predictor", "ranking", "job_update",
                   "job_prefill", "target_norm", "shots", "calibration_examples_per_task", "calibration_seed",
                   "predictor_seed")
@@ -41,8 +44,7 @@ ROW_FIELDS = {
     "evaluate+perplexity": ("token_perplexity", "token_perplexity_low", "token_perplexity_high", "perplexity_ci_unit",
                             "perplexity_units", "word_perplexity", "bits_per_byte", "perplexity_tokens"),
     "bench": ("stage", "path", "predictor", "update", "sparsity", "graph", "ms_per_token", "ms_per_token_min",
-              "ms_per_token_max", "tokens_per_s",
-              "speedup_vs_dense"),
+              "ms_per_token_max", "tokens_per_s", "speedup_vs_dense"),
     "job": ("stage", "status", "torch_threads", "load_seconds", "job_seconds"),
     "job+fit": ("traces_examples", "traces_positions", "traces_bytes", "traces_bytes_per_1000_positions",
                 "traces_cache_hit", "traces_seconds", "predictor_cache_hit", "fit_seconds", *QUALITY_FIELDS),
@@ -71,8 +73,6 @@ def job_key(cfg: AppConfig) -> str:
 
 SEED_FIELDS = (("calibration", "seed"), ("predictor", "seed"))  # data_split.seed picks documents: not one
 LEVEL_FIELDS = (("sparsity", "level"), ("sparsity", "levels"))  # a line spans levels: a row names its own
-COMPARISON_AXES = {"predictor": ("predictor", "name"), "criterion": ("criterion", "name"),
-                   "update": ("sparsity", "update")}  # axis: its config field (and its row column's name)
 
 
 def comparison_keys(cfg: AppConfig) -> dict[str, str]:

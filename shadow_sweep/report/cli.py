@@ -7,9 +7,9 @@ from pathlib import Path
 
 from shadow_sweep.report.compare import comparison_table
 from shadow_sweep.report.plots import draw_curves
-from shadow_sweep.results import COMPARISON_AXES
 from shadow_sweep.report.table import load_rows, summary_table
 from shadow_sweep.report.tracking import log_report
+from shadow_sweep.results import COMPARISON_AXES
 
 
 def main(argv: list[str]) -> None:

@@ -29,7 +29,7 @@ COLUMNS = ["axis", "a", "b", "sparsity", "seeds_a", "seeds_b", "documents", "acc
 
 
 def _read(row: dict) -> dict:
-    return ResultsFile(Path(row["results_dir"]) / "results.jsonl").outcomes(row)
+    return ResultsFile(Path(row["results_file"])).outcomes(row)
 
 
 def accuracy_by_seed(records: list[dict]) -> tuple[dict[str, np.ndarray], dict[str, list[int]]]:
@@ -88,11 +88,11 @@ def compare_pair(a: list[dict], b: list[dict], seed: int = 0) -> dict:
 
 def comparison_table(frame: pd.DataFrame, axis: str = "predictor", seed: int = 0) -> pd.DataFrame:
     """Every pair along `axis` (a key of results.COMPARISON_AXES) of the evaluation rows of
-    `frame` (report.table.load_rows: rows with `outcomes`, `results_dir` and the pair keys)."""
+    `frame` (report.table.load_rows: rows with `outcomes`, `results_file` and the pair keys)."""
     if axis not in COMPARISON_AXES:
         raise ValueError(f"axis must be one of {sorted(COMPARISON_AXES)}, got {axis!r}")
     key = f"pair_key/{axis}"
-    needed = {key, "outcomes", "results_dir"}
+    needed = {key, "outcomes", "results_file"}
     evaluated = frame[frame["stage"] == "evaluate"] if needed <= set(frame) else frame.iloc[0:0]
     evaluated = evaluated.dropna(subset=[key, "outcomes"])
     rows = []

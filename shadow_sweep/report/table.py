@@ -32,7 +32,7 @@ def results_files(paths: Iterable[str | Path]) -> list[Path]:
 
 def load_rows(paths: Iterable[str | Path]) -> pd.DataFrame:
     """Every row of these sweeps; a point measured twice (a rerun) keeps its last row."""
-    rows = [{**row, "results_dir": str(file.parent)} for file in results_files(paths) for row in ResultsFile(file).rows()]
+    rows = [{**row, "results_file": str(file)} for file in results_files(paths) for row in ResultsFile(file).rows()]
     frame = pd.DataFrame(rows)
     if frame.empty:
         raise ValueError(f"the results files under {list(paths)} hold no rows")
