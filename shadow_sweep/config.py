@@ -228,7 +228,10 @@ class BenchConfig:
 class PerplexityConfig:
     """WikiText-2 raw test, rolling windows as lm-eval's `wikitext` task defines them."""
 
-    max_documents: Optional[int] = 3  # first N articles of the test file; null = all 62
+    # Quick default: the heads of 24 evaluation articles (~8,400 words), enough documents for the
+    # CI to resample documents; null / null = every evaluation article whole (50, lm-eval's rule).
+    max_documents: Optional[int] = 24  # first N articles of the evaluation part; null = all 50
+    max_words_per_document: Optional[int] = 300  # each article cut after the line reaching N words
     window: int = 512  # tokens per forward pass (lm-eval: max_length)
     stride: Optional[int] = None  # new tokens scored per later window; null = window (lm-eval)
     batch_size: int = 4

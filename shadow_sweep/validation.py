@@ -51,7 +51,9 @@ def validate(cfg: AppConfig) -> None:
     _require(ppl.stride is None or 1 <= ppl.stride <= ppl.window, "perplexity.stride", ppl.stride, f"null or an integer in [1, window={ppl.window}]")
     _require(ppl.batch_size >= 1, "perplexity.batch_size", ppl.batch_size, "an integer >= 1")
     _require(ppl.max_documents is None or ppl.max_documents >= 1, "perplexity.max_documents", ppl.max_documents,
-             "null (all 62 articles) or an integer >= 1")
+             "null (all 50 evaluation articles) or an integer >= 1")
+    _require(ppl.max_words_per_document is None or ppl.max_words_per_document >= 1,
+             "perplexity.max_words_per_document", ppl.max_words_per_document, "null (whole articles) or an integer >= 1")
     cal = cfg.calibration
     unknown = [t for t in cal.tasks if t not in OFFLINE_TASKS]
     _require(not unknown, "calibration.tasks", unknown, f"tasks among {sorted(OFFLINE_TASKS)}")

@@ -53,12 +53,25 @@ def split_articles(raw: str) -> list[str]:
     return pages
 
 
+def article_head(page: str, max_words: int) -> str:
+    """The page's lines up to and including the first at which `max_words` words are reached
+    (an article's lead: whole lines, so words, bytes and detokenisation stay consistent)."""
+    lines = page.split("\n")
+    for end in range(1, len(lines) + 1):
+        head = "\n".join(lines[:end])
+        if len(re.split(r"\s+", head)) >= max_words:
+            return head
+    return page
+
+
 def load_wikitext(data_root: str | Path, max_documents: int | None = None, part: str | None = None,
-                  rule: SplitRule = SplitRule()) -> list[WikiDocument]:
+                  rule: SplitRule = SplitRule(), max_words: int | None = None) -> list[WikiDocument]:
     """The test articles in file order; `part` = calibration / evaluation keeps only the
-    articles of that part of the seeded split (see `shadow_sweep.data.tasks.partition`)."""
+    articles of that part of the seeded split (see `shadow_sweep.data.tasks.partition`);
+    `max_words` cuts every article to its head (`article_head`)."""
     pages = split_articles(data_file(data_root, WIKITEXT_TEST).read_text(encoding="utf-8"))
     if part is not None:
         calibration_ids, evaluation_ids = partition(WIKITEXT, len(pages), rule)
         pages = [pages[i] for i in (calibration_ids if part == CALIBRATION else evaluation_ids)]
-    return [WikiDocument(page) for page in pages[:max_documents]]
+    pages = pages[:max_documents]
+    return [WikiDocument(page if max_words is None else article_head(page, max_words)) for page in pages]

@@ -68,7 +68,8 @@ class Job:
         if measured:
             print(f"resuming: {len(measured)} points of this job are already in {self.results.path}")
         rule = SplitRule(cfg.data_split.calibration_fraction, cfg.data_split.seed)
-        documents = load_wikitext(cfg.paths.data_root, cfg.perplexity.max_documents, part=EVALUATION, rule=rule)
+        documents = load_wikitext(cfg.paths.data_root, cfg.perplexity.max_documents, part=EVALUATION, rule=rule,
+                                  max_words=cfg.perplexity.max_words_per_document)
         cache = StageCache(Path(cfg.paths.cache_dir))
         loaded = load_model(cfg.model, cache)
         self.summary["load_seconds"] = time.perf_counter() - started

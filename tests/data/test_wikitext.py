@@ -24,3 +24,14 @@ def test_slice_takes_the_first_documents(data_root):
 def test_missing_data_root_names_the_path_and_the_setting(tmp_path):
     with pytest.raises(DataRootError, match=r"nowhere.*paths\.data_root.*SHADOW_SWEEP_DATA"):
         load_wikitext(tmp_path / "nowhere")
+
+
+def test_article_heads_are_whole_leading_lines_of_at_least_the_word_budget(data_root):
+    whole = load_wikitext(data_root, 6)
+    heads = load_wikitext(data_root, 6, max_words=300)
+    for doc, head in zip(whole, heads):
+        assert doc.page.startswith(head.page)
+        assert head.num_words >= 300 or head.page == doc.page
+        assert doc.page[len(head.page):len(head.page) + 1] in ("", "\n")  # cut at a line end
+        shorter = head.page[:head.page.rstrip("\n").rfind("\n")]
+        assert len(shorter.split()) < 300  # one line fewer would miss the budget
