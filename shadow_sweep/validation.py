@@ -85,6 +85,11 @@ def validate(cfg: AppConfig) -> None:
                  "l2_norm with predictor=oracle and sparsity.update=per_token (the per-token oracle reads "
                  "the token's own activations; gradient oracles see later tokens)")
     model = cfg.model
+    _require(model.source is not None, "model.source", None,
+             f"one of {[s.value for s in ModelSource]} (or set model.gguf_path / model.local_path)")
+    _require(model.name is not None, "model.name", None, "a name (or a path or hub id to derive it from)")
+    if model.source == ModelSource.gguf_file:
+        _require(bool(model.gguf_path), "model.gguf_path", model.gguf_path, "a GGUF file with source=gguf_file")
     if model.source == ModelSource.gguf_package:
         _require(bool(model.gguf_package and model.gguf_file), "model.gguf_package/gguf_file",
                  (model.gguf_package, model.gguf_file), "both set for source=gguf_package")

@@ -25,8 +25,8 @@ RECORD = Path(__file__).parent / "cache_fingerprints.json"
 
 # The modules whose code decides what each stage's entries hold.
 STAGE_CODE = {
-    "gguf": ["models/loading.py"],
-    "model": ["models/loading.py"],
+    "gguf": ["models/loading.py", "models/gguf.py"],
+    "model": ["models/loading.py", "models/gguf.py"],
     "tasks": ["data/tasks.py", "data/converters.py"],
     "traces": ["traces/*.py", "criteria/*.py", "data/calibration.py", "data/requests.py", "data/wikitext.py"],
     "predictor": ["predictors/*.py"],

@@ -23,11 +23,21 @@ def test_default_is_the_embedded_model():
     validate(cfg)
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", [n for n in MODEL_NAMES if n != "local"])
 def test_every_model_config_composes_and_validates(name):
     cfg = compose_app([f"model={name}"])
     assert cfg.model.name == name
     validate(cfg)
+
+
+@pytest.mark.parametrize("path, source, name", [("models/my-model.Q4_K_M.gguf", ModelSource.gguf_file, "my-model.Q4_K_M"),
+                                                ("checkpoints/opt-350m/", ModelSource.hub, "opt-350m")])
+def test_the_local_model_takes_source_and_name_from_its_path(path, source, name):
+    field = "gguf_path" if source == ModelSource.gguf_file else "local_path"
+    cfg = compose_app(["model=local", f"model.{field}={path}"])
+    assert (cfg.model.source, cfg.model.name) == (source, name)
+    validate(cfg)
+    assert compose_app(["model=local", f"model.{field}={path}", "model.name=mine"]).model.name == "mine"
 
 
 def test_unknown_model_lists_the_options():
@@ -39,7 +49,7 @@ def test_bad_dtype_names_the_field_and_the_allowed_values():
     with pytest.raises(ConfigCompositionException) as error:
         compose_app(["model.dtype=float8"])
     assert isinstance(error.value.__cause__, ValidationError)
-    assert re.search(r"(?s)expected one of \[float32, bfloat16, float16\].*full_key: model.dtype",
+    assert re.search(r"(?s)expected one of \[auto, float32, bfloat16, float16\].*full_key: model.dtype",
                      str(error.value.__cause__))
 
 

@@ -1,7 +1,9 @@
-"""Load a configured model: embedded GGUF package, hub id / local folder, or tiny random.
+"""Load a configured model: a GGUF package or file, a hub id / local folder, or tiny random.
 
 GGUF files are dequantised by transformers (slow: ~15 s for SmolLM2-135M), so the first
-load converts them once to safetensors in the stage cache; later loads read that.
+load converts them once to safetensors in the stage cache; later loads read that. A packaged
+GGUF is converted in float32 (keyed by package, file and size); a GGUF file by path in
+`model.dtype` (keyed by its content, `models/gguf.py`: renaming or moving it reuses the copy).
 """
 
 import importlib
@@ -15,8 +17,9 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, ByT5T
                           PreTrainedTokenizerBase)
 
 from shadow_sweep.cache import StageCache
-from shadow_sweep.config import Device, ModelConfig, ModelSource
+from shadow_sweep.config import Device, DType, ModelConfig, ModelSource
 from shadow_sweep.models.adapters import ArchitectureAdapter, ModelShape, adapter_for
+from shadow_sweep.models.gguf import gguf_identity, inspect_gguf, resolve_gguf_path
 
 
 class ModelUnavailableError(RuntimeError):
@@ -44,16 +47,30 @@ def resolve_device(device: Device) -> torch.device:
     return torch.device(device.value)
 
 
+def check_model_files(cfg: ModelConfig) -> None:
+    """Before any other work: the GGUF file is complete and of a supported architecture, the
+    local folder exists (errors name the file and what is supported)."""
+    if cfg.source == ModelSource.gguf_file:
+        inspect_gguf(cfg.gguf_path)
+    if cfg.source == ModelSource.hub and cfg.local_path and not Path(cfg.local_path).is_dir():
+        raise ModelUnavailableError(f"model.local_path={cfg.local_path!r} for model {cfg.name!r} is not a folder")
+
+
+def requested_dtype(cfg: ModelConfig) -> torch.dtype | None:
+    """model.dtype as a torch dtype; None for `auto` (the checkpoint's)."""
+    return None if cfg.dtype == DType.auto else getattr(torch, cfg.dtype.value)
+
+
 def load_model(cfg: ModelConfig, cache: StageCache) -> LoadedModel:
     device = resolve_device(cfg.device)
-    dtype = getattr(torch, cfg.dtype.value)
+    dtype = requested_dtype(cfg)
     if cfg.source == ModelSource.tiny:
         model, tokenizer = _build_tiny(cfg)
     else:
-        folder = _converted_gguf(cfg, cache) if cfg.source == ModelSource.gguf_package else _hub_folder(cfg)
+        folder = _model_folder(cfg, cache)
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder)
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype,
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or "auto",
                                                          attn_implementation=cfg.attn_implementation)
         except OSError as error:
             raise ModelUnavailableError(
@@ -98,14 +115,26 @@ def locate_gguf(cfg: ModelConfig, cache: StageCache) -> Path:
     raise ModelUnavailableError(f"{shipped} not found in package {cfg.gguf_package!r}. {cfg.install_hint}".strip())
 
 
-def _converted_gguf(cfg: ModelConfig, cache: StageCache) -> Path:
-    gguf = locate_gguf(cfg, cache)
-    fields = {"model": cfg.name, "gguf_file": cfg.gguf_file, "gguf_bytes": gguf.stat().st_size}
+def _model_folder(cfg: ModelConfig, cache: StageCache) -> Path | str:
+    if cfg.source == ModelSource.gguf_package:
+        gguf = locate_gguf(cfg, cache)
+        fields = {"model": cfg.name, "gguf_file": cfg.gguf_file, "gguf_bytes": gguf.stat().st_size}
+        return _converted_gguf(gguf, torch.float32, fields, cache)
+    if cfg.source == ModelSource.gguf_file:
+        gguf = resolve_gguf_path(cfg.gguf_path)
+        dtype = requested_dtype(cfg) or inspect_gguf(cfg.gguf_path).checkpoint_dtype
+        fields = {"gguf": gguf_identity(cfg.gguf_path), "dtype": str(dtype)}
+        return _converted_gguf(gguf, dtype, fields, cache)
+    return _hub_folder(cfg)
+
+
+def _converted_gguf(gguf: Path, dtype: torch.dtype, fields: dict, cache: StageCache) -> Path:
+    """The GGUF file dequantised to `dtype`, saved once as safetensors with its tokenizer."""
 
     def convert(folder: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        model.hf_quantizer = None  # weights are dequantised fp32 now: save them as plain safetensors
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
+        model.hf_quantizer = None  # weights are dequantised now: save them as plain safetensors
         del model.config.quantization_config
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)

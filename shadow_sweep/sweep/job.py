@@ -20,7 +20,7 @@ from shadow_sweep.config import AppConfig, PredictorName
 from shadow_sweep.data.tasks import EVALUATION, SplitRule
 from shadow_sweep.data.wikitext import load_wikitext
 from shadow_sweep.evaluation.harness import build_tasks, check_tasks
-from shadow_sweep.models.loading import load_model
+from shadow_sweep.models.loading import check_model_files, load_model
 from shadow_sweep.predictors.fit import FittedPredictor
 from shadow_sweep.results import (JOB_STAGE, QUALITY_FIELDS, RESULTS_NAME, ResultsFile, comparison_keys,
                                   finished_row, job_key, point_id, point_ids)
@@ -114,6 +114,7 @@ def run_job(cfg: AppConfig, output_dir: Path, results: Optional[ResultsFile] = N
     job = None
     try:
         validate(cfg)
+        check_model_files(cfg.model)
         if cfg.stages.accuracy:
             check_tasks(cfg.eval.tasks, cfg.paths.data_root)
         output_dir.mkdir(parents=True, exist_ok=True)

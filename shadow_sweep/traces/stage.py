@@ -7,11 +7,12 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from shadow_sweep.cache import StageCache
-from shadow_sweep.config import AppConfig
+from shadow_sweep.config import AppConfig, ModelSource
 from shadow_sweep.criteria.registry import get_criterion
 from shadow_sweep.data.calibration import encode_example, plain_text_examples, task_examples
 from shadow_sweep.data.requests import RequestEncoder
 from shadow_sweep.data.tasks import SplitRule
+from shadow_sweep.models.gguf import gguf_identity
 from shadow_sweep.models.loading import LoadedModel
 from shadow_sweep.traces.collect import collect
 from shadow_sweep.traces.store import TraceSet, load_traces, save_traces
@@ -22,6 +23,8 @@ def model_identity(cfg: AppConfig) -> dict[str, Any]:
     fields = OmegaConf.to_container(OmegaConf.structured(cfg.model), enum_to_str=True)
     fields.pop("device")
     fields.pop("install_hint")
+    if cfg.model.source == ModelSource.gguf_file:  # the file's content, wherever it lies
+        fields["gguf_path"] = gguf_identity(cfg.model.gguf_path)
     return fields
 
 
