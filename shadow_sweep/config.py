@@ -203,6 +203,7 @@ class EvalConfig:
     """Zero-/few-shot accuracy through lm-evaluation-harness, masks predicted per request."""
 
     tasks: list[str] = field(default_factory=lambda: ["copa", "piqa", "arc_easy"])
+    include_path: list[str] = field(default_factory=list)  # folders of your own lm-eval task YAMLs
     num_fewshot: int = 0
     limit: Optional[int] = 40  # documents per task; null = the whole evaluation part
     batch_size: int = 8  # requests per forward; the scores equal batch size 1 (tested)

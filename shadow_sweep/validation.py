@@ -5,7 +5,6 @@ from typing import Any
 
 from shadow_sweep.criteria.registry import per_token_criteria
 from shadow_sweep.config import AppConfig, ConfigError, MaskUpdate, ModelSource, PredictorName
-from shadow_sweep.data.converters import TASK_FILES as OFFLINE_TASKS
 
 
 def _require(ok: bool, field_name: str, value: Any, allowed: str) -> None:
@@ -55,8 +54,6 @@ def validate(cfg: AppConfig) -> None:
     _require(ppl.max_words_per_document is None or ppl.max_words_per_document >= 1,
              "perplexity.max_words_per_document", ppl.max_words_per_document, "null (whole articles) or an integer >= 1")
     cal = cfg.calibration
-    unknown = [t for t in cal.tasks if t not in OFFLINE_TASKS]
-    _require(not unknown, "calibration.tasks", unknown, f"tasks among {sorted(OFFLINE_TASKS)}")
     _require(bool(cal.tasks) or cal.plain_text_examples > 0, "calibration.tasks", cal.tasks,
              "at least one task, or calibration.plain_text_examples > 0")
     for name in ("examples_per_task", "max_length", "batch_size"):

@@ -27,7 +27,7 @@ RECORD = Path(__file__).parent / "cache_fingerprints.json"
 STAGE_CODE = {
     "gguf": ["models/loading.py", "models/gguf.py"],
     "model": ["models/loading.py", "models/gguf.py"],
-    "tasks": ["data/tasks.py", "data/converters.py"],
+    "tasks": ["data/tasks.py", "data/converters.py", "data/task_sources.py"],
     "traces": ["traces/*.py", "criteria/*.py", "data/calibration.py", "data/requests.py", "data/wikitext.py"],
     "predictor": ["predictors/*.py"],
     "evaluation": ["evaluation/*.py", "data/requests.py", "models/masks.py", "sparsity/*.py", "predictors/*.py",

@@ -63,7 +63,6 @@ def test_misspelt_key_is_rejected():
                                              ("sparsity.neuron_level=-0.1", "sparsity.neuron_level"),
                                              ("sparsity.keep_first_layer_dense=false", "sparsity.keep_first_layer_dense"),
                                              ("predictor.validation_fraction=0", "predictor.validation_fraction"),
-                                             ("calibration.tasks=[piqa,boolq]", "calibration.tasks"),
                                              ("perplexity.stride=999", "perplexity.stride"),
                                              ("perplexity.batch_size=0", "perplexity.batch_size")])
 def test_out_of_range_values_name_the_field(override, field):

@@ -45,8 +45,8 @@ def gold_arguments(task, doc: dict, shots: int, doc_id: int) -> tuple[str, str]:
 
 
 def task_examples(task_name: str, count: int, shots: int, seed: int, data_root: str | Path, rule: SplitRule,
-                  cache: StageCache) -> list[CalibrationExample]:
-    task = offline_task(task_name, data_root, rule, cache, scored_split=CALIBRATION)
+                  cache: StageCache, include_path: list[str] = ()) -> list[CalibrationExample]:
+    task = offline_task(task_name, data_root, rule, cache, CALIBRATION, include_path)
     task.set_fewshot_seed(seed)  # lm-eval's sampler is unseeded until told
     docs = list(task.test_docs())
     chosen = sorted(random.Random(f"{seed}:{task_name}").sample(range(len(docs)), min(count, len(docs))))

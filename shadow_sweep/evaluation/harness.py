@@ -1,12 +1,11 @@
-"""Accuracy on lm-eval tasks: offline from the data root, or online by any lm-eval task name.
+"""Accuracy on lm-eval tasks, each over the evaluation part of our split of its documents.
 
-Offline tasks (`shadow_sweep.data.converters.TASK_FILES`) are lm-eval's built-in task
-definitions over the evaluation part of our converted files, so prompts and metrics are
-those of the built-in tasks. Any other name is loaded by lm-eval's TaskManager when the hub
-is reachable; offline, it fails before the model loads, naming the task and the data root.
+Tasks are lm-eval's own definitions (`data.task_sources`): the seven converted built-in
+tasks, the user's YAMLs in `eval.include_path`, or any built-in task whose data set is on
+disk (or on a reachable hub); prompts and metrics are the YAML's. A task that cannot be
+found or read fails before the model loads, naming the task and where it was looked for.
 """
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,29 +15,30 @@ from lm_eval.tasks import TaskManager
 
 from shadow_sweep.cache import StageCache
 from shadow_sweep.config import ConfigError, EvalConfig
-from shadow_sweep.data.converters import TASK_FILES
+from shadow_sweep.data.task_sources import UnknownTaskError, task_source
 from shadow_sweep.data.tasks import EVALUATION, SplitRule, offline_task
 from shadow_sweep.evaluation.lm import SparseLM
 
 STDERR_BOOTSTRAP_ITERATIONS = 1000  # > 0 turns lm-eval's stderr on (closed form for acc / acc_norm)
 
 
-def hub_offline() -> bool:
-    return any(os.environ.get(v, "0").lower() not in ("0", "", "false") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+def check_tasks(evaluated: list[str], calibrating: list[str], data_root: str | Path, include_path: list[str]) -> None:
+    """Before the model loads: every task is found and its documents read; calibration tasks are
+    multiple-choice (their gold answer is the calibration example's continuation)."""
+    for field_name, names in (("eval.tasks", evaluated), ("calibration.tasks", calibrating)):
+        for name in names:
+            try:
+                source = task_source(name, data_root, include_path)
+            except UnknownTaskError as error:
+                raise ConfigError(f"{field_name}: {error}") from error
+            if field_name == "calibration.tasks" and not source.multiple_choice:
+                raise ConfigError(f"calibration.tasks: task {name!r} has output_type "
+                                  f"{source.config.get('output_type')!r}; calibration needs multiple_choice tasks")
 
 
-def check_tasks(names: list[str], data_root: str | Path) -> None:
-    """Before the model loads: every task is available offline, or the hub is reachable."""
-    missing = [n for n in names if n not in TASK_FILES]
-    if missing and hub_offline():
-        raise ConfigError(
-            f"eval.tasks {missing} have no offline data under the data root {str(data_root)!r} (offline tasks: "
-            f"{', '.join(sorted(TASK_FILES))}) and the hub is offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)")
-
-
-def build_tasks(names: list[str], data_root: str | Path, rule: SplitRule, cache: StageCache) -> list[Task | str]:
-    """Offline Task objects where we have the data; names for lm-eval to load otherwise."""
-    return [offline_task(n, data_root, rule, cache, EVALUATION) if n in TASK_FILES else n for n in names]
+def build_tasks(names: list[str], data_root: str | Path, rule: SplitRule, cache: StageCache,
+                include_path: list[str] = ()) -> list[Task]:
+    return [offline_task(name, data_root, rule, cache, EVALUATION, include_path) for name in names]
 
 
 SCORED = ("acc", "acc_norm")  # lm-eval's metrics a row keeps, with their stderr
@@ -61,12 +61,12 @@ def _outcome(sample: dict) -> dict:
     return {"doc_id": int(sample["doc_id"]), **kept, "loglikelihoods": loglikelihoods, "target": sample["target"]}
 
 
-def task_accuracy(lm: SparseLM, tasks: list[Task | str], cfg: EvalConfig) -> TaskResults:
+def task_accuracy(lm: SparseLM, tasks: list[Task], cfg: EvalConfig) -> TaskResults:
     """lm-eval's own metrics and their stderr (s / sqrt(n), lm-eval's closed form for a mean),
-    and the per-document outcomes (`log_samples`). lm-eval's task index (~10 s to build) is
-    built only when some task is named rather than built offline."""
-    index = TaskManager(include_defaults=any(isinstance(t, str) for t in tasks))
-    out = evaluator.simple_evaluate(model=lm, tasks=tasks, task_manager=index, num_fewshot=cfg.num_fewshot,
+    and the per-document outcomes (`log_samples`). The tasks are built already: lm-eval gets an
+    empty index (its default one takes ~10 s to build)."""
+    empty_index = TaskManager(include_defaults=False)
+    out = evaluator.simple_evaluate(model=lm, tasks=tasks, task_manager=empty_index, num_fewshot=cfg.num_fewshot,
                                     limit=cfg.limit, bootstrap_iters=STDERR_BOOTSTRAP_ITERATIONS, log_samples=True,
                                     fewshot_random_seed=cfg.fewshot_seed,
                                     random_seed=cfg.fewshot_seed, numpy_random_seed=cfg.fewshot_seed,

@@ -68,8 +68,10 @@ class Job:
         if measured:
             print(f"resuming: {len(measured)} points of this job are already in {self.results.path}")
         rule = SplitRule(cfg.data_split.calibration_fraction, cfg.data_split.seed)
-        documents = load_wikitext(cfg.paths.data_root, cfg.perplexity.max_documents, part=EVALUATION, rule=rule,
-                                  max_words=cfg.perplexity.max_words_per_document)
+        documents = []
+        if cfg.stages.perplexity:
+            documents = load_wikitext(cfg.paths.data_root, cfg.perplexity.max_documents, part=EVALUATION, rule=rule,
+                                      max_words=cfg.perplexity.max_words_per_document)
         cache = StageCache(Path(cfg.paths.cache_dir))
         loaded = load_model(cfg.model, cache)
         self.summary["load_seconds"] = time.perf_counter() - started
@@ -89,7 +91,7 @@ class Job:
                 print(f"predictor {report['predictor']}: " + ", ".join(
                     f"{k} {report[k]:.3g}" for k in report if k.endswith("_mean") or k.endswith("_percent_of_model")))
         if cfg.stages.accuracy or cfg.stages.perplexity:
-            tasks = build_tasks(cfg.eval.tasks, cfg.paths.data_root, rule, cache) if cfg.stages.accuracy else []
+            tasks = build_tasks(cfg.eval.tasks, cfg.paths.data_root, rule, cache, cfg.eval.include_path) if cfg.stages.accuracy else []
             for predictor, level in evaluation_points(cfg, fitted):
                 if point_id(point_row(cfg, predictor, level)) not in measured:
                     row, outcomes = cached_point(cfg, loaded, predictor, level, tasks, documents, cache)
@@ -115,8 +117,8 @@ def run_job(cfg: AppConfig, output_dir: Path, results: Optional[ResultsFile] = N
     try:
         validate(cfg)
         check_model_files(cfg.model)
-        if cfg.stages.accuracy:
-            check_tasks(cfg.eval.tasks, cfg.paths.data_root)
+        check_tasks(cfg.eval.tasks if cfg.stages.accuracy else [], cfg.calibration.tasks if cfg.stages.trace else [],
+                    cfg.paths.data_root, cfg.eval.include_path)
         output_dir.mkdir(parents=True, exist_ok=True)
         tracker = open_tracker(cfg, plain(asdict(cfg)), output_dir, identity.name, identity.sweep_id)
         job = Job(cfg, context, results, tracker, point_ids(earlier) if cfg.sweep.skip_finished else set())

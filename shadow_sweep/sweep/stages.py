@@ -16,6 +16,7 @@ import pandas as pd
 from shadow_sweep.cache import StageCache, plain
 from shadow_sweep.config import AppConfig, PredictorName
 from shadow_sweep.criteria.registry import get_criterion
+from shadow_sweep.data.task_sources import definitions_digest
 from shadow_sweep.decode.benchmark import run_benchmark
 from shadow_sweep.decode.fused import gather_kernels
 from shadow_sweep.evaluation.harness import task_accuracy
@@ -101,6 +102,8 @@ def point_key(cfg: AppConfig, predictor: FittedPredictor, level: float) -> dict:
     key = {"model": model_identity(cfg), "accuracy": accuracy if cfg.stages.accuracy else None,
            "perplexity": perplexity if cfg.stages.perplexity else None, "data_split": asdict(cfg.data_split),
            "data_root": str(Path(cfg.paths.data_root).resolve()), "predictor": predictor.kind.value}
+    if cfg.eval.include_path:  # the user's task definitions, by content
+        key["task_definitions"] = definitions_digest(cfg.eval.include_path)
     if predictor.kind != PredictorName.dense:
         sparsity = plain(asdict(cfg.sparsity))
         sparsity.pop("levels")

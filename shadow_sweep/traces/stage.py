@@ -11,6 +11,7 @@ from shadow_sweep.config import AppConfig, ModelSource
 from shadow_sweep.criteria.registry import get_criterion
 from shadow_sweep.data.calibration import encode_example, plain_text_examples, task_examples
 from shadow_sweep.data.requests import RequestEncoder
+from shadow_sweep.data.task_sources import definitions_digest
 from shadow_sweep.data.tasks import SplitRule
 from shadow_sweep.models.gguf import gguf_identity
 from shadow_sweep.models.loading import LoadedModel
@@ -33,15 +34,19 @@ def trace_key(cfg: AppConfig) -> dict[str, Any]:
     calibration.pop("batch_size")  # traces are exact per example whatever the batch
     criterion = asdict(cfg.criterion)
     criterion["name"] = cfg.criterion.name.value
-    return {"model": model_identity(cfg), "criterion": criterion, "calibration": calibration,
-            "data_split": asdict(cfg.data_split), "data_root": str(Path(cfg.paths.data_root).resolve())}
+    key = {"model": model_identity(cfg), "criterion": criterion, "calibration": calibration,
+           "data_split": asdict(cfg.data_split), "data_root": str(Path(cfg.paths.data_root).resolve())}
+    if cfg.eval.include_path:  # the user's task definitions, by content
+        key["task_definitions"] = definitions_digest(cfg.eval.include_path)
+    return key
 
 
 def calibration_set(cfg: AppConfig, loaded: LoadedModel, cache: StageCache):
     rule = SplitRule(cfg.data_split.calibration_fraction, cfg.data_split.seed)
     cal = cfg.calibration
     examples = [e for task in cal.tasks
-                for e in task_examples(task, cal.examples_per_task, cal.shots, cal.seed, cfg.paths.data_root, rule, cache)]
+                for e in task_examples(task, cal.examples_per_task, cal.shots, cal.seed, cfg.paths.data_root, rule, cache,
+                                       cfg.eval.include_path)]
     if cal.plain_text_examples:
         examples += plain_text_examples(loaded.tokenizer, cal.plain_text_examples, cal.max_length,
                                         cfg.paths.data_root, rule)

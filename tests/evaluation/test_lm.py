@@ -11,6 +11,7 @@ from lm_eval.models.huggingface import HFLM
 from shadow_sweep.cache import StageCache
 from shadow_sweep.config import EvalConfig, MaskUpdate, PredictorConfig, PredictorName, Prefill, SparsityConfig
 from shadow_sweep.data.tasks import EVALUATION, SplitRule, offline_task, split_documents
+from shadow_sweep.config import ConfigError
 from shadow_sweep.evaluation.harness import build_tasks, check_tasks, task_accuracy
 from shadow_sweep.evaluation.lm import SparseLM
 from shadow_sweep.predictors.fit import fit
@@ -126,11 +127,13 @@ def test_hellaswag_query_capitalises_the_trailing_fragment_as_lm_eval_does(data_
     assert doc["choices"][int(doc["label"])] == lines[2 + int(lines[1])]
 
 
-def test_unavailable_task_fails_naming_it_and_the_data_root(monkeypatch, data_root):
+def test_unavailable_task_fails_naming_it_and_where_its_data_was_looked_for(monkeypatch, data_root):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    with pytest.raises(Exception, match=r"boolq.*data root.*offline"):
-        check_tasks(["copa", "boolq"], data_root)
-    check_tasks(["copa", "piqa"], data_root)
+    with pytest.raises(ConfigError, match=r"eval.tasks: task 'boolq'.*could not be read.*paths.data_root>/aps/super_glue"):
+        check_tasks(["copa", "boolq"], [], data_root, [])
+    with pytest.raises(ConfigError, match=r"calibration.tasks: task 'no_such_task' is neither an offline task"):
+        check_tasks([], ["no_such_task"], data_root, [])
+    check_tasks(["copa", "piqa"], ["arc_easy"], data_root, [])
 
 
 def test_task_accuracy_reports_lm_evals_metrics_with_stderr_and_per_document_outcomes(data_root, tmp_path,

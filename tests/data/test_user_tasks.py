@@ -1,0 +1,122 @@
+"""Tasks by configuration: the user's own lm-eval YAML over a jsonl under the data root
+(eval.include_path), and a built-in lm-eval task whose hub data set was copied to the data root."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from shadow_sweep.cache import StageCache
+from shadow_sweep.config import ConfigError
+from shadow_sweep.data.calibration import task_examples
+from shadow_sweep.data.task_sources import dataset_arguments
+from shadow_sweep.data.tasks import CALIBRATION, EVALUATION, SplitRule, offline_task, split_documents
+from shadow_sweep.evaluation.harness import check_tasks
+from shadow_sweep.sweep.job import run_job
+from tests.conftest import compose_app
+
+COLOURS = ["red", "green", "blue", "yellow"]
+TASK_YAML = """\
+task: sky_colours
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: colours/test.jsonl
+output_type: multiple_choice
+test_split: test
+doc_to_text: "Question: {{question}}\\nAnswer:"
+doc_to_choice: "{{choices}}"
+doc_to_target: "{{label}}"
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+"""
+GENERATIVE_YAML = """\
+task: sky_free_text
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: colours/test.jsonl
+output_type: generate_until
+test_split: test
+doc_to_text: "{{question}}"
+doc_to_target: "{{choices[label]}}"
+metric_list:
+  - metric: exact_match
+"""
+
+
+@pytest.fixture
+def user_task(tmp_path) -> tuple[Path, Path]:
+    """(data root holding colours/test.jsonl, task folder holding the YAMLs)."""
+    root = tmp_path / "data"
+    (root / "colours").mkdir(parents=True)
+    docs = [{"question": f"What colour is thing number {i}?", "choices": COLOURS, "label": i % 4} for i in range(50)]
+    (root / "colours" / "test.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    tasks = tmp_path / "my_tasks"
+    tasks.mkdir()
+    (tasks / "sky_colours.yaml").write_text(TASK_YAML)
+    (tasks / "sky_free_text.yaml").write_text(GENERATIVE_YAML)
+    return root, tasks
+
+
+def test_relative_data_files_resolve_against_the_data_root(tmp_path):
+    arguments = dataset_arguments({"dataset_path": "json", "dataset_kwargs": {"data_files": {"test": "a/b.jsonl"}}},
+                                  tmp_path)
+    assert arguments == {"path": "json", "name": None, "data_files": {"test": str(tmp_path / "a/b.jsonl")}}
+
+
+def test_a_user_task_splits_disjointly_and_calibrates_from_its_own_part(user_task, tmp_path):
+    root, folder = user_task
+    parts = split_documents("sky_colours", root, SplitRule(0.2, 3), [str(folder)])
+    questions = {part: {d["question"] for d in docs} for part, docs in parts.items()}
+    assert len(questions[CALIBRATION]) == 10 and len(questions[EVALUATION]) == 40
+    assert not questions[CALIBRATION] & questions[EVALUATION]
+    cache = StageCache(tmp_path / "cache")
+    task = offline_task("sky_colours", root, SplitRule(0.2, 3), cache, EVALUATION, [str(folder)])
+    assert {d["question"] for d in task.test_docs()} == questions[EVALUATION]
+    examples = task_examples("sky_colours", 4, 0, 0, root, SplitRule(0.2, 3), cache, [str(folder)])
+    for example in examples:
+        assert example.context.split("Question: ")[1].split("\n")[0] in questions[CALIBRATION]
+        assert example.continuation == " " + COLOURS[int(example.context.split("number ")[1].split("?")[0]) % 4]
+
+
+def test_generative_tasks_evaluate_but_do_not_calibrate(user_task):
+    root, folder = user_task
+    check_tasks(["sky_free_text", "sky_colours"], ["sky_colours"], root, [str(folder)])
+    with pytest.raises(ConfigError, match=r"calibration.tasks: task 'sky_free_text' has output_type "
+                                          r"'generate_until'; calibration needs multiple_choice"):
+        check_tasks([], ["sky_free_text"], root, [str(folder)])
+
+
+def test_a_job_calibrates_and_evaluates_on_a_user_task(user_task, tmp_path):
+    root, folder = user_task
+    cfg = compose_app(["model=tiny-llama", f"paths.data_root={root}", f"paths.cache_dir={tmp_path / 'cache'}",
+                       "logger=none", f"eval.include_path=[{folder}]", "eval.tasks=[sky_colours]", "eval.limit=8",
+                       "calibration.tasks=[sky_colours]", "calibration.examples_per_task=4",
+                       "calibration.max_length=64", "predictor=static", "stages.perplexity=false",
+                       "stages.bench=false"])
+    table = run_job(cfg, tmp_path / "run")
+    assert list(table["predictor"]) == ["dense", "static"]
+    assert all(0 <= acc <= 1 for acc in table["acc/sky_colours"])
+    rows = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
+    assert rows[-1]["status"] == "ok" and rows[-1]["traces_examples"] == 4
+
+
+def test_a_builtin_task_runs_offline_from_a_copy_of_its_hub_data_set(data_root, tmp_path, monkeypatch):
+    """lm-eval's `copa` reads the hub data set `aps/super_glue` (config copa): a copy of that
+    repository's copa files under <data_root>/aps/super_glue serves it without our converter."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    snapshot = tmp_path / "data" / "aps" / "super_glue" / "copa"
+    snapshot.mkdir(parents=True)
+    shutil.copy(data_root / "superglue" / "COPA" / "val.jsonl", snapshot / "validation-00000-of-00001.jsonl")
+    (snapshot.parent / "README.md").write_text(
+        "---\nconfigs:\n- config_name: copa\n  data_files:\n  - split: validation\n"
+        "    path: copa/validation-*.jsonl\n---\n")
+    from shadow_sweep.data.task_sources import indexed_source
+
+    source = indexed_source("copa", tmp_path / "data", [])
+    scored, _ = source.documents()
+    assert len(scored) == 100 and {"premise", "choice1", "choice2", "question", "label"} <= set(scored[0])
