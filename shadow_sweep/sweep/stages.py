@@ -97,6 +97,7 @@ def point_key(cfg: AppConfig, predictor: FittedPredictor, level: float) -> dict:
     accuracy = plain(asdict(cfg.eval))
     for unused in ("dense_baseline", "batch_size"):  # scores equal any batch size (tested)
         accuracy.pop(unused)
+    accuracy.pop("include_path")  # where the task YAMLs lie: their content is keyed below
     perplexity = asdict(cfg.perplexity)
     perplexity.pop("batch_size")
     key = {"model": model_identity(cfg), "accuracy": accuracy if cfg.stages.accuracy else None,
