@@ -51,24 +51,29 @@ class PerplexityResult:
     @property
     def resampled_unit(self) -> str:
         """What the CI resamples: `documents` when there are enough of them, else `windows`."""
-        documents = len({w.document for w in self.windows})
-        return "documents" if documents >= MIN_DOCUMENTS_TO_RESAMPLE else "windows"
+        return resampling_units(self.windows)[0]
 
     def units(self) -> tuple[list[float], list[int]]:
         """(NLL, tokens) per resampled unit."""
-        if self.resampled_unit == "windows":
-            return [w.nll for w in self.windows], [w.tokens for w in self.windows]
-        nll: dict[int, float] = {}
-        tokens: dict[int, int] = {}
-        for w in self.windows:
-            nll[w.document] = nll.get(w.document, 0.0) + w.nll
-            tokens[w.document] = tokens.get(w.document, 0) + w.tokens
-        return list(nll.values()), list(tokens.values())
+        return resampling_units(self.windows)[1:]
 
     def token_perplexity_ci(self, seed: int = 0) -> tuple[float, float]:
         """95% CI of the token perplexity: exp of the bootstrap CI of NLL / tokens."""
         low, high = bootstrap_ratio_ci(*self.units(), seed=seed)
         return math.exp(low), math.exp(high)
+
+
+def resampling_units(windows: list[Window]) -> tuple[str, list[float], list[int]]:
+    """(unit, NLL per unit, tokens per unit): the windows summed per document when there are at
+    least MIN_DOCUMENTS_TO_RESAMPLE documents (unit `documents`), else the windows themselves."""
+    if len({w.document for w in windows}) < MIN_DOCUMENTS_TO_RESAMPLE:
+        return "windows", [w.nll for w in windows], [w.tokens for w in windows]
+    nll: dict[int, float] = {}
+    tokens: dict[int, int] = {}
+    for w in windows:
+        nll[w.document] = nll.get(w.document, 0.0) + w.nll
+        tokens[w.document] = tokens.get(w.document, 0) + w.tokens
+    return "documents", list(nll.values()), list(tokens.values())
 
 
 def wikitext_perplexity(lm: SparseLM, documents: list[WikiDocument], window: int, stride: int,

@@ -5,7 +5,8 @@ their configs are identical but for that axis's field and seeds (`pair_key/<axis
 sit at the same sparsity; along the predictor axis every sparse point is also paired with the
 dense point of its config. For each pair: the difference in mean accuracy (a - b, mean over
 tasks of per-task differences, bootstrap stratified by task) and in log token perplexity
-(paired bootstrap over the perplexity's windows or documents), each with its 95% CI and
+(paired bootstrap over the perplexity's documents, or its windows when there are fewer than
+10 documents: `ppl_unit`, the point CI's rule), each with its 95% CI and
 whether it excludes 0. Pairs form only on identical document-id sets (and identical perplexity
 windows). A point repeated under other seeds (`calibration.seed`, `predictor.seed`) enters with
 all its seeds: the difference is that of the seed means, and its CI resamples seeds, then
@@ -20,12 +21,13 @@ import numpy as np
 import pandas as pd
 
 from shadow_sweep.evaluation.outcomes import task_outcomes
+from shadow_sweep.evaluation.perplexity import Window, resampling_units
 from shadow_sweep.results import COMPARISON_AXES, ResultsFile
 from shadow_sweep.statistics import (PairedDifference, paired_difference, paired_ratio_difference,
                                      two_stage_paired_difference)
 
 COLUMNS = ["axis", "a", "b", "sparsity", "seeds_a", "seeds_b", "documents", "acc_diff", "acc_low", "acc_high",
-           "acc_resolved", "windows", "log_ppl_diff", "log_ppl_low", "log_ppl_high", "log_ppl_resolved"]
+           "acc_resolved", "ppl_unit", "ppl_units", "log_ppl_diff", "log_ppl_low", "log_ppl_high", "log_ppl_resolved"]
 
 
 def _read(row: dict) -> dict:
@@ -45,12 +47,14 @@ def accuracy_by_seed(records: list[dict]) -> tuple[dict[str, np.ndarray], dict[s
     return arrays, ids
 
 
-def windows_by_seed(records: list[dict]) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """(NLL [seeds, windows], (document, tokens) of each window) of one point's seeds."""
-    windows = [[(w["document"], w["tokens"]) for w in r["perplexity_windows"]] for r in records]
-    if any(w != windows[0] for w in windows):
-        return np.zeros((0, 0)), []
-    return np.array([[w["nll"] for w in r["perplexity_windows"]] for r in records]), windows[0]
+def perplexity_by_seed(records: list[dict]) -> tuple[str, np.ndarray, np.ndarray]:
+    """(unit, NLL [seeds, units], tokens [units]) of one point's seeds (`resampling_units`);
+    no units when the seeds' windows differ."""
+    layouts = [[(w["document"], w["tokens"]) for w in r["perplexity_windows"]] for r in records]
+    if not layouts[0] or any(layout != layouts[0] for layout in layouts):
+        return "", np.zeros((0, 0)), np.zeros(0)
+    units = [resampling_units([Window(**w) for w in r["perplexity_windows"]]) for r in records]
+    return units[0][0], np.array([nll for _, nll, _ in units]), np.array(units[0][2], dtype=float)
 
 
 def _fields(prefix: str, result: Optional[PairedDifference]) -> dict:
@@ -73,17 +77,17 @@ def compare_pair(a: list[dict], b: list[dict], seed: int = 0) -> dict:
         else:
             accuracy = paired_difference({t: dict(zip(ids_a[t], accuracy_a[t][0])) for t in ids_a},
                                          {t: dict(zip(ids_b[t], accuracy_b[t][0])) for t in ids_b}, seed)
-    nll_a, windows_a = windows_by_seed(a)
-    nll_b, windows_b = windows_by_seed(b)
+    unit, nll_a, tokens = perplexity_by_seed(a)
+    unit_b, nll_b, tokens_b = perplexity_by_seed(b)
     perplexity = None
-    if windows_a and windows_a == windows_b:
-        tokens = np.array([t for _, t in windows_a], dtype=float)
+    if unit and unit == unit_b and np.array_equal(tokens, tokens_b):
         if seeded:
-            perplexity = two_stage_paired_difference({"windows": nll_a}, {"windows": nll_b}, {"windows": tokens}, seed)
+            perplexity = two_stage_paired_difference({unit: nll_a}, {unit: nll_b}, {unit: tokens}, seed)
         else:
             perplexity = paired_ratio_difference(nll_a[0], nll_b[0], tokens, seed)
     return {"documents": accuracy.documents if accuracy else 0, **_fields("acc", accuracy),
-            "windows": len(windows_a) if perplexity else 0, **_fields("log_ppl", perplexity)}
+            "ppl_unit": unit if perplexity else "", "ppl_units": len(tokens) if perplexity else 0,
+            **_fields("log_ppl", perplexity)}
 
 
 def comparison_table(frame: pd.DataFrame, axis: str = "predictor", seed: int = 0) -> pd.DataFrame:

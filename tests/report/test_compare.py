@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from shadow_sweep.evaluation.outcomes import write_outcomes
-from shadow_sweep.report.compare import comparison_table
+from shadow_sweep.report.compare import compare_pair, comparison_table
 from shadow_sweep.report.plots import draw_curves, error_bars, quality_latency_points
 from shadow_sweep.report.table import load_rows, summary_table
 from shadow_sweep.results import ResultsFile
@@ -54,7 +54,8 @@ def test_pairs_along_the_predictor_axis_from_outcome_files(sweep):
     # pairs in name order, a sparse point before dense; the dejavu of another width is its own group
     assert pairs == {("dejavu", "dense", 0.5, 1), ("dejavu", "shadowllm", 0.5, 1), ("shadowllm", "dense", 0.5, 2)}
     dejavu_vs_shadow = table[(table.a == "dejavu") & (table.b == "shadowllm")].iloc[0]
-    assert dejavu_vs_shadow.documents == 2 * DOCS and dejavu_vs_shadow.windows == 24
+    assert dejavu_vs_shadow.documents == 2 * DOCS and dejavu_vs_shadow.ppl_units == 24
+    assert dejavu_vs_shadow.ppl_unit == "windows"  # 6 documents: fewer than 10
     assert dejavu_vs_shadow.acc_low < -0.4 < dejavu_vs_shadow.acc_high and dejavu_vs_shadow.acc_resolved
     assert dejavu_vs_shadow.log_ppl_low > 0 and dejavu_vs_shadow.log_ppl_resolved
 
@@ -105,3 +106,17 @@ def test_report_command_logs_its_tables_to_an_offline_wandb_run(sweep, tmp_path,
     assert run["history"][0]["comparisons/nrows"] == 3 and run["history"][0]["comparisons/_type"] == "table-file"
     written = {"comparisons.csv", "report.csv", "accuracy_vs_sparsity.png"}
     assert written <= {p.name for p in (tmp_path / "report").iterdir()}
+
+
+def test_perplexity_pairs_resample_documents_when_there_are_ten_or_more():
+    rng = np.random.default_rng(1)
+    windows = lambda shift: [{"document": w // 2, "nll": 64 * (3.0 + shift) + float(rng.normal(0, 5)),  # noqa: E731
+                              "tokens": 64} for w in range(24)]
+    a = {"tasks": {}, "perplexity_windows": windows(0.5)}
+    b = {"tasks": {}, "perplexity_windows": windows(0.0)}
+    row = compare_pair([a], [b])
+    assert (row["ppl_unit"], row["ppl_units"]) == ("documents", 12)
+    nll_a = np.array([w["nll"] for w in a["perplexity_windows"]]).reshape(12, 2).sum(1)
+    nll_b = np.array([w["nll"] for w in b["perplexity_windows"]]).reshape(12, 2).sum(1)
+    assert row["log_ppl_diff"] == pytest.approx((nll_a - nll_b).sum() / (24 * 64))
+    assert row["log_ppl_low"] < 0.5 < row["log_ppl_high"]

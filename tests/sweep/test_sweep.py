@@ -133,7 +133,7 @@ def test_report_prints_the_table_and_writes_the_curves(grid_sweep, tmp_path):
     comparisons = pd.read_csv(tmp_path / "comparisons.csv")
     assert "12 paired comparisons along predictor" in done.stdout and len(comparisons) == 12
     assert set(comparisons["b"]) == {"dense", "shadowllm"} and (comparisons["documents"] > 0).all()
-    assert (comparisons["acc_low"] <= comparisons["acc_diff"]).all() and (comparisons["windows"] > 0).all()
+    assert (comparisons["acc_low"] <= comparisons["acc_diff"]).all() and (comparisons["ppl_units"] > 0).all()
 
 
 def test_analysis_notebook_runs_on_the_sweep(grid_sweep, monkeypatch):
