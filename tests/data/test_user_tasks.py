@@ -120,3 +120,15 @@ def test_a_builtin_task_runs_offline_from_a_copy_of_its_hub_data_set(data_root, 
     source = indexed_source("copa", tmp_path / "data", [])
     scored, _ = source.documents()
     assert len(scored) == 100 and {"premise", "choice1", "choice2", "question", "label"} <= set(scored[0])
+
+
+def test_the_shipped_example_task_reads_the_data_root(data_root, tmp_path):
+    folder = str(Path(__file__).resolve().parents[2] / "examples" / "tasks")
+    check_tasks(["copa_plain"], ["copa_plain"], data_root, [folder])
+    task = offline_task("copa_plain", data_root, SplitRule(), StageCache(tmp_path), EVALUATION, [folder])
+    doc = task.test_docs()[0]
+    choices = task.doc_to_choice(doc)
+    assert task.doc_to_text(doc) == doc["premise"][:-1] + (" because" if doc["question"] == "cause" else " so")
+    assert choices[task.doc_to_target(doc)] == doc[f"choice{doc['label'] + 1}"][0].lower() + \
+        doc[f"choice{doc['label'] + 1}"][1:]
+    assert len(task.test_docs()) == 80  # 100 validation documents, 20% calibrate
