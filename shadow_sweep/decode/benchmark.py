@@ -1,5 +1,10 @@
 """Decode latency table: HF generate and our dense path, then every (predictor, level,
-update) on the sparse path, all in one run; ratios are against our dense path of this run.
+update) on the sparse path, all in one run; ratios are against our dense path of this run
+and against the fastest dense path (`fastest_dense`: HF generate or ours).
+
+Every row also has the bytes a decode step reads (`bytes_per_token` and its parts, mean over
+the steps; decode.traffic), the read bandwidth measured in the same run (`read_gb_per_s`), the
+floor `floor_ms_per_token` = bytes / bandwidth and `x_floor` = ms_per_token / floor.
 
 ms/token counts the new tokens after the first (the first comes from the prompt pass,
 reported as prefill_ms); the predictor's and the gathers' times are inside ms/token and
@@ -19,6 +24,7 @@ from shadow_sweep.config import BenchConfig, MaskUpdate, Prefill
 from shadow_sweep.decode.engine import SparseDecoder
 from shadow_sweep.decode.fused import kernel_name
 from shadow_sweep.decode.generate import Generator, clock
+from shadow_sweep.decode.traffic import StepTraffic, read_bandwidth
 from shadow_sweep.predictors.inference import MaskPredictor
 from shadow_sweep.models.loading import LoadedModel
 from shadow_sweep.predictors.fit import FittedPredictor
@@ -95,11 +101,37 @@ def run_benchmark(loaded: LoadedModel, predictors: dict[str, FittedPredictor], p
                          "gather_ms_per_token": 1000 * _median(runs, "gather_s") / steps,
                          "prefill_predictor_ms": 1000 * _median(runs, "prefill_predictor_s"),
                          "prefill_gather_ms": 1000 * _median(runs, "prefill_gather_s"),
-                         "predictor_share": _median(runs, "predictor_s") / max(_median(runs, "decode_s"), 1e-12)})
+                         "predictor_share": _median(runs, "predictor_s") / max(_median(runs, "decode_s"), 1e-12),
+                         **_traffic([t for r in runs for t in r.traffic])})
+        bandwidth = read_bandwidth(loaded.device)
     finally:
         torch.set_num_threads(threads)
-    table = pd.DataFrame(rows)
+    return _ratios(pd.DataFrame(rows), bandwidth)
+
+
+def _traffic(steps: list[StepTraffic]) -> dict:
+    """Mean bytes per decode step, total and by part (decode.traffic)."""
+    mean = lambda part: statistics.mean(getattr(t, part) for t in steps)  # noqa: E731
+    return {"bytes_per_token": statistics.mean(t.total for t in steps), "weight_bytes_per_token": mean("weights"),
+            "fixed_bytes_per_token": mean("fixed"), "kv_bytes_per_token": mean("kv_cache"),
+            "predictor_bytes_per_token": mean("predictor")}
+
+
+def _ratios(table: pd.DataFrame, bandwidth: float) -> pd.DataFrame:
+    """tokens/s, the floor (bytes / measured read bandwidth) and every ratio: against our dense
+    path in the same mode, and against the fastest dense path of the run (HF or ours, eager)."""
     table["tokens_per_s"] = 1000.0 / table["ms_per_token"]
     dense = table[(table.path == "ours") & (table.predictor == "dense")].set_index("graph").ms_per_token
     table["speedup_vs_dense"] = table["graph"].map(dense) / table["ms_per_token"]
+    eager_dense = table[(table.predictor == "dense") & ~table.graph]
+    fastest = eager_dense.loc[eager_dense.ms_per_token.idxmin()]
+    table["fastest_dense"] = fastest.path
+    table["speedup_vs_fastest_dense"] = fastest.ms_per_token / table["ms_per_token"]
+    ours_dense = (table.path == "ours") & (table.predictor == "dense") & ~table.graph
+    hf = table.path == "hf_generate"  # reads the same weights and cache as our dense step
+    for column in [c for c in table.columns if c.endswith("bytes_per_token")]:
+        table.loc[hf, column] = table.loc[ours_dense, column].iloc[0]
+    table["read_gb_per_s"] = bandwidth / 1e9
+    table["floor_ms_per_token"] = 1000 * table["bytes_per_token"] / bandwidth
+    table["x_floor"] = table["ms_per_token"] / table["floor_ms_per_token"]
     return table

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from shadow_sweep.decode.families import DECODE_FAMILIES, LlamaFamily, OPTFamily
+from shadow_sweep.decode.traffic import StepTraffic, fixed_bytes, kv_read_bytes, layer_weight_bytes
 from shadow_sweep.decode.weights import IndexedLayer, LayerWeights, head_rows, linear, linear_transposed
 from shadow_sweep.models.loading import LoadedModel
 
@@ -84,6 +85,16 @@ class SparseDecoder:
         for w in self.dense:
             w.query_heads = torch.arange(self.shape.num_heads, device=self.device)
             w.kv_of_query = w.query_heads // self.shape.queries_per_kv
+        self.fixed_bytes = fixed_bytes(loaded.model, loaded.model.get_output_embeddings(),
+                                       loaded.model.get_input_embeddings())
+
+    def step_traffic(self, weights: list, context: int, dense_kv: bool, predictor_bytes: int) -> StepTraffic:
+        """Bytes a one-token step with these layer weights reads at this context length (decode.traffic)."""
+        element_size = self.dense[0].q.element_size()
+        projections = sum(layer_weight_bytes(w, self.dense[i] if dense_kv else None) for i, w in enumerate(weights))
+        cache = sum(kv_read_bytes(w.query_heads, self.shape.queries_per_kv, self.shape.head_dim, context, element_size)
+                    for w in weights)
+        return StepTraffic(projections, self.fixed_bytes, cache, predictor_bytes)
 
     def indexed(self, layer: int, heads: torch.Tensor, neurons: torch.Tensor) -> IndexedLayer:
         """Row indices for boolean keep masks, read in place by the fused kernels (no copy)."""

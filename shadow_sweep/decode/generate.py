@@ -19,13 +19,14 @@ captured after the prompt (decode.graphs); the capture is timed inside the prefi
 """
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from shadow_sweep.config import PredictorName, Prefill
 from shadow_sweep.decode.engine import SparseDecoder
 from shadow_sweep.decode.graphs import GraphedStep
+from shadow_sweep.decode.traffic import StepTraffic
 from shadow_sweep.decode.weights import LayerWeights
 from shadow_sweep.predictors.inference import MaskPredictor
 from shadow_sweep.predictors.layouts import NETWORKS
@@ -51,6 +52,7 @@ class DecodeRun:
     prefill_predictor_s: float = 0.0  # inside prefill_s
     prefill_gather_s: float = 0.0  # inside prefill_s
     prefill_capture_s: float = 0.0  # inside prefill_s: capturing the CUDA graph
+    traffic: list[StepTraffic] = field(default_factory=list)  # bytes each new token after the first read
 
 
 class Generator:
@@ -196,6 +198,7 @@ class Generator:
         run.prefill_gather_s = run.gather_s
         run.predictor_s = 0.0
         run.gather_s = 0.0
+        stepped = []  # each step's layer weights, for the byte count after the timed loop
         began = now()
         for step in range(new_tokens):
             token = int(logits.argmax())
@@ -205,8 +208,14 @@ class Generator:
                 break
             if graphed is not None:
                 logits = graphed(token, prompt.shape[0] + step).clone()  # the graph reuses its output buffer
-                continue
-            logits = self._run(torch.tensor([token], device=d.device), prompt.shape[0] + step, weights, caches, run,
-                               predict=learned and self.update == "per_token")
+            else:
+                logits = self._run(torch.tensor([token], device=d.device), prompt.shape[0] + step, weights, caches,
+                                   run, predict=learned and self.update == "per_token")
+            stepped.append(list(weights))
         run.decode_s = now() - began
+        predicts = learned and self.update == "per_token"
+        predictor_bytes = sum(p.numel() * p.element_size() for p in self.predictor.fitted.net.parameters()) \
+            if predicts else 0
+        run.traffic = [d.step_traffic(w, prompt.shape[0] + step + 1, self.update == "per_token", predictor_bytes)
+                       for step, w in enumerate(stepped)]
         return run

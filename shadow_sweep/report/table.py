@@ -102,7 +102,8 @@ def _latency(frame: pd.DataFrame) -> pd.DataFrame:
     bench = frame[(frame["stage"] == "bench") & (frame["path"] == "ours")].copy()
     bench["line"] = distinct_lines(bench)
     bench["mode"] = [latency_mode(row) for row in bench.to_dict("records")]
-    values = [c for c in ("ms_per_token", "ms_per_token_min", "ms_per_token_max", "speedup_vs_dense") if c in bench]
+    values = [c for c in ("ms_per_token", "ms_per_token_min", "ms_per_token_max", "speedup_vs_dense",
+                          "floor_ms_per_token", "x_floor") if c in bench]
     latency = bench.pivot_table(index=["line", "sparsity"], columns="mode", values=values, aggfunc="mean")
     latency.columns = [f"{metric}/{update}" for metric, update in latency.columns]
     return latency.reset_index()

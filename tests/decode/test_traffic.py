@@ -1,0 +1,99 @@
+"""The bytes a decode step reads equal kept units x row bytes plus the fixed parts, computed
+here from the tiny models' known shapes; the benchmark reports them with the floor."""
+
+import pytest
+import torch
+
+from shadow_sweep.config import BenchConfig, MaskUpdate, PredictorConfig, PredictorName, Ranking, SparsityConfig
+from shadow_sweep.decode.benchmark import run_benchmark
+from shadow_sweep.decode.engine import SparseDecoder
+from shadow_sweep.decode.generate import Generator
+from shadow_sweep.decode.traffic import read_bandwidth
+from shadow_sweep.predictors.fit import fit
+from shadow_sweep.predictors.inference import MaskPredictor
+from shadow_sweep.sparsity.policy import SparsityPolicy
+from tests.conftest import load_tiny
+from tests.decode.test_decode import _prompt, _static
+from tests.predictors.test_predictors import synthetic_traces
+
+FP32 = 4
+
+
+def expected_bytes(name: str, shape, heads: torch.Tensor, neurons: torch.Tensor, context: int,
+                   dense_kv: bool, predictor: int = 0) -> int:
+    """From the configs in conf/model/: tiny-llama (D 64, V 384, GQA 4 heads on 2 groups of d 16,
+    96 neurons, RMS norms without bias, untied lm_head); tiny-opt (D 64, V 384, 4 heads of 16,
+    128 neurons, biases on every projection, LayerNorms with bias, lm_head tied)."""
+    hidden, vocab, d = 64, 384, 16
+    opt = name == "tiny-opt"
+    total = hidden + vocab * hidden  # the embedding row, lm_head
+    total += (2 * shape.num_layers + 1) * hidden * (2 if opt else 1)  # norms (weight, and bias for OPT)
+    for layer in range(shape.num_layers):
+        kept_heads = heads[layer].nonzero().squeeze(1)
+        groups = len(torch.unique(kept_heads // shape.queries_per_kv))
+        q = len(kept_heads) * d
+        n = int(neurons[layer].sum())
+        kv_rows = (shape.num_kv_heads if dense_kv else groups) * d
+        total += 2 * q * hidden + 2 * kv_rows * hidden  # q, o; k, v
+        total += (2 if opt else 3) * n * hidden  # up (fc1), gate (Llama), down (fc2)
+        if opt:
+            total += q + 2 * kv_rows + hidden + n + hidden  # biases: q, k, v, o (all), fc1 (kept), fc2 (all)
+        total += 2 * context * groups * d  # K and V read by the kept heads
+    return total * FP32 + predictor
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-opt"])
+def test_a_sliced_or_indexed_step_reads_kept_rows_plus_the_fixed_parts(name, session_cache):
+    loaded = load_tiny(name, session_cache)
+    s = loaded.shape
+    decoder = SparseDecoder(loaded)
+    g = torch.Generator().manual_seed(3)
+    heads = torch.rand(s.num_layers, s.num_heads, generator=g) > 0.5
+    neurons = torch.rand(s.num_layers, s.num_neurons, generator=g) > 0.5
+    heads[:, 0] = True
+    sliced = [decoder.sliced(layer, heads[layer], neurons[layer]) for layer in range(s.num_layers)]
+    indexed = [decoder.indexed(layer, heads[layer], neurons[layer]) for layer in range(s.num_layers)]
+    for weights, dense_kv in ((sliced, False), (sliced, True), (indexed, True)):
+        traffic = decoder.step_traffic(weights, 20, dense_kv, predictor_bytes=123)
+        assert traffic.total == expected_bytes(name, s, heads, neurons, 20, dense_kv, 123)
+    everything = decoder.step_traffic(decoder.dense, 20, False, 0)
+    all_heads = torch.ones_like(heads)
+    assert everything.total == expected_bytes(name, s, all_heads, torch.ones_like(neurons), 20, False)
+    assert everything.total > decoder.step_traffic(sliced, 20, False, 0).total
+
+
+def test_a_decode_run_counts_every_step_at_its_context_length(session_cache):
+    loaded = load_tiny("tiny-llama", session_cache)
+    s = loaded.shape
+    policy = SparsityPolicy(SparsityConfig(level=0.5, ranking=Ranking.per_layer), s)
+    heads, neurons = policy.masks(torch.rand(1, s.num_layers, s.num_heads), torch.rand(1, s.num_layers, s.num_neurons))
+    static = MaskPredictor(_static(loaded, heads[0], neurons[0]), policy)
+    run = Generator(SparseDecoder(loaded), static, "per_sequence").generate(_prompt(length=10), 5)
+    assert [t.total for t in run.traffic] == [expected_bytes("tiny-llama", s, heads[0], neurons[0], 11 + step, False)
+                                              for step in range(4)]
+    fitted = fit(synthetic_traces(s, 16), PredictorConfig(name=PredictorName.shadowllm, epochs=1), s)
+    predictor_bytes = sum(p.numel() * 4 for p in fitted.net.parameters())
+    per_token = Generator(SparseDecoder(loaded), MaskPredictor(fitted, policy), "per_token").generate(_prompt(), 3)
+    assert all(t.predictor == predictor_bytes for t in per_token.traffic)
+
+
+def test_the_benchmark_reports_bytes_floor_and_the_fastest_dense_path(session_cache):
+    loaded = load_tiny("tiny-llama", session_cache)
+    predictors = {"static": fit(synthetic_traces(loaded.shape, 8), PredictorConfig(name=PredictorName.static),
+                                loaded.shape)}
+    policies = {0.5: SparsityPolicy(SparsityConfig(level=0.5, ranking=Ranking.per_layer), loaded.shape)}
+    cfg = BenchConfig(prompt_length=8, new_tokens=4, repeats=2, warmup=0, threads=1, predictors=["static"],
+                      updates=[MaskUpdate.per_sequence])
+    table = run_benchmark(loaded, predictors, policies, cfg).set_index("predictor")
+    assert table.loc["static", "bytes_per_token"] < table.loc["dense", "bytes_per_token"].min()
+    hf = table[table.path == "hf_generate"].iloc[0]
+    assert hf.bytes_per_token == table[table.path == "ours"].loc["dense", "bytes_per_token"]
+    floor = 1000 * table.bytes_per_token / table.read_gb_per_s / 1e9
+    torch.testing.assert_close(torch.tensor(table.floor_ms_per_token.values), torch.tensor(floor.values))
+    assert (table.x_floor == table.ms_per_token / table.floor_ms_per_token).all()
+    assert table.fastest_dense.nunique() == 1 and table.fastest_dense.iloc[0] in ("hf_generate", "ours")
+    assert table.loc["dense", "speedup_vs_fastest_dense"].max() == pytest.approx(1.0)  # the fastest is itself
+
+
+def test_the_read_probe_measures_a_plausible_bandwidth():
+    assert 1e8 < read_bandwidth(torch.device("cpu"), repeats=2, size=64 * 2**20) < 1e13
