@@ -133,6 +133,18 @@ def fit(batch: TraceBatch, cfg: PredictorConfig, shape: ModelShape) -> FittedPre
     return fitted
 
 
+def untrained(cfg: PredictorConfig, shape: ModelShape) -> FittedPredictor:
+    """`cfg.name`'s predictor at the model's shapes with seeded random weights and mean scores:
+    latency at a model's shape where there is nothing to calibrate on (shape-only models)."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    fitted = FittedPredictor(cfg.name, torch.rand(shape.num_layers, shape.num_heads, generator=g),
+                             torch.rand(shape.num_layers, shape.num_neurons, generator=g))
+    if cfg.name in NETWORKS:
+        torch.manual_seed(cfg.seed)
+        fitted.net = GroupedMLP(NETWORKS[cfg.name].mlp_shape(cfg, shape))
+    return fitted
+
+
 def predictor_quality(fitted: FittedPredictor, batch: TraceBatch, cfg: PredictorConfig, shape: ModelShape,
                       keep_heads: int, keep_neurons: int) -> dict:
     """Spearman and top-k recall (per layer, at these keep counts) on the validation split;

@@ -219,3 +219,20 @@ def test_spearman_and_recall_with_ties_and_constant_layers():
     assert top_k_recall(torch.tensor([[[0.0, 3.0, 4.0, 0.0]]]), tied, 2).item() == pytest.approx((2 / 3) / 2)
     report = quality_report(predicted, target, predicted, target, 4, 4)
     assert report["heads_constant_rows"] == 1 and report["heads_recall_mean"] < 1
+
+
+def test_untrained_predictors_have_the_models_shapes_and_are_seeded():
+    from shadow_sweep.predictors.fit import untrained
+
+    shape = ModelShape(num_layers=4, num_heads=6, num_kv_heads=2, head_dim=8, num_neurons=40, hidden_size=48)
+    for kind in (PredictorName.shadowllm, PredictorName.dejavu):
+        cfg = PredictorConfig(name=kind)
+        first = untrained(cfg, shape)
+        one_network = kind == PredictorName.shadowllm
+        inputs = torch.randn(3, 1, 48) if one_network else torch.randn(3, 3, 48)  # H*d = D = 48 here
+        heads, neurons = NETWORKS[kind].split(first.net(inputs), shape)
+        assert heads.shape == (3, 3, 6) and neurons.shape == (3, 3, 40)
+        again = untrained(cfg, shape)
+        assert all(torch.equal(a, b) for a, b in zip(first.net.parameters(), again.net.parameters()))
+    static = untrained(PredictorConfig(name=PredictorName.static), shape)
+    assert static.net is None and static.mean_neuron_scores.shape == (4, 40)
