@@ -112,8 +112,11 @@ def indexed_source(name: str, data_root: str | Path, include_path: list[str]) ->
     return TaskSource(name, config, key, lambda: (rows.to_list(), None))
 
 
-def definitions_digest(include_path: list[str]) -> str:
-    """sha256 over the YAML files under the include folders (names and contents)."""
+def definitions_digest(tasks: list[str], include_path: list[str]) -> str | None:
+    """sha256 over the YAML files under the include folders (names and contents) when some of
+    `tasks` may be defined there (not converted), else None: the cache key of their definitions."""
+    if not include_path or all(task in TASK_FILES for task in tasks):
+        return None
     digest = hashlib.sha256()
     for folder in include_path:
         for file in sorted(Path(folder).rglob("*.yaml")):

@@ -103,8 +103,9 @@ def point_key(cfg: AppConfig, predictor: FittedPredictor, level: float) -> dict:
     key = {"model": model_identity(cfg), "accuracy": accuracy if cfg.stages.accuracy else None,
            "perplexity": perplexity if cfg.stages.perplexity else None, "data_split": asdict(cfg.data_split),
            "data_root": str(Path(cfg.paths.data_root).resolve()), "predictor": predictor.kind.value}
-    if cfg.eval.include_path:  # the user's task definitions, by content
-        key["task_definitions"] = definitions_digest(cfg.eval.include_path)
+    definitions = definitions_digest(cfg.eval.tasks, cfg.eval.include_path) if cfg.stages.accuracy else None
+    if definitions:  # the user's task definitions, by content
+        key["task_definitions"] = definitions
     if predictor.kind != PredictorName.dense:
         sparsity = plain(asdict(cfg.sparsity))
         sparsity.pop("levels")

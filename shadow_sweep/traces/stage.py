@@ -36,8 +36,9 @@ def trace_key(cfg: AppConfig) -> dict[str, Any]:
     criterion["name"] = cfg.criterion.name.value
     key = {"model": model_identity(cfg), "criterion": criterion, "calibration": calibration,
            "data_split": asdict(cfg.data_split), "data_root": str(Path(cfg.paths.data_root).resolve())}
-    if cfg.eval.include_path:  # the user's task definitions, by content
-        key["task_definitions"] = definitions_digest(cfg.eval.include_path)
+    definitions = definitions_digest(cfg.calibration.tasks, cfg.eval.include_path)
+    if definitions:  # the user's task definitions, by content
+        key["task_definitions"] = definitions
     return key
 
 

@@ -132,3 +132,14 @@ def test_the_shipped_example_task_reads_the_data_root(data_root, tmp_path):
     assert choices[task.doc_to_target(doc)] == doc[f"choice{doc['label'] + 1}"][0].lower() + \
         doc[f"choice{doc['label'] + 1}"][1:]
     assert len(task.test_docs()) == 80  # 100 validation documents, 20% calibrate
+
+
+def test_task_definitions_key_the_stages_that_use_them(user_task):
+    from shadow_sweep.data.task_sources import definitions_digest
+
+    root, folder = user_task
+    assert definitions_digest(["copa", "piqa"], [str(folder)]) is None  # converted tasks only
+    assert definitions_digest(["sky_colours"], []) is None
+    before = definitions_digest(["copa", "sky_colours"], [str(folder)])
+    (folder / "sky_colours.yaml").write_text(TASK_YAML.replace("Answer:", "A:"))
+    assert definitions_digest(["copa", "sky_colours"], [str(folder)]) not in (None, before)
