@@ -44,8 +44,11 @@ def stderr_of_mean_of_means(stderrs: list[float]) -> float:
 def bootstrap_ratio_ci(numerators: list[float], denominators: list[float], seed: int = 0,
                        iterations: int = BOOTSTRAP_ITERATIONS) -> tuple[float, float]:
     """95% percentile CI of sum(num) / sum(den) over units resampled with replacement, each
-    unit's numerator and denominator together (scipy.stats.bootstrap, paired)."""
+    unit's numerator and denominator together (scipy.stats.bootstrap, paired); (nan, nan) for
+    fewer than two units (nothing to resample)."""
     data = (np.asarray(numerators, dtype=np.float64), np.asarray(denominators, dtype=np.float64))
+    if len(data[0]) < 2:
+        return math.nan, math.nan
     result = bootstrap(data, lambda num, den, axis: num.sum(axis) / den.sum(axis), paired=True, vectorized=True,
                        n_resamples=iterations, method="percentile", confidence_level=CONFIDENCE, rng=seed)
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
@@ -94,6 +97,8 @@ def paired_ratio_difference(numerators_a: list[float], numerators_b: list[float]
     observed = float((data[0].sum() - data[1].sum()) / data[2].sum())
     if np.array_equal(data[0], data[1]):
         return PairedDifference(observed, observed, observed, len(data[0]))
+    if len(data[0]) < 2:  # one unit: nothing to resample
+        return PairedDifference(observed, math.nan, math.nan, 1)
     result = bootstrap(data, lambda a, b, den, axis: (a.sum(axis) - b.sum(axis)) / den.sum(axis), paired=True,
                        vectorized=True, n_resamples=iterations, method="percentile", confidence_level=CONFIDENCE,
                        rng=seed)

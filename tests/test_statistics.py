@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from lm_eval.api.metrics import mean_stderr as lm_eval_mean_stderr
 
-from shadow_sweep.statistics import (bootstrap_ratio_ci, mean_stderr, paired_difference, two_stage_paired_difference,
+from shadow_sweep.statistics import (bootstrap_ratio_ci, mean_stderr, paired_difference, paired_ratio_difference,
+                                     two_stage_paired_difference,
                                      stderr_of_mean_of_means)
 
 
@@ -78,3 +79,10 @@ def test_two_stage_bootstrap_is_the_paired_one_with_one_seed_and_wider_with_seed
     spread = two_stage_paired_difference(seeded, other, seed=0)
     assert spread.difference == pytest.approx(plain.difference)
     assert (spread.high - spread.low) > 2 * (plain.high - plain.low)
+
+
+def test_one_unit_has_no_interval_and_is_never_resolved():
+    low, high = bootstrap_ratio_ci([120.0], [40.0])
+    assert math.isnan(low) and math.isnan(high)
+    one = paired_ratio_difference([120.0], [100.0], [40.0])
+    assert one.difference == pytest.approx(0.5) and math.isnan(one.low) and not one.excludes_zero
