@@ -31,7 +31,7 @@ STAGE_CODE = {
     "traces": ["traces/*.py", "criteria/*.py", "data/calibration.py", "data/requests.py", "data/wikitext.py"],
     "predictor": ["predictors/*.py"],
     "evaluation": ["evaluation/*.py", "data/requests.py", "models/masks.py", "sparsity/*.py", "predictors/*.py",
-                   "decode/*.py", "data/wikitext.py"],
+                   "decode/*.py", "data/wikitext.py", "statistics.py"],
 }
 
 
