@@ -198,6 +198,7 @@ class Generator:
         run.prefill_gather_s = run.gather_s
         run.predictor_s = 0.0
         run.gather_s = 0.0
+        predicts = learned and self.update == "per_token"  # the predictor runs every new token
         stepped = []  # each step's layer weights, for the byte count after the timed loop
         began = now()
         for step in range(new_tokens):
@@ -210,10 +211,9 @@ class Generator:
                 logits = graphed(token, prompt.shape[0] + step).clone()  # the graph reuses its output buffer
             else:
                 logits = self._run(torch.tensor([token], device=d.device), prompt.shape[0] + step, weights, caches,
-                                   run, predict=learned and self.update == "per_token")
+                                   run, predict=predicts)
             stepped.append(list(weights))
         run.decode_s = now() - began
-        predicts = learned and self.update == "per_token"
         predictor_bytes = sum(p.numel() * p.element_size() for p in self.predictor.fitted.net.parameters()) \
             if predicts else 0
         run.traffic = [d.step_traffic(w, prompt.shape[0] + step + 1, self.update == "per_token", predictor_bytes)

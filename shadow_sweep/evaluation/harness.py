@@ -15,30 +15,35 @@ from lm_eval.tasks import TaskManager
 
 from shadow_sweep.cache import StageCache
 from shadow_sweep.config import ConfigError, EvalConfig
-from shadow_sweep.data.task_sources import UnknownTaskError, task_source
+from shadow_sweep.data.task_sources import TaskSource, UnknownTaskError, task_source
 from shadow_sweep.data.tasks import EVALUATION, SplitRule, offline_task
 from shadow_sweep.evaluation.lm import SparseLM
 
 STDERR_BOOTSTRAP_ITERATIONS = 1000  # > 0 turns lm-eval's stderr on (closed form for acc / acc_norm)
 
 
-def check_tasks(evaluated: list[str], calibrating: list[str], data_root: str | Path, include_path: list[str]) -> None:
+def check_tasks(evaluated: list[str], calibrating: list[str], data_root: str | Path, include_path: list[str]
+                ) -> dict[str, TaskSource]:
     """Before the model loads: every task is found and its documents read; calibration tasks are
-    multiple-choice (their gold answer is the calibration example's continuation)."""
+    multiple-choice (their gold answer is the calibration example's continuation). Returns the
+    sources by name, for `build_tasks` to reuse."""
+    sources = {}
     for field_name, names in (("eval.tasks", evaluated), ("calibration.tasks", calibrating)):
         for name in names:
             try:
-                source = task_source(name, data_root, include_path)
+                sources[name] = sources.get(name) or task_source(name, data_root, include_path)
             except UnknownTaskError as error:
                 raise ConfigError(f"{field_name}: {error}") from error
-            if field_name == "calibration.tasks" and not source.multiple_choice:
+            if field_name == "calibration.tasks" and not sources[name].multiple_choice:
                 raise ConfigError(f"calibration.tasks: task {name!r} has output_type "
-                                  f"{source.config.get('output_type')!r}; calibration needs multiple_choice tasks")
+                                  f"{sources[name].config.get('output_type')!r}; calibration needs multiple_choice tasks")
+    return sources
 
 
-def build_tasks(names: list[str], data_root: str | Path, rule: SplitRule, cache: StageCache,
+def build_tasks(tasks: list[str | TaskSource], data_root: str | Path, rule: SplitRule, cache: StageCache,
                 include_path: list[str] = ()) -> list[Task]:
-    return [offline_task(name, data_root, rule, cache, EVALUATION, include_path) for name in names]
+    """Task names, or sources already read (`check_tasks`), as lm-eval tasks over our evaluation part."""
+    return [offline_task(task, data_root, rule, cache, EVALUATION, include_path) for task in tasks]
 
 
 SCORED = ("acc", "acc_norm")  # lm-eval's metrics a row keeps, with their stderr

@@ -19,6 +19,7 @@ from shadow_sweep.cache import StageCache, plain
 from shadow_sweep.config import AppConfig, PredictorName
 from shadow_sweep.data.tasks import EVALUATION, SplitRule
 from shadow_sweep.data.wikitext import load_wikitext
+from shadow_sweep.data.task_sources import TaskSource
 from shadow_sweep.evaluation.harness import build_tasks, check_tasks
 from shadow_sweep.models.loading import check_model_files, load_model
 from shadow_sweep.predictors.fit import FittedPredictor
@@ -47,9 +48,12 @@ def design_fields(cfg: AppConfig) -> dict:
 
 
 class Job:
-    def __init__(self, cfg: AppConfig, context: dict, results: ResultsFile, tracker: Tracker, measured: set[str]):
-        """`measured`: point ids this job already has in the results file (a killed earlier run)."""
+    def __init__(self, cfg: AppConfig, context: dict, results: ResultsFile, tracker: Tracker, measured: set[str],
+                 task_sources: Optional[dict[str, TaskSource]] = None):
+        """`measured`: point ids this job already has in the results file (a killed earlier run);
+        `task_sources`: the evaluated tasks' sources read by `check_tasks` (else read again)."""
         self.cfg, self.context, self.results, self.tracker, self.measured = cfg, context, results, tracker, measured
+        self.task_sources = task_sources or {}
         self.rows: list[dict] = []
         self.summary: dict = {}
         self.predictor_folder: Optional[str] = None
@@ -91,7 +95,10 @@ class Job:
                 print(f"predictor {report['predictor']}: " + ", ".join(
                     f"{k} {report[k]:.3g}" for k in report if k.endswith("_mean") or k.endswith("_percent_of_model")))
         if cfg.stages.accuracy or cfg.stages.perplexity:
-            tasks = build_tasks(cfg.eval.tasks, cfg.paths.data_root, rule, cache, cfg.eval.include_path) if cfg.stages.accuracy else []
+            tasks = []
+            if cfg.stages.accuracy:
+                named = [self.task_sources.get(name, name) for name in cfg.eval.tasks]
+                tasks = build_tasks(named, cfg.paths.data_root, rule, cache, cfg.eval.include_path)
             for predictor, level in evaluation_points(cfg, fitted):
                 if point_id(point_row(cfg, predictor, level)) not in measured:
                     row, outcomes = cached_point(cfg, loaded, predictor, level, tasks, documents, cache)
@@ -117,11 +124,12 @@ def run_job(cfg: AppConfig, output_dir: Path, results: Optional[ResultsFile] = N
     try:
         validate(cfg)
         check_model_files(cfg.model)
-        check_tasks(cfg.eval.tasks if cfg.stages.accuracy else [], cfg.calibration.tasks if cfg.stages.trace else [],
-                    cfg.paths.data_root, cfg.eval.include_path)
+        evaluated = cfg.eval.tasks if cfg.stages.accuracy else []
+        calibrating = cfg.calibration.tasks if cfg.stages.trace else []
+        sources = check_tasks(evaluated, calibrating, cfg.paths.data_root, cfg.eval.include_path)
         output_dir.mkdir(parents=True, exist_ok=True)
         tracker = open_tracker(cfg, plain(asdict(cfg)), output_dir, identity.name, identity.sweep_id)
-        job = Job(cfg, context, results, tracker, point_ids(earlier) if cfg.sweep.skip_finished else set())
+        job = Job(cfg, context, results, tracker, point_ids(earlier) if cfg.sweep.skip_finished else set(), sources)
         job.run()
     except BaseException as error:
         summary = job.summary if job else {}
