@@ -213,7 +213,8 @@ class EvalConfig:
 
 
 class BenchKernel(str, Enum):
-    fused = "fused"  # per_token rows read in place (C++ gather-GEMV on CPU fp32)
+    fused_layer = "fused_layer"  # CPU fp32: every one-token step one C++ call per layer (rows read in place)
+    fused = "fused"  # per_token rows read in place (C++ gather-GEMV on CPU fp32), layers in Python
     eager = "eager"  # kept rows copied with index_select every token
 
 
@@ -235,7 +236,7 @@ class BenchConfig:
     levels: list[float] = field(default_factory=lambda: [0.5])
     predictors: list[BenchPredictor] = field(default_factory=lambda: list(BenchPredictor))
     updates: list[MaskUpdate] = field(default_factory=list)  # empty: the job's sparsity.update
-    kernel: BenchKernel = BenchKernel.fused
+    kernel: BenchKernel = BenchKernel.fused_layer
     cuda_graphs: bool = True  # on CUDA, also time fixed-weight points replaying a CUDA graph
     seed: int = 0
 

@@ -72,14 +72,17 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, groups: to
 
 class SparseDecoder:
     def __init__(self, loaded: LoadedModel, kernels=None):
-        """`kernels`: the compiled fused gather-GEMV module (decode.fused), for IndexedLayer."""
+        """`kernels` (decode.fused.gather_kernels): row kernels for IndexedLayer, and with
+        `whole_layers` the C++ layer for every one-token step."""
         self.kernels = kernels
+        self.whole_layers = getattr(kernels, "whole_layers", False)
         family = loaded.adapter.family
         if family not in DECODE_FAMILIES:
             raise ValueError(f"the sparse decode path supports the families {DECODE_FAMILIES}, not {family!r}")
         self.loaded, self.shape = loaded, loaded.shape
         self.family = LlamaFamily(loaded.model) if family == "llama" else OPTFamily(loaded.model)
         self.layers = list(loaded.adapter.decoder_layers(loaded.model))
+        self.norms = [self.family.norms(layer) if self.whole_layers else None for layer in self.layers]
         self.dense = [self.family.weights(layer) for layer in self.layers]
         self.device = loaded.device
         for w in self.dense:
@@ -128,16 +131,21 @@ class SparseDecoder:
         return [LayerCache.empty(max_len, w.k.shape[0] // self.shape.head_dim, self.shape.head_dim, like)
                 for w in weights]
 
-    def layer(self, index: int, x: torch.Tensor, positions: torch.Tensor, w: LayerWeights, cache: LayerCache,
-              kv: Optional[LayerWeights] = None, static: bool = False,
+    def layer(self, index: int, x: torch.Tensor, positions: torch.Tensor, w: LayerWeights | IndexedLayer,
+              cache: LayerCache, rotation, kv: Optional[LayerWeights] = None, static: bool = False,
               token_masks: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [T, D] -> (x [T, D], head context [T, |Q| d]). `kv` (the dense weights) supplies
-        K/V for every group when masks change per token; else K/V of `w`'s kept groups only.
-        `static`: one token at positions [1], static shapes (LayerCache.write_at).
-        `token_masks` (dense `w` only): per-token masks [T, H], [T, I] multiplied into the head
-        context and the neuron activation, as the masked path does (a sparse prefill)."""
+        """x [T, D] -> (x [T, D], head context [T, |Q| d]). `rotation`: the family's rotary cos
+        and sin at `positions` (None: learned positions), one per step for every layer. `kv`
+        (the dense weights) supplies K/V for every group when masks change per token; else K/V
+        of `w`'s kept groups only. `static`: one token at positions [1], static shapes
+        (LayerCache.write_at). `token_masks` (dense `w` only): per-token masks [T, H], [T, I]
+        multiplied into the head context and the neuron activation, as the masked path does
+        (a sparse prefill). One-token dynamic steps go to the C++ layer when the kernels run
+        whole layers (bench.kernel=fused_layer) and the family's norms and activation allow."""
+        if x.shape[0] == 1 and not static and token_masks is None and self.norms[index] is not None:
+            return self._fused_layer(index, x, w, cache, rotation, kv)
         if isinstance(w, IndexedLayer):
-            return self._indexed_layer(index, x, positions, w, cache)
+            return self._indexed_layer(index, x, positions, w, cache, rotation)
         layer, d, f = self.layers[index], self.shape.head_dim, self.family
         tokens = x.shape[0]
         h = f.attention_input(layer, x)
@@ -145,7 +153,7 @@ class SparseDecoder:
         q = linear(h, w.q, w.q_bias).view(tokens, -1, d).transpose(0, 1)[None]  # [1, |Q|, T, d]
         k = linear(h, source.k, source.k_bias).view(tokens, -1, d).transpose(0, 1)[None]
         v = linear(h, source.v, source.v_bias).view(tokens, -1, d)
-        q, k = f.position_queries_keys(q, k, positions, h[None])
+        q, k = f.position_queries_keys(q, k, rotation)
         k = k[0].transpose(0, 1)  # [T, groups, d]
         keys, values, valid = cache.write_at(positions, k, v) if static else cache.append(k, v)
         groups = w.kv_of_query if kv is None else w.query_heads // self.shape.queries_per_kv
@@ -162,9 +170,30 @@ class SparseDecoder:
         x = x + linear_transposed(hidden, w.down, w.down_bias)
         return x, context
 
+    def _fused_layer(self, index: int, x: torch.Tensor, w: LayerWeights | IndexedLayer, cache: LayerCache,
+                     rotation, kv: Optional[LayerWeights]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token through one C++ call (kernels/decode_step.cpp: decode_layer). Sliced or
+        dense weights read every row of theirs; an IndexedLayer its kept rows of the dense
+        weights, with K/V of every group."""
+        indexed = isinstance(w, IndexedLayer)
+        source = w.dense if indexed else w
+        kv_source = w.dense if indexed else kv or w
+        groups = w.query_heads // self.shape.queries_per_kv if indexed or kv is not None else w.kv_of_query
+        cos, sin = (None, None) if rotation is None else (part.reshape(-1) for part in rotation)
+        norms = self.norms[index]
+        weights = [source.q, source.q_bias, kv_source.k, kv_source.k_bias, kv_source.v, kv_source.v_bias, source.o,
+                   source.o_bias, source.mlp, source.up_bias, source.down_bias]
+        position = cache.length
+        x, context = self.kernels.module.decode_layer(
+            x, norms.tensors, weights, w.q_rows if indexed else None, w.neuron_rows if indexed else None, groups,
+            cos, sin, cache.k, cache.v, position, self.shape.head_dim, self.family.scale, norms.eps, norms.kind,
+            norms.activation)
+        cache.length = position + 1
+        return x, context
+
     def _indexed_layer(self, index: int, x: torch.Tensor, positions: torch.Tensor, w: IndexedLayer,
-                       cache: LayerCache) -> tuple[torch.Tensor, torch.Tensor]:
-        """One token through the fused kernels: q, o, up, gate, down read only the kept rows
+                       cache: LayerCache, rotation) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token through the row kernels: q, o, up, gate, down read only the kept rows
         in place; k and v stay dense (every group is cached under per-token masks)."""
         if x.shape[0] != 1:
             raise ValueError("the fused kernels decode one token at a time")
@@ -174,7 +203,7 @@ class SparseDecoder:
         q = add(kernels.gather_gemv(full.q, w.q_rows, h[0]), full.q_bias, w.q_rows).view(1, -1, 1, d)
         k = linear(h, full.k, full.k_bias).view(1, -1, d).transpose(0, 1)[None]
         v = linear(h, full.v, full.v_bias).view(1, -1, d)
-        q, k = f.position_queries_keys(q, k, positions, h[None])
+        q, k = f.position_queries_keys(q, k, rotation)
         keys, values, _ = cache.append(k[0].transpose(0, 1), v)
         context = attend(q, keys, values, w.query_heads // self.shape.queries_per_kv, f.scale, None)
         x = x + add(kernels.gather_transposed_gemv(full.o, w.q_rows, context[0]), full.o_bias)
@@ -184,12 +213,23 @@ class SparseDecoder:
         hidden = f.activation(layer, gate, up)
         return x + add(kernels.gather_transposed_gemv(full.down, w.neuron_rows, hidden), full.down_bias), context
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The last position's logits [V]: lm_head by the C++ row kernel for whole-layer
+        kernels (a plain GEMV streams it at about half the bandwidth on the CPU)."""
+        if not self.whole_layers:
+            return self.family.logits(x[-1:])[0]
+        h = self.family.final_hidden(x[-1:])[0]
+        head = self.family.lm_head
+        logits = self.kernels.gather_gemv(head.weight, None, h)
+        return logits if head.bias is None else logits + head.bias
+
     @torch.no_grad()
     def step_at(self, token: torch.Tensor, position: torch.Tensor, weights: list[LayerWeights],
                 caches: list[LayerCache]) -> torch.Tensor:
         """One token [1] at a position [1] given as device tensors -> logits [V], with fixed
         weights, static shapes and no host sync: the step a CUDA graph captures (decode.graphs)."""
         x = self.family.embed(token, position)
+        rotation = self.family.rotation(position, x)
         for index, (w, cache) in enumerate(zip(weights, caches)):
-            x, _ = self.layer(index, x, position, w, cache, static=True)
+            x, _ = self.layer(index, x, position, w, cache, rotation, static=True)
         return self.family.logits(x)[0]

@@ -1,17 +1,21 @@
-"""Gather-GEMV kernels for per-token masks: compute only the kept rows of a weight.
+"""Kernels of the one-token decode step (`bench.kernel`).
 
-    gather_gemv(W [R, D], rows [k], x [D])              -> W[rows] @ x        [k]
-    gather_transposed_gemv(Wt [R, D], rows [k], x [k])  -> x @ Wt[rows]       [D]
+    gather_gemv(W [R, D], rows [k] | None, x [D])             -> W[rows] @ x        [k]
+    gather_transposed_gemv(Wt [R, D], rows [k] | None, x [k]) -> x @ Wt[rows]       [D]
+    decode_layer(x [1, D], ...)                               -> (x' [1, D], context [1, |Q| d])
 
-On the CPU in float32: the fused C++/OpenMP kernels (kernels/gather_gemv.cpp), compiled on
-first use with torch's cpp_extension into the stage cache (about a minute, once per machine
-and torch); they read the kept rows in place. On CUDA, and for other dtypes:
-`TorchGatherKernels`, the same two functions in torch ops (an on-device gather of the kept
-rows, then a GEMV; no host sync).
+On the CPU in float32: the C++/OpenMP kernels (kernels/decode_step.cpp), compiled on first
+use with torch's cpp_extension into the stage cache (about a minute, once per machine, CPU
+feature set and torch); they read the kept rows in place (rows None: every row).
+`fused_layer` runs every one-token step (dense, sliced and per-token rows) one decoder layer
+per C++ call; `fused` uses the row kernels for per-token rows only. On CUDA, and for other
+dtypes: `TorchGatherKernels`, the two row functions in torch ops (an on-device gather of the
+kept rows, then a GEMV; no host sync).
 """
 
 import hashlib
 import platform
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional
@@ -21,15 +25,36 @@ from torch.utils.cpp_extension import load
 
 from shadow_sweep.config import BenchKernel
 
-SOURCE = Path(__file__).parent / "kernels" / "gather_gemv.cpp"
+SOURCE = Path(__file__).parent / "kernels" / "decode_step.cpp"
 
 
 @lru_cache(maxsize=None)
 def cpp_kernels(build_dir: str):
-    """The compiled C++ module (gather_gemv, gather_transposed_gemv)."""
+    """The compiled C++ module (gather_gemv, gather_transposed_gemv, decode_layer)."""
     Path(build_dir).mkdir(parents=True, exist_ok=True)
-    return load(name="shadow_sweep_gather_gemv", sources=[str(SOURCE)], build_directory=build_dir,
+    return load(name="shadow_sweep_decode_step", sources=[str(SOURCE)], build_directory=build_dir,
                 extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
+
+
+@dataclass(frozen=True)
+class CppKernels:
+    """The C++ module for one `bench.kernel` mode; `whole_layers`: one-token steps run each
+    layer as one `decode_layer` call (fused_layer), else only per-token rows use the row
+    kernels (fused)."""
+
+    module: object
+    whole_layers: bool
+
+    @property
+    def name(self) -> str:
+        return "fused_layer" if self.whole_layers else "fused_cpp"
+
+    def gather_gemv(self, weight: torch.Tensor, rows: Optional[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return self.module.gather_gemv(weight, rows, x)
+
+    def gather_transposed_gemv(self, weight_t: torch.Tensor, rows: Optional[torch.Tensor], x: torch.Tensor
+                               ) -> torch.Tensor:
+        return self.module.gather_transposed_gemv(weight_t, rows, x)
 
 
 class TorchGatherKernels:
@@ -66,12 +91,13 @@ def gather_kernels(kernel: BenchKernel | str, device: torch.device, dtype: torch
                    cache_root: str | Path):
     """`bench.kernel` for weights of this device and dtype: None for eager (the decoder copies
     kept rows every token), the C++ module for float32 on the CPU, TorchGatherKernels else."""
-    if BenchKernel(kernel) == BenchKernel.eager:
+    kernel = BenchKernel(kernel)
+    if kernel == BenchKernel.eager:
         return None
     if device.type == "cpu" and dtype == torch.float32:
-        return cpp_kernels(build_dir(cache_root))
+        return CppKernels(cpp_kernels(build_dir(cache_root)), whole_layers=kernel == BenchKernel.fused_layer)
     return TorchGatherKernels()
 
 
 def kernel_name(kernels) -> str:
-    return "eager" if kernels is None else getattr(kernels, "name", "fused_cpp")
+    return "eager" if kernels is None else kernels.name

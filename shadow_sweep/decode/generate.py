@@ -112,6 +112,7 @@ class Generator:
         positions = torch.arange(start, start + ids.shape[0], device=d.device)
         dense_kv = self.update == "per_token" or not use
         x = d.family.embed(ids, positions)
+        rotation = d.family.rotation(positions, x)
         for layer in range(d.shape.num_layers):
             if predict and self._runs_before(layer):
                 began = now()
@@ -124,7 +125,7 @@ class Generator:
                 source = d.dense[layer] if dense_kv else weights[layer]
                 caches[layer] = d.new_cache(self.max_len, [source])[0]
             x, context = d.layer(layer, x, positions, weights[layer] if use else d.dense[layer], caches[layer],
-                                 d.dense[layer] if dense_kv else None)
+                                 rotation, d.dense[layer] if dense_kv else None)
             if predict and self._runs_after(layer):
                 began = now()
                 heads, neurons = tuple(m[0].bool() for m in self.predictor.all_layers(context[-1:]))
@@ -132,7 +133,7 @@ class Generator:
                 began = now()
                 weights[1:] = self._select_from(1, heads, neurons, single=ids.shape[0] == 1)
                 run.gather_s += now() - began
-        return d.family.logits(x[-1:])[0]
+        return d.logits(x)
 
     def _masked_prompt(self, ids: torch.Tensor, caches: list, run: DecodeRun) -> torch.Tensor:
         """per_token with a sparse prefill: the prompt as one forward with every token's own
@@ -141,6 +142,7 @@ class Generator:
         d, now = self.decoder, self._now
         positions = torch.arange(ids.shape[0], device=d.device)
         x = d.family.embed(ids, positions)
+        rotation = d.family.rotation(positions, x)
         predicted = None
         for layer in range(d.shape.num_layers):
             token_masks = None
@@ -151,13 +153,13 @@ class Generator:
                 token_masks = (predicted[0][:, layer], predicted[1][:, layer])
             run.predictor_s += now() - began
             caches[layer] = d.new_cache(self.max_len, [d.dense[layer]])[0]
-            x, context = d.layer(layer, x, positions, d.dense[layer], caches[layer], d.dense[layer],
+            x, context = d.layer(layer, x, positions, d.dense[layer], caches[layer], rotation, d.dense[layer],
                                  token_masks=token_masks)
             if self._runs_after(layer):
                 began = now()
                 predicted = self.predictor.all_layers(context)  # [T, L, H], [T, L, I]
                 run.predictor_s += now() - began
-        return d.family.logits(x[-1:])[0]
+        return d.logits(x)
 
     def _prefill(self, prompt: torch.Tensor, weights: list, caches: list, run: DecodeRun, learned: bool
                  ) -> torch.Tensor:

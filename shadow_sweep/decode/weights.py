@@ -3,10 +3,15 @@
 For one decoder layer and kept query heads Q (and the K/V groups G they read), kept
 neurons N:
     q  [|Q| d, D]   k, v [|G| d, D]      rows of the projections (row-major: a kept head's rows
-    o  [|Q| d, D]                          are contiguous); o and down are stored TRANSPOSED so
-    up, gate [|N|, D]   down [|N|, D]      that their kept columns are contiguous rows too.
-`LayerWeights.full(...)` keeps everything (the dense path); `sliced(keep_heads, keep_neurons)`
-gathers once (per sequence, or per token in the re-predicting mode).
+    o  [|Q| d, D]                          are contiguous); o is stored TRANSPOSED so that its
+    mlp [|N|, parts, D]                    kept columns are contiguous rows too.
+`mlp` is neuron-major: neuron j's up row, gate row (gated MLPs) and down column (down
+transposed) lie next to each other, so a kept neuron is one contiguous read of parts x D
+elements. Scattered rows of D elements stream at about half the bandwidth of contiguous
+ones on a CPU (its prefetchers fetch past each row's end); neuron-major runs are 2-3x longer
+(docs/decode.md). `up`, `gate` and `down` are strided views of it.
+`sliced(keep_heads, keep_neurons)` gathers once (per sequence, or per token in the
+re-predicting mode without row kernels).
 """
 
 from dataclasses import dataclass
@@ -20,15 +25,18 @@ def head_rows(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
     return (heads[:, None] * head_dim + torch.arange(head_dim, device=heads.device)).flatten()
 
 
+def neuron_major(up: torch.Tensor, gate: Optional[torch.Tensor], down_t: torch.Tensor) -> torch.Tensor:
+    """up, gate [I, D] and down transposed [I, D] -> mlp [I, parts, D] (parts 3, or 2 without gate)."""
+    return torch.stack([t for t in (up, gate, down_t) if t is not None], 1)
+
+
 @dataclass
 class LayerWeights:
     q: torch.Tensor
     k: torch.Tensor
     v: torch.Tensor
     o: torch.Tensor  # transposed
-    up: torch.Tensor
-    down: torch.Tensor  # transposed
-    gate: Optional[torch.Tensor] = None  # gated MLPs (Llama family)
+    mlp: torch.Tensor  # [|N|, parts, D]: up, gate (gated MLPs), down transposed, per neuron
     q_bias: Optional[torch.Tensor] = None
     k_bias: Optional[torch.Tensor] = None
     v_bias: Optional[torch.Tensor] = None
@@ -38,6 +46,19 @@ class LayerWeights:
     query_heads: Optional[torch.Tensor] = None  # [|Q|] kept query heads (model numbering)
     kv_of_query: Optional[torch.Tensor] = None  # [|Q|] each kept query head's K/V group among the kept groups
 
+    @property
+    def up(self) -> torch.Tensor:
+        return self.mlp[:, 0]
+
+    @property
+    def gate(self) -> Optional[torch.Tensor]:
+        return self.mlp[:, 1] if self.mlp.shape[1] == 3 else None
+
+    @property
+    def down(self) -> torch.Tensor:
+        """Transposed: [|N|, D]."""
+        return self.mlp[:, -1]
+
     def sliced(self, head_dim: int, keep_heads: torch.Tensor, keep_neurons: torch.Tensor,
                queries_per_kv: int) -> "LayerWeights":
         """Only the kept query heads (with the K/V groups they read) and kept neurons."""
@@ -46,7 +67,7 @@ class LayerWeights:
         pick = lambda t, rows: None if t is None else t.index_select(0, rows).contiguous()  # noqa: E731
         return LayerWeights(
             q=pick(self.q, q_rows), k=pick(self.k, kv_rows), v=pick(self.v, kv_rows), o=pick(self.o, q_rows),
-            up=pick(self.up, keep_neurons), down=pick(self.down, keep_neurons), gate=pick(self.gate, keep_neurons),
+            mlp=pick(self.mlp, keep_neurons),
             q_bias=pick(self.q_bias, q_rows), k_bias=pick(self.k_bias, kv_rows), v_bias=pick(self.v_bias, kv_rows),
             o_bias=self.o_bias, up_bias=pick(self.up_bias, keep_neurons), down_bias=self.down_bias,
             query_heads=keep_heads, kv_of_query=torch.searchsorted(groups, keep_heads // queries_per_kv))

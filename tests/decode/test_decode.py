@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from shadow_sweep.config import MaskUpdate, PredictorConfig, PredictorName, Prefill, Ranking, SparsityConfig
+from shadow_sweep.config import BenchKernel, MaskUpdate, PredictorConfig, PredictorName, Prefill, Ranking, SparsityConfig
 from shadow_sweep.decode.engine import SparseDecoder
+from shadow_sweep.decode.fused import gather_kernels
 from shadow_sweep.decode.generate import Generator
 from shadow_sweep.predictors.inference import MaskPredictor
 from shadow_sweep.models.masks import HeadNeuronMasks
@@ -87,13 +88,17 @@ def masked_path_logits(loaded, runtime, prompt, tokens, prefill):
 @pytest.mark.parametrize("kind", [PredictorName.shadowllm, PredictorName.dejavu, PredictorName.static])
 @pytest.mark.parametrize("update", list(MaskUpdate))
 @pytest.mark.parametrize("prefill", list(Prefill))
-def test_decode_matches_the_masked_path_for_every_update_and_prefill(name, kind, update, prefill, session_cache):
+@pytest.mark.parametrize("kernel", [BenchKernel.eager, BenchKernel.fused_layer])
+def test_decode_matches_the_masked_path_for_every_update_and_prefill(name, kind, update, prefill, kernel,
+                                                                     session_cache, embedded_cache):
     """32 generated tokens: the sparse decode path's logits equal one masked forward of the
-    accuracy path over the same sequence (same predictor, policy, update and prefill)."""
+    accuracy path over the same sequence (same predictor, policy, update and prefill), with
+    torch ops and with every one-token step in the C++ layer."""
     loaded = load_tiny(name, session_cache)
     fitted = fit(synthetic_traces(loaded.shape, 64), PredictorConfig(name=kind, epochs=3), loaded.shape)
     policy = SparsityPolicy(SparsityConfig(level=0.5), loaded.shape)
-    generator = Generator(SparseDecoder(loaded), MaskPredictor(fitted, policy, update=update), update.value,
+    kernels = gather_kernels(kernel, loaded.device, torch.float32, embedded_cache.root)
+    generator = Generator(SparseDecoder(loaded, kernels), MaskPredictor(fitted, policy, update=update), update.value,
                           prefill=prefill)
     run = generator.generate(_prompt(5), STEPS)
     with ContextualMasks(loaded, fitted, policy, update=update) as runtime:
@@ -203,9 +208,16 @@ def test_gather_kernels_match_the_eager_gather(session_cache, embedded_cache):
     for kernels in (compiled, TorchGatherKernels()):
         torch.testing.assert_close(kernels.gather_gemv(weight, rows, x), weight[rows] @ x)
         torch.testing.assert_close(kernels.gather_transposed_gemv(weight, rows, a), a @ weight[rows])
+    # every row (rows None), and rows lying apart (a view of the neuron-major MLP [I, parts, D])
+    torch.testing.assert_close(compiled.gather_gemv(weight, None, x), weight @ x)
+    strided = torch.randn(40, 3, 24, generator=g)[:, 1]
+    torch.testing.assert_close(compiled.gather_gemv(strided, rows, x), strided[rows] @ x)
+    torch.testing.assert_close(compiled.gather_transposed_gemv(strided, rows, a), a @ strided[rows])
     loaded = load_tiny("tiny-llama", session_cache)
+    whole_layers = gather_kernels("fused_layer", torch.device("cpu"), torch.float32, embedded_cache.root)
     _assert_same_runs(_per_token_runs(loaded, [SparseDecoder(loaded), SparseDecoder(loaded, compiled),
-                                               SparseDecoder(loaded, TorchGatherKernels())]))
+                                               SparseDecoder(loaded, TorchGatherKernels()),
+                                               SparseDecoder(loaded, whole_layers)]))
 
 
 def test_indexed_layers_at_once_equal_one_layer_at_a_time(session_cache):
@@ -232,3 +244,25 @@ def test_cuda_path_matches_the_cpu_path(name, session_cache):
     assert gpu.device.type == "cuda"
     _assert_same_runs(_per_token_runs(cpu, [SparseDecoder(cpu)]) +
                       _per_token_runs(gpu, [SparseDecoder(gpu), SparseDecoder(gpu, TorchGatherKernels())]))
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-opt"])
+def test_the_cpp_layer_equals_torch_ops_with_layers_that_keep_nothing(name, session_cache, embedded_cache):
+    """Fixed masks where one layer keeps no head and another no neuron: every one-token step
+    in the C++ layer (bench.kernel=fused_layer) gives the torch-ops path's tokens and logits."""
+    loaded = load_tiny(name, session_cache)
+    s = loaded.shape
+    g = torch.Generator().manual_seed(3)
+    heads = torch.rand(s.num_layers, s.num_heads, generator=g) > 0.5
+    neurons = torch.rand(s.num_layers, s.num_neurons, generator=g) > 0.5
+    heads[1] = False
+    neurons[2] = False
+    policy = SparsityPolicy(SparsityConfig(level=0.5, ranking=Ranking["per_layer"]), s)
+    whole_layers = gather_kernels(BenchKernel.fused_layer, loaded.device, torch.float32, embedded_cache.root)
+    runs = []
+    for decoder in (SparseDecoder(loaded), SparseDecoder(loaded, whole_layers)):
+        generator = Generator(decoder, MaskPredictor(_static(loaded, heads, neurons), policy), "per_sequence")
+        generator.static_weights = generator._slice_all(heads, neurons)
+        runs.append(generator.generate(_prompt(6), STEPS))
+    assert runs[1].logits[-1].abs().sum() > 0
+    _assert_same_runs(runs)

@@ -1,0 +1,331 @@
+// Batch-1 decode on the CPU in float32: row kernels and one whole decoder layer per call.
+//   gather_gemv(W [R, D], rows [k] | None, x [D])             -> W[rows] @ x       [k]
+//   gather_transposed_gemv(Wt [R, D], rows [k] | None, a [k]) -> a @ Wt[rows]      [D]
+//   decode_layer(x [D], ...)                                   -> (x' [D], context [|Q| d])
+// rows None reads every row; a weight's rows may be strided (views of the neuron-major MLP).
+// No kernel copies W[rows]: each kept row is streamed once, split between torch's intra-op
+// threads. decode_layer runs one token through a Llama-family or pre-LayerNorm OPT layer
+// (norm, q/k/v, rotary, K/V written into the cache, attention, o, residual, norm, then per
+// kept neuron its up/gate dots, activation and down row in one pass over the neuron-major
+// MLP [N, parts, D], residual) without returning to Python.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace {
+
+using MaybeTensor = c10::optional<torch::Tensor>;
+
+// The rows a gather reads: index[j], or j itself when every row is read (no index).
+struct Gather {
+  torch::Tensor index;  // keeps `rows` alive
+  const int64_t* rows;
+  int64_t count;
+  int64_t operator()(int64_t j) const { return rows ? rows[j] : j; }
+};
+
+Gather gather_of(const MaybeTensor& rows, int64_t all) {
+  if (!rows.has_value()) return {torch::Tensor(), nullptr, all};
+  auto index = rows->to(torch::kLong).contiguous();
+  return {index, index.data_ptr<int64_t>(), index.numel()};
+}
+
+const float* float_data(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_contiguous() && t.scalar_type() == torch::kFloat32, name, ": contiguous float32");
+  return t.data_ptr<float>();
+}
+
+// A weight [R, D] whose rows are contiguous but may lie `stride` elements apart.
+const float* row_data(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() == 2 && t.stride(1) == 1 && t.scalar_type() == torch::kFloat32, name,
+              ": float32 [R, D] with contiguous rows");
+  return t.data_ptr<float>();
+}
+
+const float* maybe_data(const MaybeTensor& t, const char* name) {
+  return t.has_value() ? float_data(*t, name) : nullptr;
+}
+
+constexpr int64_t PREFETCH_ROWS = 2;  // rows ahead whose cache lines are requested early (gathers jump)
+
+void prefetch_row(const float* row, int64_t d) {
+  const char* bytes = reinterpret_cast<const char*>(row);
+  for (int64_t b = 0; b < d * static_cast<int64_t>(sizeof(float)); b += 64) __builtin_prefetch(bytes + b);
+}
+
+// One matrix-vector product of a gemv call: out[j] = W[rows(j)] . x (+ bias[rows(j)]).
+struct Product {
+  const float* weight;
+  int64_t stride;  // elements from one row to the next
+  const Gather* rows;
+  const float* bias;
+  float* out;
+};
+
+// Several products over the same x [d] in one parallel region (q, k, v; up, gate): the kept
+// rows of all of them are split between the threads as one range. Each row is summed in a
+// 32-wide accumulator (vectorises without -ffast-math) while the rows PREFETCH_ROWS ahead load.
+void gemv(const std::vector<Product>& products, int64_t d, const float* x) {
+  std::vector<int64_t> starts{0};
+  for (const auto& p : products) starts.push_back(starts.back() + p.rows->count);
+  at::parallel_for(0, starts.back(), 16, [&](int64_t begin, int64_t end) {
+    size_t part = std::upper_bound(starts.begin(), starts.end(), begin) - starts.begin() - 1;
+    for (int64_t global = begin; global < end; ++global) {
+      while (global >= starts[part + 1]) ++part;
+      const Product& p = products[part];
+      const int64_t j = global - starts[part];
+      if (j + PREFETCH_ROWS < p.rows->count) prefetch_row(p.weight + (*p.rows)(j + PREFETCH_ROWS) * p.stride, d);
+      const float* row = p.weight + (*p.rows)(j) * p.stride;
+      float acc[32] = {};
+      int64_t c = 0;
+      for (; c + 32 <= d; c += 32)
+#pragma omp simd
+        for (int64_t l = 0; l < 32; ++l) acc[l] += row[c + l] * x[c + l];
+      float sum = 0.f;
+      for (int64_t l = 0; l < 32; ++l) sum += acc[l];
+      for (; c < d; ++c) sum += row[c] * x[c];
+      p.out[j] = p.bias ? sum + p.bias[(*p.rows)(j)] : sum;
+    }
+  });
+}
+
+// out[D] = sum_j a[j] * Wt[rows(j)] (+ bias [D]): each thread sums its share of the rows into
+// its own partial output, then the partials are added.
+void transposed_gemv(const float* w, int64_t d, int64_t stride, const Gather& rows, const float* a, const float* bias,
+                     float* out) {
+  const int64_t k = rows.count;
+  const int threads = at::get_num_threads();
+  std::vector<float> partial(static_cast<size_t>(threads) * d, 0.f);
+  const int64_t chunk = (k + threads - 1) / threads;
+  at::parallel_for(0, threads, 1, [&](int64_t first, int64_t last) {
+    for (int64_t t = first; t < last; ++t) {
+      float* acc = partial.data() + t * d;
+      const int64_t last_row = std::min(k, (t + 1) * chunk);
+      for (int64_t j = t * chunk; j < last_row; ++j) {
+        if (j + PREFETCH_ROWS < last_row) prefetch_row(w + rows(j + PREFETCH_ROWS) * stride, d);
+        const float* row = w + rows(j) * stride;
+        const float s = a[j];
+#pragma omp simd
+        for (int64_t c = 0; c < d; ++c) acc[c] += s * row[c];
+      }
+    }
+  });
+  for (int64_t c = 0; c < d; ++c) out[c] = bias ? bias[c] : 0.f;
+  for (int t = 0; t < threads; ++t)
+    for (int64_t c = 0; c < d; ++c) out[c] += partial[t * d + c];
+}
+
+float dot(const float* row, const float* x, int64_t d) {
+  float acc[32] = {};
+  int64_t c = 0;
+  for (; c + 32 <= d; c += 32)
+#pragma omp simd
+    for (int64_t l = 0; l < 32; ++l) acc[l] += row[c + l] * x[c + l];
+  float sum = 0.f;
+  for (int64_t l = 0; l < 32; ++l) sum += acc[l];
+  for (; c < d; ++c) sum += row[c] * x[c];
+  return sum;
+}
+
+float activate(float v, int64_t activation);
+
+// The MLP over kept neurons of a neuron-major mlp [I, parts, D] (parts: up, gate, down^T; or
+// up, down^T): out [D] = sum_j act(gate_j . h) (up_j . h + up_bias_j) down_j (+ down_bias),
+// or act(up_j . h + up_bias_j) without gate. One pass per kept neuron over its parts x D
+// contiguous elements; each thread sums its share into its own partial output.
+void neuron_major_mlp(const float* mlp, int64_t parts, int64_t d, const Gather& neurons, const float* h,
+                      const float* up_bias, const float* down_bias, int64_t activation, float* out) {
+  const int64_t k = neurons.count;
+  const int threads = at::get_num_threads();
+  std::vector<float> partial(static_cast<size_t>(threads) * d, 0.f);
+  const int64_t chunk = (k + threads - 1) / threads;
+  at::parallel_for(0, threads, 1, [&](int64_t first, int64_t last) {
+    for (int64_t t = first; t < last; ++t) {
+      float* acc = partial.data() + t * d;
+      const int64_t last_neuron = std::min(k, (t + 1) * chunk);
+      for (int64_t j = t * chunk; j < last_neuron; ++j) {
+        if (j + 1 < last_neuron) prefetch_row(mlp + neurons(j + 1) * parts * d, parts * d);
+        const int64_t neuron = neurons(j);
+        const float* rows = mlp + neuron * parts * d;
+        float up = dot(rows, h, d) + (up_bias ? up_bias[neuron] : 0.f);
+        const float a = parts == 3 ? activate(dot(rows + d, h, d), activation) * up : activate(up, activation);
+        const float* down = rows + (parts - 1) * d;
+#pragma omp simd
+        for (int64_t c = 0; c < d; ++c) acc[c] += a * down[c];
+      }
+    }
+  });
+  for (int64_t c = 0; c < d; ++c) out[c] = down_bias ? down_bias[c] : 0.f;
+  for (int t = 0; t < threads; ++t)
+    for (int64_t c = 0; c < d; ++c) out[c] += partial[t * d + c];
+}
+
+// RMSNorm (kind 0): x / sqrt(mean(x^2) + eps) * w; LayerNorm (kind 1): (x - mean) / sqrt(var + eps) * w + b.
+void normalize(const float* x, int64_t n, const float* w, const float* b, double eps, int64_t kind, float* out) {
+  double mean = 0.0;
+  if (kind == 1) {
+    for (int64_t i = 0; i < n; ++i) mean += x[i];
+    mean /= n;
+  }
+  double square = 0.0;
+  for (int64_t i = 0; i < n; ++i) square += (x[i] - mean) * (x[i] - mean);
+  const float inverse = static_cast<float>(1.0 / std::sqrt(square / n + eps));
+  for (int64_t i = 0; i < n; ++i) {
+    const float y = (x[i] - static_cast<float>(mean)) * inverse * w[i];
+    out[i] = b ? y + b[i] : y;
+  }
+}
+
+// HF's rotate-half rotary embedding of `heads` vectors of d: v*cos + rotate_half(v)*sin.
+void rotate(float* v, int64_t heads, int64_t d, const float* cos, const float* sin) {
+  const int64_t half = d / 2;
+  for (int64_t h = 0; h < heads; ++h) {
+    float* u = v + h * d;
+    for (int64_t i = 0; i < half; ++i) {
+      const float first = u[i];
+      const float second = u[i + half];
+      u[i] = first * cos[i] - second * sin[i];
+      u[i + half] = second * cos[i + half] + first * sin[i + half];
+    }
+  }
+}
+
+// Activation codes (decode/families.py ACTIVATIONS): 0 silu, 1 relu, 2 gelu (erf), 3 gelu (tanh).
+float activate(float v, int64_t activation) {
+  switch (activation) {
+    case 0: return v / (1.f + std::exp(-v));
+    case 1: return v > 0.f ? v : 0.f;
+    case 2: return 0.5f * v * (1.f + std::erf(v * static_cast<float>(M_SQRT1_2)));
+    default: {
+      const float inner = 0.7978845608028654f * (v + 0.044715f * v * v * v);
+      return 0.5f * v * (1.f + std::tanh(inner));
+    }
+  }
+}
+
+// Softmax attention of each kept query head over its K/V group's first `length` cache slots.
+void attend(const float* q, const int64_t* groups, int64_t heads, const float* keys, const float* values,
+            int64_t kv_groups, int64_t length, int64_t d, float scale, float* context) {
+  at::parallel_for(0, heads, 1, [&](int64_t first, int64_t last) {
+    std::vector<float> scores(length);
+    for (int64_t h = first; h < last; ++h) {
+      const float* qh = q + h * d;
+      const int64_t g = groups[h];
+      float top = -INFINITY;
+      for (int64_t s = 0; s < length; ++s) {
+        const float* key = keys + (s * kv_groups + g) * d;
+        float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+        for (int64_t i = 0; i < d; ++i) dot += qh[i] * key[i];
+        scores[s] = dot * scale;
+        top = std::max(top, scores[s]);
+      }
+      float total = 0.f;
+      for (int64_t s = 0; s < length; ++s) {
+        scores[s] = std::exp(scores[s] - top);
+        total += scores[s];
+      }
+      float* out = context + h * d;
+      std::fill(out, out + d, 0.f);
+      for (int64_t s = 0; s < length; ++s) {
+        const float* value = values + (s * kv_groups + g) * d;
+        const float p = scores[s] / total;
+#pragma omp simd
+        for (int64_t i = 0; i < d; ++i) out[i] += p * value[i];
+      }
+    }
+  });
+}
+
+}  // namespace
+
+torch::Tensor gather_gemv(torch::Tensor weight, MaybeTensor rows, torch::Tensor x) {
+  auto xc = x.contiguous();
+  const auto gather = gather_of(rows, weight.size(0));
+  auto out = torch::empty({gather.count}, x.options());
+  gemv({{row_data(weight, "weight"), weight.stride(0), &gather, nullptr, out.data_ptr<float>()}}, weight.size(1),
+       float_data(xc, "x"));
+  return out;
+}
+
+torch::Tensor gather_transposed_gemv(torch::Tensor weight_t, MaybeTensor rows, torch::Tensor a) {
+  auto ac = a.contiguous();
+  const auto gather = gather_of(rows, weight_t.size(0));
+  auto out = torch::empty({weight_t.size(1)}, a.options());
+  transposed_gemv(row_data(weight_t, "weight"), weight_t.size(1), weight_t.stride(0), gather, float_data(ac, "a"),
+                  nullptr, out.data_ptr<float>());
+  return out;
+}
+
+// One token through one layer. norms: attention norm weight, bias, MLP norm weight, bias;
+// weights: q, q_bias, k, k_bias, v, v_bias, o (transposed), o_bias, mlp [I, parts, D]
+// (neuron-major: up, gate, down transposed; or up, down transposed), up_bias, down_bias
+// (None where absent). q_rows index q and o, neuron_rows the mlp (None: every row); k/v rows
+// are all computed and written at `position` of the cache [max_len, groups, d]; kv_groups
+// [|Q|] is each kept query head's group there.
+std::vector<torch::Tensor> decode_layer(torch::Tensor x, std::vector<MaybeTensor> norms,
+                                        std::vector<MaybeTensor> weights, MaybeTensor q_rows,
+                                        MaybeTensor neuron_rows, torch::Tensor kv_groups, MaybeTensor cos,
+                                        MaybeTensor sin, torch::Tensor cache_k, torch::Tensor cache_v,
+                                        int64_t position, int64_t head_dim, double scale, double eps,
+                                        int64_t norm_kind, int64_t activation) {
+  TORCH_CHECK(norms.size() == 4 && weights.size() == 11, "decode_layer: 4 norms and 11 weights");
+  TORCH_CHECK(position < cache_k.size(0), "decode_layer: position past the cache");
+  const int64_t dim = x.numel();
+  const auto& q = *weights[0];
+  const auto& k = *weights[2];
+  const auto& o = *weights[6];
+  const auto& mlp = *weights[8];
+  TORCH_CHECK(mlp.dim() == 3 && mlp.size(2) == dim, "decode_layer: mlp [I, parts, D]");
+  const auto q_gather = gather_of(q_rows, q.size(0));
+  const auto neuron_gather = gather_of(neuron_rows, mlp.size(0));
+  const auto kv_all = gather_of(c10::nullopt, k.size(0));
+  const int64_t heads = q_gather.count / head_dim;
+  const int64_t groups = k.size(0) / head_dim;
+  TORCH_CHECK(cache_k.size(1) == groups && cache_k.is_contiguous() && cache_v.is_contiguous(),
+              "decode_layer: cache [max_len, groups, d], contiguous");
+  auto groups_index = kv_groups.to(torch::kLong).contiguous();
+  TORCH_CHECK(groups_index.numel() == heads, "decode_layer: one K/V group per kept head");
+
+  auto xc = x.contiguous();
+  const float* residual = float_data(xc, "x");
+  std::vector<float> h(dim);
+  normalize(residual, dim, float_data(*norms[0], "norm"), maybe_data(norms[1], "norm bias"), eps, norm_kind, h.data());
+
+  auto context = torch::empty({heads * head_dim}, x.options());
+  std::vector<float> query(heads * head_dim);
+  float* keys = cache_k.data_ptr<float>() + position * groups * head_dim;
+  float* values = cache_v.data_ptr<float>() + position * groups * head_dim;
+  gemv({{float_data(q, "q"), dim, &q_gather, maybe_data(weights[1], "q bias"), query.data()},
+        {float_data(k, "k"), dim, &kv_all, maybe_data(weights[3], "k bias"), keys},
+        {float_data(*weights[4], "v"), dim, &kv_all, maybe_data(weights[5], "v bias"), values}},
+       dim, h.data());
+  if (cos.has_value()) {
+    rotate(query.data(), heads, head_dim, float_data(*cos, "cos"), float_data(*sin, "sin"));
+    rotate(keys, groups, head_dim, cos->data_ptr<float>(), sin->data_ptr<float>());
+  }
+  attend(query.data(), groups_index.data_ptr<int64_t>(), heads, cache_k.data_ptr<float>(),
+         cache_v.data_ptr<float>(), groups, position + 1, head_dim, static_cast<float>(scale),
+         context.data_ptr<float>());
+
+  auto out = torch::empty({1, dim}, x.options());
+  float* y = out.data_ptr<float>();
+  transposed_gemv(float_data(o, "o"), dim, dim, q_gather, context.data_ptr<float>(), maybe_data(weights[7], "o bias"),
+                  y);
+  for (int64_t i = 0; i < dim; ++i) y[i] += residual[i];
+
+  normalize(y, dim, float_data(*norms[2], "norm"), maybe_data(norms[3], "norm bias"), eps, norm_kind, h.data());
+  std::vector<float> down(dim);
+  neuron_major_mlp(float_data(mlp, "mlp"), mlp.size(1), dim, neuron_gather, h.data(), maybe_data(weights[9], "up bias"),
+                   maybe_data(weights[10], "down bias"), activation, down.data());
+  for (int64_t i = 0; i < dim; ++i) y[i] += down[i];
+  return {out, context.view({1, heads * head_dim})};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("gather_gemv", &gather_gemv, "y = W[rows] @ x without copying W[rows]");
+  m.def("gather_transposed_gemv", &gather_transposed_gemv, "y = a @ Wt[rows] without copying Wt[rows]");
+  m.def("decode_layer", &decode_layer, "one token through one decoder layer: (x', head context)");
+}
