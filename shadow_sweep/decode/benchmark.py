@@ -12,6 +12,8 @@ also reported alone (predictor_share = predictor time / decode time). On CUDA wi
 `bench.cuda_graphs`, every fixed-weight point (dense, per_sequence, static) is measured a
 second time replaying a CUDA graph (`graph` column; its capture is inside prefill_ms);
 speedup_vs_dense compares with our dense path in the same mode (eager or graph).
+Repeats are the outer loop (every point once per round, the probe after each round), so
+drift of a shared machine during the run reaches every point alike; HF generate runs first.
 """
 
 import statistics
@@ -81,32 +83,52 @@ def run_benchmark(loaded: LoadedModel, predictors: dict[str, FittedPredictor], p
         graphs = [False, True] if cfg.cuda_graphs and loaded.device.type == "cuda" else [False]
         points = [(p, u, level, graph) for p, u, level in points for graph in graphs
                   if not (graph and u == "per_token")]
-        for predictor, update, level, graph in tqdm(points, desc="decode benchmark", leave=False):
+        generators = []
+        for predictor, update, level, graph in points:
             fitted = predictors.get(predictor)
             masks = None
             if fitted is not None:
                 masks = MaskPredictor(fitted, policies[level], loaded.device, MaskUpdate(update))
-            generator = Generator(decoder, masks, update, graphs=graph, prefill=prefill)
+            generators.append(Generator(decoder, masks, update, graphs=graph, prefill=prefill))
             for _ in range(cfg.warmup):
-                generator.generate(prompt, 4)
-            runs = [generator.generate(prompt, cfg.new_tokens) for _ in range(cfg.repeats)]
-            steps = cfg.new_tokens - 1
+                generators[-1].generate(prompt, 4)
+        # repeats outermost: a machine's drift during the run reaches every point alike
+        runs = [[] for _ in points]
+        bandwidths = []  # the probe after every round, for the same drift
+        for _ in tqdm(range(cfg.repeats), desc="decode benchmark repeats", leave=False):
+            for point_runs, generator in zip(runs, generators):
+                point_runs.append(generator.generate(prompt, cfg.new_tokens))
+            bandwidths.append(read_bandwidth(loaded.device))
+        steps = cfg.new_tokens - 1
+        for (predictor, update, level, graph), point_runs in zip(points, runs):
+            fitted = predictors.get(predictor)
             rows.append({"path": "ours", "predictor": predictor, "update": update, "sparsity": level, "graph": graph,
                          "prefill": prefill.value if fitted is not None else "dense",
-                         "kernel": kernel_name(kernels) if update == "per_token" else "sliced" if fitted else "dense",
-                         **_spread([1000 * r.decode_s / steps for r in runs]),
-                         "prefill_ms": 1000 * _median(runs, "prefill_s"),
-                         "prefill_capture_ms": 1000 * _median(runs, "prefill_capture_s"),
-                         "predictor_ms_per_token": 1000 * _median(runs, "predictor_s") / steps,
-                         "gather_ms_per_token": 1000 * _median(runs, "gather_s") / steps,
-                         "prefill_predictor_ms": 1000 * _median(runs, "prefill_predictor_s"),
-                         "prefill_gather_ms": 1000 * _median(runs, "prefill_gather_s"),
-                         "predictor_share": _median(runs, "predictor_s") / max(_median(runs, "decode_s"), 1e-12),
-                         **_traffic([t for r in runs for t in r.traffic])})
-        bandwidth = read_bandwidth(loaded.device)
+                         "kernel": _kernel(kernels, update, fitted),
+                         **_spread([1000 * r.decode_s / steps for r in point_runs]),
+                         "prefill_ms": 1000 * _median(point_runs, "prefill_s"),
+                         "prefill_capture_ms": 1000 * _median(point_runs, "prefill_capture_s"),
+                         "predictor_ms_per_token": 1000 * _median(point_runs, "predictor_s") / steps,
+                         "gather_ms_per_token": 1000 * _median(point_runs, "gather_s") / steps,
+                         "prefill_predictor_ms": 1000 * _median(point_runs, "prefill_predictor_s"),
+                         "prefill_gather_ms": 1000 * _median(point_runs, "prefill_gather_s"),
+                         "predictor_share": _median(point_runs, "predictor_s")
+                         / max(_median(point_runs, "decode_s"), 1e-12),
+                         **_traffic([t for r in point_runs for t in r.traffic])})
+        bandwidth = statistics.median(bandwidths)
     finally:
         torch.set_num_threads(threads)
     return _ratios(pd.DataFrame(rows), bandwidth)
+
+
+def _kernel(kernels, update: str, fitted) -> str:
+    """What ran the one-token steps: the kernels' name where they ran (whole layers: every
+    step; row kernels: per_token rows), else sliced copies or the dense torch-ops step."""
+    if getattr(kernels, "whole_layers", False) or (kernels is not None and update == "per_token"):
+        return kernel_name(kernels)
+    if update == "per_token":
+        return "eager"
+    return "sliced" if fitted else "dense"
 
 
 def _traffic(steps: list[StepTraffic]) -> dict:

@@ -5,6 +5,7 @@ import torch
 
 from shadow_sweep.config import BenchKernel, MaskUpdate, PredictorConfig, PredictorName, Prefill, Ranking, SparsityConfig
 from shadow_sweep.decode.engine import SparseDecoder
+from shadow_sweep.decode.families import ACTIVATIONS
 from shadow_sweep.decode.fused import gather_kernels
 from shadow_sweep.decode.generate import Generator
 from shadow_sweep.predictors.inference import MaskPredictor
@@ -213,6 +214,10 @@ def test_gather_kernels_match_the_eager_gather(session_cache, embedded_cache):
     strided = torch.randn(40, 3, 24, generator=g)[:, 1]
     torch.testing.assert_close(compiled.gather_gemv(strided, rows, x), strided[rows] @ x)
     torch.testing.assert_close(compiled.gather_transposed_gemv(strided, rows, a), a @ strided[rows])
+    mlp = torch.randn(40, 3, 24, generator=g)  # up, gate, down^T of each neuron
+    up, gate, down = (mlp[rows, part] for part in range(3))
+    expected = (torch.nn.functional.silu(gate @ x) * (up @ x)) @ down
+    torch.testing.assert_close(compiled.module.neuron_major_mlp(mlp, rows, x, ACTIVATIONS["silu"]), expected)
     loaded = load_tiny("tiny-llama", session_cache)
     whole_layers = gather_kernels("fused_layer", torch.device("cpu"), torch.float32, embedded_cache.root)
     _assert_same_runs(_per_token_runs(loaded, [SparseDecoder(loaded), SparseDecoder(loaded, compiled),

@@ -1,6 +1,7 @@
 // Batch-1 decode on the CPU in float32: row kernels and one whole decoder layer per call.
 //   gather_gemv(W [R, D], rows [k] | None, x [D])             -> W[rows] @ x       [k]
 //   gather_transposed_gemv(Wt [R, D], rows [k] | None, a [k]) -> a @ Wt[rows]      [D]
+//   neuron_major_mlp(mlp [I, parts, D], rows [k] | None, h [D], activation) -> the MLP's output [D]
 //   decode_layer(x [D], ...)                                   -> (x' [D], context [|Q| d])
 // rows None reads every row; a weight's rows may be strided (views of the neuron-major MLP).
 // No kernel copies W[rows]: each kept row is streamed once, split between torch's intra-op
@@ -259,6 +260,16 @@ torch::Tensor gather_transposed_gemv(torch::Tensor weight_t, MaybeTensor rows, t
   return out;
 }
 
+torch::Tensor mlp_rows(torch::Tensor mlp, MaybeTensor rows, torch::Tensor h, int64_t activation) {
+  TORCH_CHECK(mlp.dim() == 3 && (mlp.size(1) == 2 || mlp.size(1) == 3), "mlp: [I, parts, D], parts 2 or 3");
+  auto hc = h.contiguous();
+  const auto gather = gather_of(rows, mlp.size(0));
+  auto out = torch::empty({mlp.size(2)}, h.options());
+  neuron_major_mlp(float_data(mlp, "mlp"), mlp.size(1), mlp.size(2), gather, float_data(hc, "h"), nullptr, nullptr,
+                   activation, out.data_ptr<float>());
+  return out;
+}
+
 // One token through one layer. norms: attention norm weight, bias, MLP norm weight, bias;
 // weights: q, q_bias, k, k_bias, v, v_bias, o (transposed), o_bias, mlp [I, parts, D]
 // (neuron-major: up, gate, down transposed; or up, down transposed), up_bias, down_bias
@@ -327,5 +338,6 @@ std::vector<torch::Tensor> decode_layer(torch::Tensor x, std::vector<MaybeTensor
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gather_gemv", &gather_gemv, "y = W[rows] @ x without copying W[rows]");
   m.def("gather_transposed_gemv", &gather_transposed_gemv, "y = a @ Wt[rows] without copying Wt[rows]");
+  m.def("neuron_major_mlp", &mlp_rows, "the MLP over kept neurons of a neuron-major [I, parts, D] weight");
   m.def("decode_layer", &decode_layer, "one token through one decoder layer: (x', head context)");
 }
