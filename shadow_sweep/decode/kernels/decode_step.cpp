@@ -56,68 +56,7 @@ void prefetch_row(const float* row, int64_t d) {
   for (int64_t b = 0; b < d * static_cast<int64_t>(sizeof(float)); b += 64) __builtin_prefetch(bytes + b);
 }
 
-// One matrix-vector product of a gemv call: out[j] = W[rows(j)] . x (+ bias[rows(j)]).
-struct Product {
-  const float* weight;
-  int64_t stride;  // elements from one row to the next
-  const Gather* rows;
-  const float* bias;
-  float* out;
-};
-
-// Several products over the same x [d] in one parallel region (q, k, v; up, gate): the kept
-// rows of all of them are split between the threads as one range. Each row is summed in a
-// 32-wide accumulator (vectorises without -ffast-math) while the rows PREFETCH_ROWS ahead load.
-void gemv(const std::vector<Product>& products, int64_t d, const float* x) {
-  std::vector<int64_t> starts{0};
-  for (const auto& p : products) starts.push_back(starts.back() + p.rows->count);
-  at::parallel_for(0, starts.back(), 16, [&](int64_t begin, int64_t end) {
-    size_t part = std::upper_bound(starts.begin(), starts.end(), begin) - starts.begin() - 1;
-    for (int64_t global = begin; global < end; ++global) {
-      while (global >= starts[part + 1]) ++part;
-      const Product& p = products[part];
-      const int64_t j = global - starts[part];
-      if (j + PREFETCH_ROWS < p.rows->count) prefetch_row(p.weight + (*p.rows)(j + PREFETCH_ROWS) * p.stride, d);
-      const float* row = p.weight + (*p.rows)(j) * p.stride;
-      float acc[32] = {};
-      int64_t c = 0;
-      for (; c + 32 <= d; c += 32)
-#pragma omp simd
-        for (int64_t l = 0; l < 32; ++l) acc[l] += row[c + l] * x[c + l];
-      float sum = 0.f;
-      for (int64_t l = 0; l < 32; ++l) sum += acc[l];
-      for (; c < d; ++c) sum += row[c] * x[c];
-      p.out[j] = p.bias ? sum + p.bias[(*p.rows)(j)] : sum;
-    }
-  });
-}
-
-// out[D] = sum_j a[j] * Wt[rows(j)] (+ bias [D]): each thread sums its share of the rows into
-// its own partial output, then the partials are added.
-void transposed_gemv(const float* w, int64_t d, int64_t stride, const Gather& rows, const float* a, const float* bias,
-                     float* out) {
-  const int64_t k = rows.count;
-  const int threads = at::get_num_threads();
-  std::vector<float> partial(static_cast<size_t>(threads) * d, 0.f);
-  const int64_t chunk = (k + threads - 1) / threads;
-  at::parallel_for(0, threads, 1, [&](int64_t first, int64_t last) {
-    for (int64_t t = first; t < last; ++t) {
-      float* acc = partial.data() + t * d;
-      const int64_t last_row = std::min(k, (t + 1) * chunk);
-      for (int64_t j = t * chunk; j < last_row; ++j) {
-        if (j + PREFETCH_ROWS < last_row) prefetch_row(w + rows(j + PREFETCH_ROWS) * stride, d);
-        const float* row = w + rows(j) * stride;
-        const float s = a[j];
-#pragma omp simd
-        for (int64_t c = 0; c < d; ++c) acc[c] += s * row[c];
-      }
-    }
-  });
-  for (int64_t c = 0; c < d; ++c) out[c] = bias ? bias[c] : 0.f;
-  for (int t = 0; t < threads; ++t)
-    for (int64_t c = 0; c < d; ++c) out[c] += partial[t * d + c];
-}
-
+// row . x [d] in a 32-wide accumulator (vectorises without -ffast-math).
 float dot(const float* row, const float* x, int64_t d) {
   float acc[32] = {};
   int64_t c = 0;
@@ -130,6 +69,65 @@ float dot(const float* row, const float* x, int64_t d) {
   return sum;
 }
 
+// One matrix-vector product of a gemv call: out[j] = W[rows(j)] . x (+ bias[rows(j)]).
+struct Product {
+  const float* weight;
+  int64_t stride;  // elements from one row to the next
+  const Gather* rows;
+  const float* bias;
+  float* out;
+};
+
+// Several products over the same x [d] in one parallel region (q, k, v; up, gate): the kept
+// rows of all of them are split between the threads as one range; the rows PREFETCH_ROWS
+// ahead load while a row is summed.
+void gemv(const std::vector<Product>& products, int64_t d, const float* x) {
+  std::vector<int64_t> starts{0};
+  for (const auto& p : products) starts.push_back(starts.back() + p.rows->count);
+  at::parallel_for(0, starts.back(), 16, [&](int64_t begin, int64_t end) {
+    size_t part = std::upper_bound(starts.begin(), starts.end(), begin) - starts.begin() - 1;
+    for (int64_t global = begin; global < end; ++global) {
+      while (global >= starts[part + 1]) ++part;
+      const Product& p = products[part];
+      const int64_t j = global - starts[part];
+      if (j + PREFETCH_ROWS < p.rows->count) prefetch_row(p.weight + (*p.rows)(j + PREFETCH_ROWS) * p.stride, d);
+      const float sum = dot(p.weight + (*p.rows)(j) * p.stride, x, d);
+      p.out[j] = p.bias ? sum + p.bias[(*p.rows)(j)] : sum;
+    }
+  });
+}
+
+// out [D] = bias (or 0) + the sum over k rows of add_row's contributions: each thread runs
+// add_row(j, end, acc) for the rows j of its contiguous share (up to `end`) into its own
+// partial output acc [D], then the partials are added.
+template <typename AddRow>
+void sum_rows_by_thread(int64_t k, int64_t d, const float* bias, float* out, AddRow add_row) {
+  const int threads = at::get_num_threads();
+  std::vector<float> partial(static_cast<size_t>(threads) * d, 0.f);
+  const int64_t chunk = (k + threads - 1) / threads;
+  at::parallel_for(0, threads, 1, [&](int64_t first, int64_t last) {
+    for (int64_t t = first; t < last; ++t) {
+      const int64_t end = std::min(k, (t + 1) * chunk);
+      for (int64_t j = t * chunk; j < end; ++j) add_row(j, end, partial.data() + t * d);
+    }
+  });
+  for (int64_t c = 0; c < d; ++c) out[c] = bias ? bias[c] : 0.f;
+  for (int t = 0; t < threads; ++t)
+    for (int64_t c = 0; c < d; ++c) out[c] += partial[t * d + c];
+}
+
+// out[D] = sum_j a[j] * Wt[rows(j)] (+ bias [D]).
+void transposed_gemv(const float* w, int64_t d, int64_t stride, const Gather& rows, const float* a, const float* bias,
+                     float* out) {
+  sum_rows_by_thread(rows.count, d, bias, out, [&](int64_t j, int64_t end, float* acc) {
+    if (j + PREFETCH_ROWS < end) prefetch_row(w + rows(j + PREFETCH_ROWS) * stride, d);
+    const float* row = w + rows(j) * stride;
+    const float s = a[j];
+#pragma omp simd
+    for (int64_t c = 0; c < d; ++c) acc[c] += s * row[c];
+  });
+}
+
 float activate(float v, int64_t activation);
 
 // The MLP over kept neurons of a neuron-major mlp [I, parts, D] (parts: up, gate, down^T; or
@@ -138,29 +136,16 @@ float activate(float v, int64_t activation);
 // contiguous elements; each thread sums its share into its own partial output.
 void neuron_major_mlp(const float* mlp, int64_t parts, int64_t d, const Gather& neurons, const float* h,
                       const float* up_bias, const float* down_bias, int64_t activation, float* out) {
-  const int64_t k = neurons.count;
-  const int threads = at::get_num_threads();
-  std::vector<float> partial(static_cast<size_t>(threads) * d, 0.f);
-  const int64_t chunk = (k + threads - 1) / threads;
-  at::parallel_for(0, threads, 1, [&](int64_t first, int64_t last) {
-    for (int64_t t = first; t < last; ++t) {
-      float* acc = partial.data() + t * d;
-      const int64_t last_neuron = std::min(k, (t + 1) * chunk);
-      for (int64_t j = t * chunk; j < last_neuron; ++j) {
-        if (j + 1 < last_neuron) prefetch_row(mlp + neurons(j + 1) * parts * d, parts * d);
-        const int64_t neuron = neurons(j);
-        const float* rows = mlp + neuron * parts * d;
-        float up = dot(rows, h, d) + (up_bias ? up_bias[neuron] : 0.f);
-        const float a = parts == 3 ? activate(dot(rows + d, h, d), activation) * up : activate(up, activation);
-        const float* down = rows + (parts - 1) * d;
+  sum_rows_by_thread(neurons.count, d, down_bias, out, [&](int64_t j, int64_t end, float* acc) {
+    if (j + 1 < end) prefetch_row(mlp + neurons(j + 1) * parts * d, parts * d);
+    const int64_t neuron = neurons(j);
+    const float* rows = mlp + neuron * parts * d;
+    const float up = dot(rows, h, d) + (up_bias ? up_bias[neuron] : 0.f);
+    const float a = parts == 3 ? activate(dot(rows + d, h, d), activation) * up : activate(up, activation);
+    const float* down = rows + (parts - 1) * d;
 #pragma omp simd
-        for (int64_t c = 0; c < d; ++c) acc[c] += a * down[c];
-      }
-    }
+    for (int64_t c = 0; c < d; ++c) acc[c] += a * down[c];
   });
-  for (int64_t c = 0; c < d; ++c) out[c] = down_bias ? down_bias[c] : 0.f;
-  for (int t = 0; t < threads; ++t)
-    for (int64_t c = 0; c < d; ++c) out[c] += partial[t * d + c];
 }
 
 // RMSNorm (kind 0): x / sqrt(mean(x^2) + eps) * w; LayerNorm (kind 1): (x - mean) / sqrt(var + eps) * w + b.
