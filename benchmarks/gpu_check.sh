@@ -6,6 +6,9 @@
 # It times `model=smollm2-135m-shape` (SmolLM2-135M's shapes, random weights: latency depends
 # on shapes, not values) with small calibration and short predictor fits (their quality does
 # not change the time either); override model=smollm2-135m where the GGUF package is installed.
+# Last, a 7B-class shape (model=llama2-7b-shape: Llama-2-7B's shapes, random weights, untrained
+# predictors of its shapes; 13.5 GB in bfloat16, ~27 GB of host memory to build): dense vs 50%
+# per_sequence and per_token, eager and CUDA-graph rows, each against its HBM floor (x_floor).
 set -uo pipefail
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
 python=${PYTHON:-.venv/bin/python}
@@ -21,4 +24,7 @@ echo "== decode latency, bfloat16"
 echo "== decode latency, float32"
 "$python" benchmarks/decode_latency.py "${common[@]}" model.dtype=float32 'bench.predictors=[shadowllm]' \
     'bench.updates=[per_sequence]' "$@" || status=1
+echo "== decode latency, Llama-2-7B shape, bfloat16"
+"$python" benchmarks/decode_latency.py model=llama2-7b-shape model.device=cuda model.dtype=bfloat16 \
+    'bench.levels=[0.5]' 'bench.predictors=[shadowllm]' 'bench.updates=[per_sequence,per_token]' "$@" || status=1
 exit $status
