@@ -87,7 +87,7 @@ def test_every_group_option_composes_and_validates(group, option):
 def test_update_and_prefill_are_enums_naming_their_values():
     for override, values in (("sparsity.update=per_batch", "per_token, per_sequence"),
                              ("sparsity.prefill=half", "sparse, dense"),
-                             ("bench.kernel=triton", "fused, eager"),
+                             ("bench.kernel=triton", "fused_layer, fused, eager"),
                              ("bench.updates=[per_tok]", "per_token, per_sequence")):
         with pytest.raises(ConfigCompositionException) as error:
             compose_app([override])
