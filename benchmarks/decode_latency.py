@@ -46,7 +46,9 @@ def main(overrides: list[str]) -> None:
     columns = ["path", "predictor", "update", "sparsity", "kernel", "ms_per_token", "ms_per_token_min",
                "ms_per_token_max", "speedup_vs_dense", "speedup_vs_fastest_dense", "predictor_share",
                "bytes_per_token", "floor_ms_per_token", "x_floor"]
-    print(f"read bandwidth {table.read_gb_per_s.iloc[0]:.1f} GB/s at {cfg.bench.threads} threads; "
+    first = table.iloc[0]
+    print(f"read bandwidth {first.read_gb_per_s:.1f} GB/s ({first.read_gb_per_s_min:.1f}-{first.read_gb_per_s_max:.1f} "
+          f"over the rounds) at {cfg.bench.threads} threads; "
           f"fastest dense path: {table.fastest_dense.iloc[0]}")
     shown = table[[c for c in columns if c in table]].copy()
     shown["bytes_per_token"] = shown["bytes_per_token"] / 1e6

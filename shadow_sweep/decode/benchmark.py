@@ -115,10 +115,9 @@ def run_benchmark(loaded: LoadedModel, predictors: dict[str, FittedPredictor], p
                          "predictor_share": _median(point_runs, "predictor_s")
                          / max(_median(point_runs, "decode_s"), 1e-12),
                          **_traffic([t for r in point_runs for t in r.traffic])})
-        bandwidth = statistics.median(bandwidths)
     finally:
         torch.set_num_threads(threads)
-    return _ratios(pd.DataFrame(rows), bandwidth)
+    return _ratios(pd.DataFrame(rows), bandwidths)
 
 
 def _kernel(kernels, update: str, fitted) -> str:
@@ -139,9 +138,11 @@ def _traffic(steps: list[StepTraffic]) -> dict:
             "predictor_bytes_per_token": mean("predictor")}
 
 
-def _ratios(table: pd.DataFrame, bandwidth: float) -> pd.DataFrame:
-    """tokens/s, the floor (bytes / measured read bandwidth) and every ratio: against our dense
-    path in the same mode, and against the fastest dense path of the run (HF or ours, eager)."""
+def _ratios(table: pd.DataFrame, bandwidths: list[float]) -> pd.DataFrame:
+    """tokens/s, the floor (bytes / the median of the rounds' read bandwidths, their spread
+    kept) and every ratio: against our dense path in the same mode, and against the fastest
+    dense path of the run (HF or ours, eager)."""
+    bandwidth = statistics.median(bandwidths)
     table["tokens_per_s"] = 1000.0 / table["ms_per_token"]
     dense = table[(table.path == "ours") & (table.predictor == "dense")].set_index("graph").ms_per_token
     table["speedup_vs_dense"] = table["graph"].map(dense) / table["ms_per_token"]
@@ -154,6 +155,8 @@ def _ratios(table: pd.DataFrame, bandwidth: float) -> pd.DataFrame:
     for column in [c for c in table.columns if c.endswith("bytes_per_token")]:
         table.loc[hf, column] = table.loc[ours_dense, column].iloc[0]
     table["read_gb_per_s"] = bandwidth / 1e9
+    table["read_gb_per_s_min"] = min(bandwidths) / 1e9
+    table["read_gb_per_s_max"] = max(bandwidths) / 1e9
     table["floor_ms_per_token"] = 1000 * table["bytes_per_token"] / bandwidth
     table["x_floor"] = table["ms_per_token"] / table["floor_ms_per_token"]
     return table
