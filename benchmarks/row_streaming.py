@@ -64,16 +64,16 @@ def main(overrides: list[str]) -> None:
                 run()
                 times.setdefault((layout, level), []).append(time.perf_counter() - began)
     bandwidth = read_bandwidth(torch.device("cpu"))
-    rows = []
+    layer_bytes = neuron_major[0].numel() * neuron_major[0].element_size() * len(neuron_major)
+    records = []
     for (layout, level), seconds in times.items():
-        kept = round((1 - level) * neurons)
-        read = sum(w[:kept].numel() * w.element_size() for w in neuron_major)
+        read = layer_bytes * round((1 - level) * neurons) / neurons
         median = statistics.median(seconds)
-        rows.append({"layout": layout, "sparsity": level, "MB": read / 1e6, "ms": 1000 * median,
-                     "GB_per_s": read / median / 1e9, "of_probe": read / median / bandwidth})
+        records.append({"layout": layout, "sparsity": level, "MB": read / 1e6, "ms": 1000 * median,
+                        "GB_per_s": read / median / 1e9, "of_probe": read / median / bandwidth})
     print(f"{loaded.name}: {len(neuron_major)} layers' MLPs, {neurons} neurons, random kept neurons; "
           f"probe {bandwidth / 1e9:.1f} GB/s at {cfg.bench.threads} threads; median of {cfg.bench.repeats}")
-    table = pd.DataFrame(rows).sort_values(["sparsity", "layout"])
+    table = pd.DataFrame(records).sort_values(["sparsity", "layout"])
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
 
 

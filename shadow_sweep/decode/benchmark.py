@@ -123,10 +123,8 @@ def run_benchmark(loaded: LoadedModel, predictors: dict[str, FittedPredictor], p
 def _kernel(kernels, update: str, fitted) -> str:
     """What ran the one-token steps: the kernels' name where they ran (whole layers: every
     step; row kernels: per_token rows), else sliced copies or the dense torch-ops step."""
-    if getattr(kernels, "whole_layers", False) or (kernels is not None and update == "per_token"):
-        return kernel_name(kernels)
-    if update == "per_token":
-        return "eager"
+    if getattr(kernels, "whole_layers", False) or update == "per_token":
+        return kernel_name(kernels)  # "eager" without kernels
     return "sliced" if fitted else "dense"
 
 
