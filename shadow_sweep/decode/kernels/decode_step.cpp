@@ -49,24 +49,44 @@ const float* maybe_data(const MaybeTensor& t, const char* name) {
   return t.has_value() ? float_data(*t, name) : nullptr;
 }
 
-constexpr int64_t PREFETCH_ROWS = 2;  // rows ahead whose cache lines are requested early (gathers jump)
+// Software prefetch: while a row is read, the same cache lines of the row `ahead` rows later
+// are requested, spread over the pass (a burst of a whole row's prefetches at once overflows
+// the core's miss queue): about PREFETCH_BYTES in flight ahead of the reads.
+constexpr int64_t PREFETCH_BYTES = 24576;
+constexpr int64_t FLOATS_PER_LINE = 16;
 
-void prefetch_row(const float* row, int64_t d) {
-  const char* bytes = reinterpret_cast<const char*>(row);
-  for (int64_t b = 0; b < d * static_cast<int64_t>(sizeof(float)); b += 64) __builtin_prefetch(bytes + b);
+int64_t rows_ahead(int64_t row_floats) {
+  return std::max<int64_t>(1, PREFETCH_BYTES / (row_floats * static_cast<int64_t>(sizeof(float))));
 }
 
-// row . x [d] in a 32-wide accumulator (vectorises without -ffast-math).
-float dot(const float* row, const float* x, int64_t d) {
+// row . x [d] in a 32-wide accumulator (vectorises without -ffast-math); prefetches the same
+// span of `later` (a row read later, or nullptr).
+float dot(const float* row, const float* x, int64_t d, const float* later) {
   float acc[32] = {};
   int64_t c = 0;
-  for (; c + 32 <= d; c += 32)
+  for (; c + 32 <= d; c += 32) {
+    if (later) {
+      __builtin_prefetch(later + c);
+      __builtin_prefetch(later + c + FLOATS_PER_LINE);
+    }
 #pragma omp simd
     for (int64_t l = 0; l < 32; ++l) acc[l] += row[c + l] * x[c + l];
+  }
   float sum = 0.f;
   for (int64_t l = 0; l < 32; ++l) sum += acc[l];
   for (; c < d; ++c) sum += row[c] * x[c];
   return sum;
+}
+
+// acc [d] += s * row, prefetching the same span of `later` (or nullptr).
+void add_scaled(float* acc, float s, const float* row, int64_t d, const float* later) {
+  int64_t c = 0;
+  for (; c + FLOATS_PER_LINE <= d; c += FLOATS_PER_LINE) {
+    if (later) __builtin_prefetch(later + c);
+#pragma omp simd
+    for (int64_t l = 0; l < FLOATS_PER_LINE; ++l) acc[c + l] += s * row[c + l];
+  }
+  for (; c < d; ++c) acc[c] += s * row[c];
 }
 
 // One matrix-vector product of a gemv call: out[j] = W[rows(j)] . x (+ bias[rows(j)]).
@@ -79,19 +99,20 @@ struct Product {
 };
 
 // Several products over the same x [d] in one parallel region (q, k, v; up, gate): the kept
-// rows of all of them are split between the threads as one range; the rows PREFETCH_ROWS
-// ahead load while a row is summed.
+// rows of all of them are split between the threads as one range; the row `rows_ahead`
+// later in the same product is prefetched while a row is summed.
 void gemv(const std::vector<Product>& products, int64_t d, const float* x) {
   std::vector<int64_t> starts{0};
   for (const auto& p : products) starts.push_back(starts.back() + p.rows->count);
+  const int64_t ahead = rows_ahead(d);
   at::parallel_for(0, starts.back(), 16, [&](int64_t begin, int64_t end) {
     size_t part = std::upper_bound(starts.begin(), starts.end(), begin) - starts.begin() - 1;
     for (int64_t global = begin; global < end; ++global) {
       while (global >= starts[part + 1]) ++part;
       const Product& p = products[part];
       const int64_t j = global - starts[part];
-      if (j + PREFETCH_ROWS < p.rows->count) prefetch_row(p.weight + (*p.rows)(j + PREFETCH_ROWS) * p.stride, d);
-      const float sum = dot(p.weight + (*p.rows)(j) * p.stride, x, d);
+      const float* later = j + ahead < p.rows->count ? p.weight + (*p.rows)(j + ahead) * p.stride : nullptr;
+      const float sum = dot(p.weight + (*p.rows)(j) * p.stride, x, d, later);
       p.out[j] = p.bias ? sum + p.bias[(*p.rows)(j)] : sum;
     }
   });
@@ -119,12 +140,10 @@ void sum_rows_by_thread(int64_t k, int64_t d, const float* bias, float* out, Add
 // out[D] = sum_j a[j] * Wt[rows(j)] (+ bias [D]).
 void transposed_gemv(const float* w, int64_t d, int64_t stride, const Gather& rows, const float* a, const float* bias,
                      float* out) {
+  const int64_t ahead = rows_ahead(d);
   sum_rows_by_thread(rows.count, d, bias, out, [&](int64_t j, int64_t end, float* acc) {
-    if (j + PREFETCH_ROWS < end) prefetch_row(w + rows(j + PREFETCH_ROWS) * stride, d);
-    const float* row = w + rows(j) * stride;
-    const float s = a[j];
-#pragma omp simd
-    for (int64_t c = 0; c < d; ++c) acc[c] += s * row[c];
+    const float* later = j + ahead < end ? w + rows(j + ahead) * stride : nullptr;
+    add_scaled(acc, a[j], w + rows(j) * stride, d, later);
   });
 }
 
@@ -136,15 +155,15 @@ float activate(float v, int64_t activation);
 // contiguous elements; each thread sums its share into its own partial output.
 void neuron_major_mlp(const float* mlp, int64_t parts, int64_t d, const Gather& neurons, const float* h,
                       const float* up_bias, const float* down_bias, int64_t activation, float* out) {
+  const int64_t ahead = rows_ahead(parts * d);
   sum_rows_by_thread(neurons.count, d, down_bias, out, [&](int64_t j, int64_t end, float* acc) {
-    if (j + 1 < end) prefetch_row(mlp + neurons(j + 1) * parts * d, parts * d);
     const int64_t neuron = neurons(j);
     const float* rows = mlp + neuron * parts * d;
-    const float up = dot(rows, h, d) + (up_bias ? up_bias[neuron] : 0.f);
-    const float a = parts == 3 ? activate(dot(rows + d, h, d), activation) * up : activate(up, activation);
-    const float* down = rows + (parts - 1) * d;
-#pragma omp simd
-    for (int64_t c = 0; c < d; ++c) acc[c] += a * down[c];
+    const float* later = j + ahead < end ? mlp + neurons(j + ahead) * parts * d : nullptr;
+    const auto later_part = [&](int64_t part) { return later ? later + part * d : nullptr; };
+    const float up = dot(rows, h, d, later_part(0)) + (up_bias ? up_bias[neuron] : 0.f);
+    const float a = parts == 3 ? activate(dot(rows + d, h, d, later_part(1)), activation) * up : activate(up, activation);
+    add_scaled(acc, a, rows + (parts - 1) * d, d, later_part(parts - 1));
   });
 }
 
