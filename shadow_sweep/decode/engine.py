@@ -142,8 +142,8 @@ class SparseDecoder:
         multiplied into the head context and the neuron activation, as the masked path does
         (a sparse prefill). One-token dynamic steps go to the C++ layer when the kernels run
         whole layers (bench.kernel=fused_layer) and the family's norms and activation allow."""
-        if x.shape[0] == 1 and not static and token_masks is None and self.norms[index] is not None:
-            return self._fused_layer(index, x, w, cache, rotation, kv)
+        if not static and token_masks is None and self._fusable(index, index + 1, x):
+            return self._fused_layers(index, index + 1, x, {index: w}, {index: cache}, rotation, kv is not None)
         if isinstance(w, IndexedLayer):
             return self._indexed_layer(index, x, positions, w, cache, rotation)
         layer, d, f = self.layers[index], self.shape.head_dim, self.family
@@ -170,25 +170,48 @@ class SparseDecoder:
         x = x + linear_transposed(hidden, w.down, w.down_bias)
         return x, context
 
-    def _fused_layer(self, index: int, x: torch.Tensor, w: LayerWeights | IndexedLayer, cache: LayerCache,
-                     rotation, kv: Optional[LayerWeights]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One token through one C++ call (kernels/decode_step.cpp: decode_layer). Sliced or
-        dense weights read every row of theirs; an IndexedLayer its kept rows of the dense
+    def run_layers(self, first: int, last: int, x: torch.Tensor, positions: torch.Tensor, weights: list,
+               caches: list[LayerCache], rotation, dense_kv: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layers first..last-1 (`weights`, `caches`: every layer's, by index) -> (x, the last
+        layer's head context). `dense_kv`: K/V of every group from the dense weights. One-token
+        steps with whole-layer kernels run the span as ONE C++ call (no Python per layer)."""
+        if self._fusable(first, last, x):
+            return self._fused_layers(first, last, x, weights, caches, rotation, dense_kv)
+        for index in range(first, last):
+            x, context = self.layer(index, x, positions, weights[index], caches[index], rotation,
+                                    self.dense[index] if dense_kv else None)
+        return x, context
+
+    def _fusable(self, first: int, last: int, x: torch.Tensor) -> bool:
+        """One token, and every layer of the span runnable by the C++ layer with one setting."""
+        norms = self.norms[first:last]
+        if x.shape[0] != 1 or any(n is None for n in norms):
+            return False
+        return len({(n.eps, n.kind, n.activation) for n in norms}) == 1
+
+    def _layer_pack(self, index: int, w: LayerWeights | IndexedLayer, cache: LayerCache, dense_kv: bool) -> list:
+        """One layer's tensors for decode_layers (kernels/decode_step.cpp: LAYER_PACK). Sliced
+        or dense weights read every row of theirs; an IndexedLayer its kept rows of the dense
         weights, with K/V of every group."""
         indexed = isinstance(w, IndexedLayer)
         source = w.dense if indexed else w
-        kv_source = w.dense if indexed else kv or w
-        groups = w.query_heads // self.shape.queries_per_kv if indexed or kv is not None else w.kv_of_query
+        kv_source = self.dense[index] if indexed or dense_kv else w
+        groups = w.query_heads // self.shape.queries_per_kv if indexed or dense_kv else w.kv_of_query
+        return [*self.norms[index].tensors, source.q, source.q_bias, kv_source.k, kv_source.k_bias, kv_source.v,
+                kv_source.v_bias, source.o, source.o_bias, source.mlp, source.up_bias, source.down_bias,
+                w.q_rows if indexed else None, w.neuron_rows if indexed else None, groups, cache.k, cache.v]
+
+    def _fused_layers(self, first: int, last: int, x: torch.Tensor, weights, caches, rotation, dense_kv: bool
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token through layers first..last-1 in one C++ call (decode_layers)."""
+        packs = [self._layer_pack(i, weights[i], caches[i], dense_kv) for i in range(first, last)]
         cos, sin = (None, None) if rotation is None else (part.reshape(-1) for part in rotation)
-        norms = self.norms[index]
-        weights = [source.q, source.q_bias, kv_source.k, kv_source.k_bias, kv_source.v, kv_source.v_bias, source.o,
-                   source.o_bias, source.mlp, source.up_bias, source.down_bias]
-        position = cache.length
-        x, context = self.kernels.module.decode_layer(
-            x, norms.tensors, weights, w.q_rows if indexed else None, w.neuron_rows if indexed else None, groups,
-            cos, sin, cache.k, cache.v, position, self.shape.head_dim, self.family.scale, norms.eps, norms.kind,
-            norms.activation)
-        cache.length = position + 1
+        norms = self.norms[first]
+        position = caches[first].length
+        x, context = self.kernels.module.decode_layers(x, packs, cos, sin, position, self.shape.head_dim,
+                                                       self.family.scale, norms.eps, norms.kind, norms.activation)
+        for i in range(first, last):
+            caches[i].length = position + 1
         return x, context
 
     def _indexed_layer(self, index: int, x: torch.Tensor, positions: torch.Tensor, w: IndexedLayer,

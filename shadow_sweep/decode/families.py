@@ -14,14 +14,14 @@ from shadow_sweep.decode.weights import LayerWeights, neuron_major
 
 DECODE_FAMILIES = ("llama", "opt")
 ACTIVATIONS = {"silu": 0, "swish": 0, "relu": 1, "gelu": 2, "gelu_new": 3, "gelu_pytorch_tanh": 3}
-"""Activation names (config.hidden_act / activation_function) -> the C++ decode_layer's codes."""
+"""Activation names (config.hidden_act / activation_function) -> the C++ decode_layers' codes."""
 RMS_NORM = 0
 LAYER_NORM = 1
 
 
 @dataclass(frozen=True)
 class LayerNorms:
-    """What the C++ decode_layer needs besides the weights: both norms' parameters (weight,
+    """What the C++ decode_layers needs besides the weights: both norms' parameters (weight,
     bias or None, attention norm first), their kind and epsilon, the activation's code."""
 
     tensors: list

@@ -2,13 +2,14 @@
 
     gather_gemv(W [R, D], rows [k] | None, x [D])             -> W[rows] @ x        [k]
     gather_transposed_gemv(Wt [R, D], rows [k] | None, x [k]) -> x @ Wt[rows]       [D]
-    decode_layer(x [1, D], ...)                               -> (x' [1, D], context [1, |Q| d])
+    decode_layers(x [1, D], packs, ...)                       -> (x' [1, D], last context [1, |Q| d])
 
 On the CPU in float32: the C++/OpenMP kernels (kernels/decode_step.cpp), compiled on first
 use with torch's cpp_extension into the stage cache (about a minute, once per machine, CPU
 feature set and torch); they read the kept rows in place (rows None: every row).
-`fused_layer` runs every one-token step (dense, sliced and per-token rows) one decoder layer
-per C++ call; `fused` uses the row kernels for per-token rows only. On CUDA, and for other
+`fused_layer` runs every one-token step (dense, sliced and per-token rows) in C++, the layers
+between two predictor calls in one call (all layers for fixed masks; layers 1.. after
+ShadowLLM's predictor; one layer per call under DejaVu); `fused` uses the row kernels for per-token rows only. On CUDA, and for other
 dtypes: `TorchGatherKernels`, the two row functions in torch ops (an on-device gather of the
 kept rows, then a GEMV; no host sync).
 """
@@ -30,7 +31,7 @@ SOURCE = Path(__file__).parent / "kernels" / "decode_step.cpp"
 
 @lru_cache(maxsize=None)
 def cpp_kernels(build_dir: str):
-    """The compiled C++ module (gather_gemv, gather_transposed_gemv, decode_layer)."""
+    """The compiled C++ module (gather_gemv, gather_transposed_gemv, decode_layers)."""
     Path(build_dir).mkdir(parents=True, exist_ok=True)
     return load(name="shadow_sweep_decode_step", sources=[str(SOURCE)], build_directory=build_dir,
                 extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
@@ -39,8 +40,8 @@ def cpp_kernels(build_dir: str):
 @dataclass(frozen=True)
 class CppKernels:
     """The C++ module for one `bench.kernel` mode; `whole_layers`: one-token steps run each
-    layer as one `decode_layer` call (fused_layer), else only per-token rows use the row
-    kernels (fused)."""
+    span of layers as one `decode_layers` call (fused_layer), else only per-token rows use
+    the row kernels (fused)."""
 
     module: object
     whole_layers: bool

@@ -113,7 +113,8 @@ class Generator:
         dense_kv = self.update == "per_token" or not use
         x = d.family.embed(ids, positions)
         rotation = d.family.rotation(positions, x)
-        for layer in range(d.shape.num_layers):
+        layer = 0
+        while layer < d.shape.num_layers:
             if predict and self._runs_before(layer):
                 began = now()
                 masks = tuple(m[0].bool() for m in self.predictor.one_layer(layer, x[-1:]))
@@ -121,19 +122,29 @@ class Generator:
                 began = now()
                 weights[layer] = self._select(layer, *masks, single=ids.shape[0] == 1)
                 run.gather_s += now() - began
-            if caches[layer] is None:
-                source = d.dense[layer] if dense_kv else weights[layer]
-                caches[layer] = d.new_cache(self.max_len, [source])[0]
-            x, context = d.layer(layer, x, positions, weights[layer] if use else d.dense[layer], caches[layer],
-                                 rotation, d.dense[layer] if dense_kv else None)
-            if predict and self._runs_after(layer):
+            end = self._span_end(layer, predict)
+            for index in range(layer, end):
+                if caches[index] is None:
+                    source = d.dense[index] if dense_kv else weights[index]
+                    caches[index] = d.new_cache(self.max_len, [source])[0]
+            x, context = d.run_layers(layer, end, x, positions, weights if use else d.dense, caches, rotation, dense_kv)
+            if predict and self._runs_after(end - 1):
                 began = now()
                 heads, neurons = tuple(m[0].bool() for m in self.predictor.all_layers(context[-1:]))
                 run.predictor_s += now() - began
                 began = now()
                 weights[1:] = self._select_from(1, heads, neurons, single=ids.shape[0] == 1)
                 run.gather_s += now() - began
+            layer = end
         return d.logits(x)
+
+    def _span_end(self, first: int, predict: bool) -> int:
+        """The layers one `SparseDecoder.run_layers` call runs from `first`: up to the next layer
+        whose predictor runs before it or after the layer ahead of it (all layers without one)."""
+        for layer in range(first + 1, self.decoder.shape.num_layers):
+            if predict and (self._runs_before(layer) or self._runs_after(layer - 1)):
+                return layer
+        return self.decoder.shape.num_layers
 
     def _masked_prompt(self, ids: torch.Tensor, caches: list, run: DecodeRun) -> torch.Tensor:
         """per_token with a sparse prefill: the prompt as one forward with every token's own

@@ -1,11 +1,11 @@
-// Batch-1 decode on the CPU in float32: row kernels and one whole decoder layer per call.
+// Batch-1 decode on the CPU in float32: row kernels, and consecutive decoder layers in one call.
 //   gather_gemv(W [R, D], rows [k] | None, x [D])             -> W[rows] @ x       [k]
 //   gather_transposed_gemv(Wt [R, D], rows [k] | None, a [k]) -> a @ Wt[rows]      [D]
 //   neuron_major_mlp(mlp [I, parts, D], rows [k] | None, h [D], activation) -> the MLP's output [D]
-//   decode_layer(x [D], ...)                                   -> (x' [D], context [|Q| d])
+//   decode_layers(x [1, D], packs, ...)                        -> (x' [1, D], last context [1, |Q| d])
 // rows None reads every row; a weight's rows may be strided (views of the neuron-major MLP).
 // No kernel copies W[rows]: each kept row is streamed once, split between torch's intra-op
-// threads. decode_layer runs one token through a Llama-family or pre-LayerNorm OPT layer
+// threads. decode_layers runs one token through consecutive Llama-family or pre-LayerNorm OPT layers
 // (norm, q/k/v, rotary, K/V written into the cache, attention, o, residual, norm, then per
 // kept neuron its up/gate dots, activation and down row in one pass over the neuron-major
 // MLP [N, parts, D], residual) without returning to Python.
@@ -274,74 +274,104 @@ torch::Tensor mlp_rows(torch::Tensor mlp, MaybeTensor rows, torch::Tensor h, int
   return out;
 }
 
-// One token through one layer. norms: attention norm weight, bias, MLP norm weight, bias;
-// weights: q, q_bias, k, k_bias, v, v_bias, o (transposed), o_bias, mlp [I, parts, D]
-// (neuron-major: up, gate, down transposed; or up, down transposed), up_bias, down_bias
-// (None where absent). q_rows index q and o, neuron_rows the mlp (None: every row); k/v rows
-// are all computed and written at `position` of the cache [max_len, groups, d]; kv_groups
-// [|Q|] is each kept query head's group there.
-std::vector<torch::Tensor> decode_layer(torch::Tensor x, std::vector<MaybeTensor> norms,
-                                        std::vector<MaybeTensor> weights, MaybeTensor q_rows,
-                                        MaybeTensor neuron_rows, torch::Tensor kv_groups, MaybeTensor cos,
-                                        MaybeTensor sin, torch::Tensor cache_k, torch::Tensor cache_v,
-                                        int64_t position, int64_t head_dim, double scale, double eps,
-                                        int64_t norm_kind, int64_t activation) {
-  TORCH_CHECK(norms.size() == 4 && weights.size() == 11, "decode_layer: 4 norms and 11 weights");
-  TORCH_CHECK(position < cache_k.size(0), "decode_layer: position past the cache");
-  const int64_t dim = x.numel();
-  const auto& q = *weights[0];
-  const auto& k = *weights[2];
-  const auto& o = *weights[6];
-  const auto& mlp = *weights[8];
-  TORCH_CHECK(mlp.dim() == 3 && mlp.size(2) == dim, "decode_layer: mlp [I, parts, D]");
-  const auto q_gather = gather_of(q_rows, q.size(0));
-  const auto neuron_gather = gather_of(neuron_rows, mlp.size(0));
+// What one-token steps share across layers: rotary cos/sin [d] (or none), the position
+// written in every cache, the attention scale, the norms' epsilon and kind, the activation.
+struct StepSettings {
+  const float* cos;
+  const float* sin;
+  int64_t position;
+  int64_t head_dim;
+  float scale;
+  double eps;
+  int64_t norm_kind;
+  int64_t activation;
+};
+
+// One layer's tensors, a pack of LAYER_PACK (None where absent): the attention norm's weight
+// and bias, the MLP norm's weight and bias; q, q_bias, k, k_bias, v, v_bias, o (transposed),
+// o_bias, mlp [I, parts, D] (neuron-major: up, gate, down transposed; or up, down transposed),
+// up_bias, down_bias; q_rows (index q and o; None: every row), neuron_rows (the mlp's; None:
+// every row), kv_groups [|Q|] (each kept query head's K/V group in the cache), cache_k,
+// cache_v [max_len, groups, d]. k/v rows are all computed and written at the position.
+constexpr size_t LAYER_PACK = 20;
+
+// residual [D] -> y [D] through one layer; returns the kept heads' context [|Q| d].
+static torch::Tensor run_layer(const std::vector<MaybeTensor>& pack, const StepSettings& step, const float* residual,
+                        float* y, int64_t dim) {
+  TORCH_CHECK(pack.size() == LAYER_PACK, "decode_layers: ", LAYER_PACK, " tensors per layer");
+  const auto& q = *pack[4];
+  const auto& k = *pack[6];
+  const auto& mlp = *pack[12];
+  const auto& cache_k = *pack[18];
+  const auto& cache_v = *pack[19];
+  const int64_t d = step.head_dim;
+  TORCH_CHECK(mlp.dim() == 3 && mlp.size(2) == dim, "decode_layers: mlp [I, parts, D]");
+  TORCH_CHECK(step.position < cache_k.size(0), "decode_layers: position past the cache");
+  const auto q_gather = gather_of(pack[15], q.size(0));
+  const auto neuron_gather = gather_of(pack[16], mlp.size(0));
   const auto kv_all = gather_of(c10::nullopt, k.size(0));
-  const int64_t heads = q_gather.count / head_dim;
-  const int64_t groups = k.size(0) / head_dim;
+  const int64_t heads = q_gather.count / d;
+  const int64_t groups = k.size(0) / d;
   TORCH_CHECK(cache_k.size(1) == groups && cache_k.is_contiguous() && cache_v.is_contiguous(),
-              "decode_layer: cache [max_len, groups, d], contiguous");
-  auto groups_index = kv_groups.to(torch::kLong).contiguous();
-  TORCH_CHECK(groups_index.numel() == heads, "decode_layer: one K/V group per kept head");
+              "decode_layers: cache [max_len, groups, d], contiguous");
+  auto groups_index = pack[17]->to(torch::kLong).contiguous();
+  TORCH_CHECK(groups_index.numel() == heads, "decode_layers: one K/V group per kept head");
 
-  auto xc = x.contiguous();
-  const float* residual = float_data(xc, "x");
   std::vector<float> h(dim);
-  normalize(residual, dim, float_data(*norms[0], "norm"), maybe_data(norms[1], "norm bias"), eps, norm_kind, h.data());
-
-  auto context = torch::empty({heads * head_dim}, x.options());
-  std::vector<float> query(heads * head_dim);
-  float* keys = cache_k.data_ptr<float>() + position * groups * head_dim;
-  float* values = cache_v.data_ptr<float>() + position * groups * head_dim;
-  gemv({{float_data(q, "q"), dim, &q_gather, maybe_data(weights[1], "q bias"), query.data()},
-        {float_data(k, "k"), dim, &kv_all, maybe_data(weights[3], "k bias"), keys},
-        {float_data(*weights[4], "v"), dim, &kv_all, maybe_data(weights[5], "v bias"), values}},
+  normalize(residual, dim, float_data(*pack[0], "norm"), maybe_data(pack[1], "norm bias"), step.eps,
+            step.norm_kind, h.data());
+  auto context = torch::empty({1, heads * d}, cache_k.options());
+  std::vector<float> query(heads * d);
+  float* keys = cache_k.data_ptr<float>() + step.position * groups * d;
+  float* values = cache_v.data_ptr<float>() + step.position * groups * d;
+  gemv({{float_data(q, "q"), dim, &q_gather, maybe_data(pack[5], "q bias"), query.data()},
+        {float_data(k, "k"), dim, &kv_all, maybe_data(pack[7], "k bias"), keys},
+        {float_data(*pack[8], "v"), dim, &kv_all, maybe_data(pack[9], "v bias"), values}},
        dim, h.data());
-  if (cos.has_value()) {
-    rotate(query.data(), heads, head_dim, float_data(*cos, "cos"), float_data(*sin, "sin"));
-    rotate(keys, groups, head_dim, cos->data_ptr<float>(), sin->data_ptr<float>());
+  if (step.cos) {
+    rotate(query.data(), heads, d, step.cos, step.sin);
+    rotate(keys, groups, d, step.cos, step.sin);
   }
   attend(query.data(), groups_index.data_ptr<int64_t>(), heads, cache_k.data_ptr<float>(),
-         cache_v.data_ptr<float>(), groups, position + 1, head_dim, static_cast<float>(scale),
-         context.data_ptr<float>());
+         cache_v.data_ptr<float>(), groups, step.position + 1, d, step.scale, context.data_ptr<float>());
 
-  auto out = torch::empty({1, dim}, x.options());
-  float* y = out.data_ptr<float>();
-  transposed_gemv(float_data(o, "o"), dim, dim, q_gather, context.data_ptr<float>(), maybe_data(weights[7], "o bias"),
-                  y);
+  transposed_gemv(float_data(*pack[10], "o"), dim, dim, q_gather, context.data_ptr<float>(),
+                  maybe_data(pack[11], "o bias"), y);
   for (int64_t i = 0; i < dim; ++i) y[i] += residual[i];
 
-  normalize(y, dim, float_data(*norms[2], "norm"), maybe_data(norms[3], "norm bias"), eps, norm_kind, h.data());
+  normalize(y, dim, float_data(*pack[2], "norm"), maybe_data(pack[3], "norm bias"), step.eps, step.norm_kind,
+            h.data());
   std::vector<float> down(dim);
-  neuron_major_mlp(float_data(mlp, "mlp"), mlp.size(1), dim, neuron_gather, h.data(), maybe_data(weights[9], "up bias"),
-                   maybe_data(weights[10], "down bias"), activation, down.data());
+  neuron_major_mlp(float_data(mlp, "mlp"), mlp.size(1), dim, neuron_gather, h.data(),
+                   maybe_data(pack[13], "up bias"), maybe_data(pack[14], "down bias"), step.activation, down.data());
   for (int64_t i = 0; i < dim; ++i) y[i] += down[i];
-  return {out, context.view({1, heads * head_dim})};
+  return context;
+}
+
+// One token x [1, D] through consecutive layers (one pack each) without returning to Python:
+// (x' [1, D], the last layer's head context [1, |Q| d]).
+std::vector<torch::Tensor> decode_layers(torch::Tensor x, std::vector<std::vector<MaybeTensor>> layers,
+                                         MaybeTensor cos, MaybeTensor sin, int64_t position, int64_t head_dim,
+                                         double scale, double eps, int64_t norm_kind, int64_t activation) {
+  TORCH_CHECK(!layers.empty(), "decode_layers: no layer");
+  TORCH_CHECK(cos.has_value() == sin.has_value(), "decode_layers: cos and sin together");
+  const StepSettings step{maybe_data(cos, "cos"), maybe_data(sin, "sin"), position, head_dim,
+                          static_cast<float>(scale), eps, norm_kind, activation};
+  const int64_t dim = x.numel();
+  auto current = x.contiguous().clone().view({1, dim});
+  float_data(current, "x");
+  auto next = torch::empty_like(current);
+  torch::Tensor context;
+  for (const auto& pack : layers) {
+    context = run_layer(pack, step, current.data_ptr<float>(), next.data_ptr<float>(), dim);
+    std::swap(current, next);
+  }
+  return {current, context};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gather_gemv", &gather_gemv, "y = W[rows] @ x without copying W[rows]");
   m.def("gather_transposed_gemv", &gather_transposed_gemv, "y = a @ Wt[rows] without copying Wt[rows]");
   m.def("neuron_major_mlp", &mlp_rows, "the MLP over kept neurons of a neuron-major [I, parts, D] weight");
-  m.def("decode_layer", &decode_layer, "one token through one decoder layer: (x', head context)");
+  m.def("decode_layers", &decode_layers, "one token through consecutive decoder layers: (x', last head context)");
 }
