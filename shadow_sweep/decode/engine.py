@@ -100,26 +100,24 @@ class SparseDecoder:
         return StepTraffic(projections, self.fixed_bytes, cache, predictor_bytes)
 
     def indexed(self, layer: int, heads: torch.Tensor, neurons: torch.Tensor) -> IndexedLayer:
-        """Row indices for boolean keep masks, read in place by the fused kernels (no copy)."""
-        return IndexedLayer.of(self.dense[layer], self.shape.head_dim, heads.nonzero().squeeze(1),
-                               neurons.nonzero().squeeze(1))
+        """Rows of kept query heads [|Q|] and neurons [|N|] (ascending indices), read in place
+        by the fused kernels (no copy)."""
+        return IndexedLayer.of(self.dense[layer], self.shape.head_dim, heads, neurons)
 
-    def indexed_layers(self, heads: torch.Tensor, neurons: torch.Tensor, first: int) -> list[IndexedLayer]:
-        """`indexed` for layers first.. at once from masks heads [L, H] and neurons [L, I]: one
-        nonzero per mask and one host sync for the whole model instead of two per layer."""
+    def indexed_from(self, first: int, heads: list[torch.Tensor], neurons: list[torch.Tensor]) -> list[IndexedLayer]:
+        """`indexed` for layers first.. from every layer's kept heads and neurons; the q/o rows of
+        equal head counts in one op (per-layer ranking)."""
         heads, neurons = heads[first:], neurons[first:]
-        layer_heads, layer_neurons = heads.nonzero()[:, 1], neurons.nonzero()[:, 1]
-        head_counts, neuron_counts = torch.stack([heads.sum(1), neurons.sum(1)]).tolist()
-        kept_heads = layer_heads.split(head_counts)
-        q_rows = head_rows(layer_heads, self.shape.head_dim).split([c * self.shape.head_dim for c in head_counts])
-        return [IndexedLayer(self.dense[first + i], rows, kept, query_heads)
-                for i, (rows, kept, query_heads) in enumerate(zip(q_rows, layer_neurons.split(neuron_counts),
-                                                                  kept_heads))]
+        if len({len(kept) for kept in heads}) == 1:
+            q_rows = head_rows(torch.stack(heads), self.shape.head_dim).unbind(0)
+        else:
+            q_rows = [head_rows(kept, self.shape.head_dim) for kept in heads]
+        return [IndexedLayer(self.dense[first + i], rows, kept_neurons, kept_heads)
+                for i, (rows, kept_neurons, kept_heads) in enumerate(zip(q_rows, neurons, heads))]
 
     def sliced(self, layer: int, heads: torch.Tensor, neurons: torch.Tensor) -> LayerWeights:
-        """Layer weights for boolean keep masks heads [H] and neurons [I]."""
-        return self.dense[layer].sliced(self.shape.head_dim, heads.nonzero().squeeze(1), neurons.nonzero().squeeze(1),
-                                        self.shape.queries_per_kv)
+        """Layer weights of kept query heads [|Q|] and neurons [|N|] (ascending indices)."""
+        return self.dense[layer].sliced(self.shape.head_dim, heads, neurons, self.shape.queries_per_kv)
 
     def kept_cache(self, cache: LayerCache, w: LayerWeights) -> LayerCache:
         """A cache of every K/V group (a dense prompt) cut to the groups `w` keeps, in `w`'s order."""

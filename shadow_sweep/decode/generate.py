@@ -27,7 +27,6 @@ from shadow_sweep.config import PredictorName, Prefill
 from shadow_sweep.decode.engine import SparseDecoder
 from shadow_sweep.decode.graphs import GraphedStep
 from shadow_sweep.decode.traffic import StepTraffic
-from shadow_sweep.decode.weights import LayerWeights
 from shadow_sweep.predictors.inference import MaskPredictor
 from shadow_sweep.predictors.layouts import NETWORKS
 
@@ -72,12 +71,8 @@ class Generator:
         self.layout = NETWORKS.get(self.kind)  # None: no network (static, dense)
         self.static_weights = None
         if self.kind == PredictorName.static and update != "dense":  # one gather for every sequence
-            heads, neurons = (m[0].bool() for m in predictor.static)
-            self.static_weights = self._slice_all(heads, neurons)
-
-    def _slice_all(self, heads: torch.Tensor, neurons: torch.Tensor) -> list[LayerWeights]:
-        return [self.decoder.dense[0]] + [self.decoder.sliced(l, heads[l], neurons[l])
-                                          for l in range(1, self.decoder.shape.num_layers)]
+            heads, neurons = ([row.nonzero().squeeze(1) for row in m[0].bool()] for m in predictor.static)
+            self.static_weights = [decoder.dense[0]] + self._select_from(1, heads, neurons, single=False)
 
     def _runs_before(self, layer: int) -> bool:
         return self.layout is not None and self.layout.runs_before(layer)
@@ -92,15 +87,16 @@ class Generator:
         return single and self.decoder.kernels is not None and self.update == "per_token"
 
     def _select(self, layer: int, heads: torch.Tensor, neurons: torch.Tensor, single: bool):
-        """Fused row indices for one-token steps when kernels exist, else a gathered copy."""
+        """Kept query heads and neurons (ascending indices) -> the layer's weights: row indices
+        for the fused kernels in one-token steps when they exist, else a gathered copy."""
         if self._fused(single):
             return self.decoder.indexed(layer, heads, neurons)
         return self.decoder.sliced(layer, heads, neurons)
 
-    def _select_from(self, first: int, heads: torch.Tensor, neurons: torch.Tensor, single: bool) -> list:
-        """_select for layers first.. from masks [L, H] and [L, I]."""
+    def _select_from(self, first: int, heads: list[torch.Tensor], neurons: list[torch.Tensor], single: bool) -> list:
+        """_select for layers first.. from every layer's kept heads and neurons."""
         if self._fused(single):
-            return self.decoder.indexed_layers(heads, neurons, first)
+            return self.decoder.indexed_from(first, heads, neurons)
         return [self.decoder.sliced(l, heads[l], neurons[l]) for l in range(first, self.decoder.shape.num_layers)]
 
     def _run(self, ids: torch.Tensor, start: int, weights: list, caches: list, run: DecodeRun, predict: bool,
@@ -117,10 +113,10 @@ class Generator:
         while layer < d.shape.num_layers:
             if predict and self._runs_before(layer):
                 began = now()
-                masks = tuple(m[0].bool() for m in self.predictor.one_layer(layer, x[-1:]))
+                kept = self.predictor.one_layer_kept(layer, x[-1:])
                 run.predictor_s += now() - began
                 began = now()
-                weights[layer] = self._select(layer, *masks, single=ids.shape[0] == 1)
+                weights[layer] = self._select(layer, *kept, single=ids.shape[0] == 1)
                 run.gather_s += now() - began
             end = self._span_end(layer, predict)
             for index in range(layer, end):
@@ -130,7 +126,7 @@ class Generator:
             x, context = d.run_layers(layer, end, x, positions, weights if use else d.dense, caches, rotation, dense_kv)
             if predict and self._runs_after(end - 1):
                 began = now()
-                heads, neurons = tuple(m[0].bool() for m in self.predictor.all_layers(context[-1:]))
+                heads, neurons = self.predictor.all_layers_kept(context[-1:])
                 run.predictor_s += now() - began
                 began = now()
                 weights[1:] = self._select_from(1, heads, neurons, single=ids.shape[0] == 1)

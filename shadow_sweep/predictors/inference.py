@@ -74,12 +74,22 @@ class MaskPredictor:
         return (net.output(trunk, columns=head_cols)[:, 0],
                 net.output(trunk, columns=slice(first_neuron, first_neuron + neurons))[:, 0])
 
-    def all_layers(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """ShadowLLM: layer-0 head context [N, H*d] -> masks [N, L, H], [N, L, I] (layer 0 kept:
-        it is not predicted)."""
+    def all_layer_scores(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ShadowLLM: layer-0 head context [N, H*d] -> scores [N, L, H], [N, L, I] (zeros for
+        layer 0: it is not predicted)."""
         out = self.fitted.net(normalise_inputs(context.float())[:, None])
         heads, neurons = NETWORKS[PredictorName.shadowllm].split(out, self.shape)
-        return self.masks(_with_layer_zero(heads), _with_layer_zero(neurons))
+        return _with_layer_zero(heads), _with_layer_zero(neurons)
+
+    def all_layers(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ShadowLLM: layer-0 head context [N, H*d] -> masks [N, L, H], [N, L, I] (layer 0 kept)."""
+        return self.masks(*self.all_layer_scores(context))
+
+    def all_layers_kept(self, context: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """ShadowLLM, one token: context [1, H*d] -> each layer's kept query heads and neurons
+        (ascending indices, what `all_layers` keeps)."""
+        heads, neurons = self.all_layer_scores(context)
+        return self.policy.kept(heads[0], neurons[0], self.budgets)
 
     def dejavu_layer_scores(self, layer: int, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """DejaVu: layer `layer`'s input [N, D] -> that layer's scores [N, H], [N, I]."""
@@ -91,6 +101,11 @@ class MaskPredictor:
     def one_layer(self, layer: int, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """DejaVu: layer `layer`'s input [N, D] -> that layer's masks [N, H], [N, I]."""
         return self.layer_masks(layer, *self.dejavu_layer_scores(layer, hidden))
+
+    def one_layer_kept(self, layer: int, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """DejaVu, one token: layer `layer`'s input [1, D] -> its kept query heads and neurons."""
+        heads, neurons = self.dejavu_layer_scores(layer, hidden)
+        return self.policy.layer_kept(layer, heads[0], neurons[0], self.budgets)
 
 
 def _with_layer_zero(scores: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 
 from shadow_sweep.config import ConfigError, HeadGranularity, SparsityConfig
 from shadow_sweep.models.adapters import ModelShape
-from shadow_sweep.sparsity.topk import keep_count, top_k_mask
+from shadow_sweep.sparsity.topk import keep_count, top_k_indices, top_k_mask
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,25 @@ class PoolPlan:
         keep = int(budgets[layer]) if budgets is not None else self.keep_per_layer()
         return top_k_mask(scores.float(), keep)
 
+    def layer_kept(self, layer: int, scores: torch.Tensor, budgets: Optional[torch.Tensor]) -> torch.Tensor:
+        """One token's units that `layer_masks` keeps, ascending: scores [U] -> indices [k]
+        (the same top-k call, without building and reading back a mask)."""
+        if self.level == 0.0 or layer < self.first_pooled_layer:
+            return torch.arange(scores.shape[-1], device=scores.device)
+        keep = int(budgets[layer]) if budgets is not None else self.keep_per_layer()
+        return top_k_indices(scores.float(), keep)
+
+    def kept(self, scores: torch.Tensor, budgets: Optional[torch.Tensor]) -> list[torch.Tensor]:
+        """One token's units that `masks` keeps in each layer, ascending: scores [L, U] -> L
+        index tensors (one top-k call for per-layer counts)."""
+        if self.global_ranking and budgets is None:
+            return [row.nonzero().squeeze(1) for row in self.masks(scores[None])[0].bool()]
+        if self.level == 0.0 or budgets is not None:
+            return [self.layer_kept(layer, row, budgets) for layer, row in enumerate(scores)]
+        first = self.first_pooled_layer
+        pooled = top_k_indices(scores[first:].float(), self.keep_per_layer())
+        return [self.layer_kept(layer, scores[layer], None) for layer in range(first)] + list(pooled.unbind(0))
+
     def budgets_from(self, mean_scores: torch.Tensor) -> torch.Tensor:
         """Per-layer keep counts [L] that a global ranking gives to typical scores [L, U]."""
         return self.masks(mean_scores[None])[0].sum(-1).long()
@@ -132,6 +151,28 @@ class SparsityPolicy:
         head_budget, neuron_budget = budgets if budgets is not None else (None, None)
         heads = self.expand_heads(self.heads.layer_masks(layer, self.group_heads(head_scores), head_budget))
         return heads, self.neurons.layer_masks(layer, neuron_scores, neuron_budget)
+
+    def expand_kept_heads(self, kept: torch.Tensor) -> torch.Tensor:
+        """Kept K/V groups [k] -> their query heads [k * group], ascending (heads: unchanged)."""
+        if self.group == 1:
+            return kept
+        return (kept[:, None] * self.group + torch.arange(self.group, device=kept.device)).flatten()
+
+    def kept(self, head_scores: torch.Tensor, neuron_scores: torch.Tensor,
+             budgets: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+             ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """One token's scores [L, H], [L, I] -> each layer's kept query heads and neurons,
+        ascending: what `masks` keeps, as indices (the decode path reads those rows)."""
+        head_budget, neuron_budget = budgets if budgets is not None else (None, None)
+        heads = [self.expand_kept_heads(kept) for kept in self.heads.kept(self.group_heads(head_scores), head_budget)]
+        return heads, self.neurons.kept(neuron_scores, neuron_budget)
+
+    def layer_kept(self, layer: int, head_scores: torch.Tensor, neuron_scores: torch.Tensor,
+                   budgets: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token, one layer: scores [H], [I] -> kept query heads and neurons, ascending."""
+        head_budget, neuron_budget = budgets if budgets is not None else (None, None)
+        heads = self.expand_kept_heads(self.heads.layer_kept(layer, self.group_heads(head_scores), head_budget))
+        return heads, self.neurons.layer_kept(layer, neuron_scores, neuron_budget)
 
     def budgets_from(self, head_scores: torch.Tensor, neuron_scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-layer keep counts for per-layer decisions (DejaVu-style predictors, which see one

@@ -18,3 +18,9 @@ def top_k_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
     if keep > 0:
         mask.scatter_(-1, scores.topk(keep, dim=-1, sorted=False).indices, 1.0)  # order unneeded: 3-4x faster
     return mask
+
+
+def top_k_indices(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """The positions top_k_mask marks, ascending: scores [..., U] -> [..., keep] (a mask and
+    its nonzero: on the CPU far cheaper than sorting the top-k indices)."""
+    return top_k_mask(scores, keep).bool().nonzero()[:, -1].view(*scores.shape[:-1], keep)

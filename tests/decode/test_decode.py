@@ -225,17 +225,24 @@ def test_gather_kernels_match_the_eager_gather(session_cache, embedded_cache):
                                                SparseDecoder(loaded, whole_layers)]))
 
 
-def test_indexed_layers_at_once_equal_one_layer_at_a_time(session_cache):
+@pytest.mark.parametrize("equal_counts", [True, False])
+def test_indexed_layers_at_once_equal_one_layer_at_a_time(equal_counts, session_cache):
     loaded = load_tiny("tiny-llama", session_cache)
     s, decoder = loaded.shape, SparseDecoder(loaded)
-    heads = torch.rand(s.num_layers, s.num_heads) > 0.5
-    neurons = torch.rand(s.num_layers, s.num_neurons) > 0.5
-    heads[2] = False  # a layer with no kept head
-    for l, together in enumerate(decoder.indexed_layers(heads, neurons, first=1), start=1):
-        alone = decoder.indexed(l, heads[l], neurons[l])
-        assert together.dense is decoder.dense[l]
-        for field in ("q_rows", "neuron_rows", "query_heads"):
-            assert torch.equal(getattr(together, field), getattr(alone, field)), (l, field)
+    g = torch.Generator().manual_seed(5)
+    count = s.num_heads // 2
+    heads = [torch.randperm(s.num_heads, generator=g)[:count if equal_counts else l].sort().values
+             for l in range(s.num_layers)]
+    neurons = [torch.randperm(s.num_neurons, generator=g)[:s.num_neurons // 2].sort().values
+               for _ in range(s.num_layers)]
+    together = decoder.indexed_from(1, heads, neurons)
+    assert len(together) == s.num_layers - 1
+    for l, layer in enumerate(together, start=1):
+        assert layer.dense is decoder.dense[l]
+        expected_rows = torch.cat([torch.arange(h * s.head_dim, (h + 1) * s.head_dim) for h in heads[l].tolist()]
+                                  + [torch.zeros(0, dtype=torch.long)])
+        assert torch.equal(layer.q_rows, expected_rows), l
+        assert torch.equal(layer.neuron_rows, neurons[l]) and torch.equal(layer.query_heads, heads[l])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -267,7 +274,9 @@ def test_the_cpp_layer_equals_torch_ops_with_layers_that_keep_nothing(name, sess
     runs = []
     for decoder in (SparseDecoder(loaded), SparseDecoder(loaded, whole_layers)):
         generator = Generator(decoder, MaskPredictor(_static(loaded, heads, neurons), policy), "per_sequence")
-        generator.static_weights = generator._slice_all(heads, neurons)
+        generator.static_weights = [decoder.dense[0]] + [
+            decoder.sliced(l, heads[l].nonzero().squeeze(1), neurons[l].nonzero().squeeze(1))
+            for l in range(1, s.num_layers)]
         runs.append(generator.generate(_prompt(6), STEPS))
     assert runs[1].logits[-1].abs().sum() > 0
     _assert_same_runs(runs)

@@ -51,8 +51,9 @@ def test_a_sliced_or_indexed_step_reads_kept_rows_plus_the_fixed_parts(name, ses
     heads = torch.rand(s.num_layers, s.num_heads, generator=g) > 0.5
     neurons = torch.rand(s.num_layers, s.num_neurons, generator=g) > 0.5
     heads[:, 0] = True
-    sliced = [decoder.sliced(layer, heads[layer], neurons[layer]) for layer in range(s.num_layers)]
-    indexed = [decoder.indexed(layer, heads[layer], neurons[layer]) for layer in range(s.num_layers)]
+    kept = [(heads[layer].nonzero().squeeze(1), neurons[layer].nonzero().squeeze(1)) for layer in range(s.num_layers)]
+    sliced = [decoder.sliced(layer, *kept[layer]) for layer in range(s.num_layers)]
+    indexed = [decoder.indexed(layer, *kept[layer]) for layer in range(s.num_layers)]
     for weights, dense_kv in ((sliced, False), (sliced, True), (indexed, True)):
         traffic = decoder.step_traffic(weights, 20, dense_kv, predictor_bytes=123)
         assert traffic.total == expected_bytes(name, s, heads, neurons, 20, dense_kv, 123)

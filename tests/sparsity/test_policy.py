@@ -98,3 +98,31 @@ def test_per_layer_budgets_realise_the_global_allocation():
     per_layer = torch.stack([policy.layer_masks(l, heads[:, l], neurons[:, l], (head_budget, neuron_budget))[0]
                              for l in range(5)], 1)
     assert torch.equal(per_layer.sum(-1)[0], head_budget.float()) and per_layer.sum() == 4 * head_budget.sum()
+
+
+def _indices(mask: torch.Tensor) -> list[torch.Tensor]:
+    return [row.nonzero().squeeze(1) for row in mask.bool()]
+
+
+@pytest.mark.parametrize("ranking, budgeted", [("per_layer", False), ("global", False), ("global", True)])
+@pytest.mark.parametrize("granularity", list(HeadGranularity))
+@pytest.mark.parametrize("level", [0.0, 0.5, 0.75])
+def test_kept_indices_are_the_units_the_masks_keep(ranking, budgeted, granularity, level):
+    """One token's kept units as ascending indices (the decode path's rows) == the masks' nonzero,
+    for all layers at once and one layer at a time, under every ranking rule."""
+    policy = _policy(level=level, ranking=ranking, head_granularity=granularity)
+    heads, neurons = _scores(1, seed=7)
+    budgets = policy.budgets_from(*(s[0] for s in _scores(1, seed=8))) if budgeted else None
+    head_mask, neuron_mask = policy.masks(heads, neurons, budgets)
+    if budgeted:  # masks with budgets are what per-layer decisions give: compare with those
+        per_layer = [policy.layer_masks(l, heads[:, l], neurons[:, l], budgets) for l in range(SHAPE.num_layers)]
+        head_mask = torch.stack([h for h, _ in per_layer], 1)
+        neuron_mask = torch.stack([n for _, n in per_layer], 1)
+    kept_heads, kept_neurons = policy.kept(heads[0], neurons[0], budgets)
+    for layer in range(SHAPE.num_layers):
+        assert torch.equal(kept_heads[layer], _indices(head_mask[0])[layer]), layer
+        assert torch.equal(kept_neurons[layer], _indices(neuron_mask[0])[layer]), layer
+        if ranking == "global" and not budgeted:
+            continue  # one layer alone cannot realise a global ranking
+        alone = policy.layer_kept(layer, heads[0, layer], neurons[0, layer], budgets)
+        assert torch.equal(alone[0], kept_heads[layer]) and torch.equal(alone[1], kept_neurons[layer]), layer
