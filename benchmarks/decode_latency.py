@@ -6,7 +6,8 @@ the predictors fitted by the pipeline's own stages (cached). Any Hydra override 
 shadowllm and static use `criterion` (default plainact); dejavu uses l2_norm (DejaVu's).
 Shape-only models (`model.source=tiny`, e.g. model=qwen2.5-0.5b-shape) get untrained
 predictors of the right shapes (latency depends on shapes only). Every row has the bytes a
-step reads, the floor at the bandwidth measured in the same run and x_floor (decode.traffic).
+step reads, the floor at the bandwidth measured in the same run and x_floor, and x_tensor_read
+(against a bare read of the dense step's own tensors; decode.traffic).
 """
 
 import sys
@@ -45,10 +46,11 @@ def main(overrides: list[str]) -> None:
     table = run_benchmark(loaded, predictors, policies, cfg.bench, compiled)
     columns = ["path", "predictor", "update", "sparsity", "kernel", "ms_per_token", "ms_per_token_min",
                "ms_per_token_max", "speedup_vs_dense", "speedup_vs_fastest_dense", "predictor_share",
-               "bytes_per_token", "floor_ms_per_token", "x_floor"]
+               "bytes_per_token", "floor_ms_per_token", "x_floor", "x_tensor_read"]
     first = table.iloc[0]
     print(f"read bandwidth {first.read_gb_per_s:.1f} GB/s ({first.read_gb_per_s_min:.1f}-{first.read_gb_per_s_max:.1f} "
-          f"over the rounds) at {cfg.bench.threads} threads; "
+          f"over the rounds) at {cfg.bench.threads} threads; a bare read of the dense step's tensors "
+          f"{first.tensor_read_gb_per_s:.1f} GB/s; "
           f"fastest dense path: {table.fastest_dense.iloc[0]}")
     shown = table[[c for c in columns if c in table]].copy()
     shown["bytes_per_token"] = shown["bytes_per_token"] / 1e6

@@ -26,7 +26,7 @@ from shadow_sweep.config import BenchConfig, MaskUpdate, Prefill
 from shadow_sweep.decode.engine import SparseDecoder
 from shadow_sweep.decode.fused import kernel_name
 from shadow_sweep.decode.generate import Generator, clock
-from shadow_sweep.decode.traffic import StepTraffic, read_bandwidth
+from shadow_sweep.decode.traffic import StepTraffic, read_bandwidth, tensors_read_bandwidth
 from shadow_sweep.predictors.inference import MaskPredictor
 from shadow_sweep.models.loading import LoadedModel
 from shadow_sweep.predictors.fit import FittedPredictor
@@ -95,10 +95,12 @@ def run_benchmark(loaded: LoadedModel, predictors: dict[str, FittedPredictor], p
         # repeats outermost: a machine's drift during the run reaches every point alike
         runs = [[] for _ in points]
         bandwidths = []  # the probe after every round, for the same drift
+        tensor_reads = []  # a bare read of the dense step's weight tensors, after every round
         for _ in tqdm(range(cfg.repeats), desc="decode benchmark repeats", leave=False):
             for point_runs, generator in zip(runs, generators):
                 point_runs.append(generator.generate(prompt, cfg.new_tokens))
             bandwidths.append(read_bandwidth(loaded.device))
+            tensor_reads.append(tensors_read_bandwidth(decoder.dense_tensors()))
         steps = cfg.new_tokens - 1
         for (predictor, update, level, graph), point_runs in zip(points, runs):
             fitted = predictors.get(predictor)
@@ -117,7 +119,7 @@ def run_benchmark(loaded: LoadedModel, predictors: dict[str, FittedPredictor], p
                          **_traffic([t for r in point_runs for t in r.traffic])})
     finally:
         torch.set_num_threads(threads)
-    return _ratios(pd.DataFrame(rows), bandwidths)
+    return _ratios(pd.DataFrame(rows), bandwidths, tensor_reads)
 
 
 def _kernel(kernels, update: str, fitted) -> str:
@@ -136,10 +138,11 @@ def _traffic(steps: list[StepTraffic]) -> dict:
             "predictor_bytes_per_token": mean("predictor")}
 
 
-def _ratios(table: pd.DataFrame, bandwidths: list[float]) -> pd.DataFrame:
+def _ratios(table: pd.DataFrame, bandwidths: list[float], tensor_reads: list[float]) -> pd.DataFrame:
     """tokens/s, the floor (bytes / the median of the rounds' read bandwidths, their spread
-    kept) and every ratio: against our dense path in the same mode, and against the fastest
-    dense path of the run (HF or ours, eager)."""
+    kept), x_tensor_read (against the rate of a bare read of the dense step's own tensors) and
+    every ratio: against our dense path in the same mode, and against the fastest dense path
+    of the run (HF or ours, eager)."""
     bandwidth = statistics.median(bandwidths)
     table["tokens_per_s"] = 1000.0 / table["ms_per_token"]
     dense = table[(table.path == "ours") & (table.predictor == "dense")].set_index("graph").ms_per_token
@@ -157,4 +160,7 @@ def _ratios(table: pd.DataFrame, bandwidths: list[float]) -> pd.DataFrame:
     table["read_gb_per_s_max"] = max(bandwidths) / 1e9
     table["floor_ms_per_token"] = 1000 * table["bytes_per_token"] / bandwidth
     table["x_floor"] = table["ms_per_token"] / table["floor_ms_per_token"]
+    tensor_read = statistics.median(tensor_reads)
+    table["tensor_read_gb_per_s"] = tensor_read / 1e9
+    table["x_tensor_read"] = table["ms_per_token"] / (1000 * table["bytes_per_token"] / tensor_read)
     return table

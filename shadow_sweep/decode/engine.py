@@ -91,6 +91,11 @@ class SparseDecoder:
         self.fixed_bytes = fixed_bytes(loaded.model, loaded.model.get_output_embeddings(),
                                        loaded.model.get_input_embeddings())
 
+    def dense_tensors(self) -> list[torch.Tensor]:
+        """Every weight tensor a dense one-token step reads: each layer's projections and lm_head."""
+        layers = [t for w in self.dense for t in (w.q, w.k, w.v, w.o, w.mlp)]
+        return layers + [self.family.lm_head.weight]
+
     def step_traffic(self, weights: list, context: int, dense_kv: bool, predictor_bytes: int) -> StepTraffic:
         """Bytes a one-token step with these layer weights reads at this context length (decode.traffic)."""
         element_size = self.dense[0].q.element_size()

@@ -11,6 +11,9 @@ touches once; its floor is bytes / read bandwidth. The bytes of one step (`StepT
 - predictor: the predictor network's parameters (all of them run every step that predicts).
 Bandwidth (`read_bandwidth`): a read-only probe (a sum over a tensor far larger than the
 caches) in the same process and thread count as the timed steps; the median of repeats.
+`tensors_read_bandwidth`: the same kind of sum over the dense step's own weight tensors, one
+call per tensor: what a bare read of those tensors reaches (no arithmetic but the sum), the
+reference that says how much of x_floor any kernel could remove.
 """
 
 import statistics
@@ -85,5 +88,18 @@ def read_bandwidth(device: torch.device, repeats: int = 7, size: int = PROBE_BYT
             torch.cuda.synchronize(device)
         began = time.perf_counter()
         probe.sum().item()
+        times.append(time.perf_counter() - began)
+    return size / statistics.median(times[1:])
+
+
+def tensors_read_bandwidth(tensors: list[torch.Tensor], repeats: int = 3) -> float:
+    """Bytes per second of one read-only pass (a sum per tensor, in order) over these tensors,
+    median of repeats after a warm-up pass."""
+    size = sum(_nbytes(t) for t in tensors)
+    times = []
+    for _ in range(repeats + 1):
+        began = time.perf_counter()
+        sums = [t.sum() for t in tensors]
+        torch.stack(sums).sum().item()  # waits for queued device work
         times.append(time.perf_counter() - began)
     return size / statistics.median(times[1:])

@@ -8,7 +8,7 @@ from shadow_sweep.config import BenchConfig, MaskUpdate, PredictorConfig, Predic
 from shadow_sweep.decode.benchmark import run_benchmark
 from shadow_sweep.decode.engine import SparseDecoder
 from shadow_sweep.decode.generate import Generator
-from shadow_sweep.decode.traffic import read_bandwidth
+from shadow_sweep.decode.traffic import read_bandwidth, tensors_read_bandwidth
 from shadow_sweep.predictors.fit import fit
 from shadow_sweep.predictors.inference import MaskPredictor
 from shadow_sweep.sparsity.policy import SparsityPolicy
@@ -92,9 +92,23 @@ def test_the_benchmark_reports_bytes_floor_and_the_fastest_dense_path(session_ca
     floor = 1000 * table.bytes_per_token / table.read_gb_per_s / 1e9
     torch.testing.assert_close(torch.tensor(table.floor_ms_per_token.values), torch.tensor(floor.values))
     assert (table.x_floor == table.ms_per_token / table.floor_ms_per_token).all()
+    tensor_floor = 1000 * table.bytes_per_token / table.tensor_read_gb_per_s / 1e9
+    torch.testing.assert_close(torch.tensor(table.x_tensor_read.values),
+                               torch.tensor((table.ms_per_token / tensor_floor).values))
     assert table.fastest_dense.nunique() == 1 and table.fastest_dense.iloc[0] in ("hf_generate", "ours")
     assert table.loc["dense", "speedup_vs_fastest_dense"].max() == pytest.approx(1.0)  # the fastest is itself
 
 
 def test_the_read_probe_measures_a_plausible_bandwidth():
     assert 1e8 < read_bandwidth(torch.device("cpu"), repeats=2, size=64 * 2**20) < 1e13
+
+
+def test_the_tensor_read_reference_reads_exactly_the_tensors_given(session_cache):
+    loaded = load_tiny("tiny-llama", session_cache)
+    decoder = SparseDecoder(loaded)
+    tensors = decoder.dense_tensors()
+    w = decoder.dense[1]
+    assert [t is u for t, u in zip(tensors[5:10], (w.q, w.k, w.v, w.o, w.mlp))] == [True] * 5
+    assert len(tensors) == 5 * loaded.shape.num_layers + 1
+    assert tensors[-1] is loaded.model.get_output_embeddings().weight
+    assert 1e6 < tensors_read_bandwidth(tensors, repeats=2) < 1e13
