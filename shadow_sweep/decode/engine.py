@@ -174,7 +174,7 @@ class SparseDecoder:
         return x, context
 
     def run_layers(self, first: int, last: int, x: torch.Tensor, positions: torch.Tensor, weights: list,
-               caches: list[LayerCache], rotation, dense_kv: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                   caches: list[LayerCache], rotation, dense_kv: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Layers first..last-1 (`weights`, `caches`: every layer's, by index) -> (x, the last
         layer's head context). `dense_kv`: K/V of every group from the dense weights. One-token
         steps with whole-layer kernels run the span as ONE C++ call (no Python per layer)."""

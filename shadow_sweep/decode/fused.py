@@ -9,9 +9,9 @@ use with torch's cpp_extension into the stage cache (about a minute, once per ma
 feature set and torch); they read the kept rows in place (rows None: every row).
 `fused_layer` runs every one-token step (dense, sliced and per-token rows) in C++, the layers
 between two predictor calls in one call (all layers for fixed masks; layers 1.. after
-ShadowLLM's predictor; one layer per call under DejaVu); `fused` uses the row kernels for per-token rows only. On CUDA, and for other
-dtypes: `TorchGatherKernels`, the two row functions in torch ops (an on-device gather of the
-kept rows, then a GEMV; no host sync).
+ShadowLLM's predictor; one layer per call under DejaVu); `fused` uses the row kernels for
+per-token rows only. On CUDA, and for other dtypes: `TorchGatherKernels`, the two row
+functions in torch ops (an on-device gather of the kept rows, then a GEMV; no host sync).
 """
 
 import hashlib

@@ -123,7 +123,8 @@ class Generator:
                 if caches[index] is None:
                     source = d.dense[index] if dense_kv else weights[index]
                     caches[index] = d.new_cache(self.max_len, [source])[0]
-            x, context = d.run_layers(layer, end, x, positions, weights if use else d.dense, caches, rotation, dense_kv)
+            layer_weights = weights if use else d.dense
+            x, context = d.run_layers(layer, end, x, positions, layer_weights, caches, rotation, dense_kv)
             if predict and self._runs_after(end - 1):
                 began = now()
                 heads, neurons = self.predictor.all_layers_kept(context[-1:])

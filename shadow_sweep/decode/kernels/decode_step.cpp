@@ -5,10 +5,10 @@
 //   decode_layers(x [1, D], packs, ...)                        -> (x' [1, D], last context [1, |Q| d])
 // rows None reads every row; a weight's rows may be strided (views of the neuron-major MLP).
 // No kernel copies W[rows]: each kept row is streamed once, split between torch's intra-op
-// threads. decode_layers runs one token through consecutive Llama-family or pre-LayerNorm OPT layers
-// (norm, q/k/v, rotary, K/V written into the cache, attention, o, residual, norm, then per
-// kept neuron its up/gate dots, activation and down row in one pass over the neuron-major
-// MLP [N, parts, D], residual) without returning to Python.
+// threads. decode_layers runs one token through consecutive Llama-family or pre-LayerNorm
+// OPT layers (norm, q/k/v, rotary, K/V written into the cache, attention, o, residual, norm,
+// then per kept neuron its up/gate dots, activation and down row in one pass over the
+// neuron-major MLP [N, parts, D], residual) without returning to Python.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
@@ -162,7 +162,8 @@ void neuron_major_mlp(const float* mlp, int64_t parts, int64_t d, const Gather& 
     const float* later = j + ahead < end ? mlp + neurons(j + ahead) * parts * d : nullptr;
     const auto later_part = [&](int64_t part) { return later ? later + part * d : nullptr; };
     const float up = dot(rows, h, d, later_part(0)) + (up_bias ? up_bias[neuron] : 0.f);
-    const float a = parts == 3 ? activate(dot(rows + d, h, d, later_part(1)), activation) * up : activate(up, activation);
+    const float a = parts == 3 ? activate(dot(rows + d, h, d, later_part(1)), activation) * up
+                               : activate(up, activation);
     add_scaled(acc, a, rows + (parts - 1) * d, d, later_part(parts - 1));
   });
 }
