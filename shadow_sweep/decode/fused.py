@@ -2,6 +2,7 @@
 
     gather_gemv(W [R, D], rows [k] | None, x [D])             -> W[rows] @ x        [k]
     gather_transposed_gemv(Wt [R, D], rows [k] | None, x [k]) -> x @ Wt[rows]       [D]
+    vector_matrix(x [in], W [in, out]), top_k_indices(scores [..., U], k): a predictor for one token
     decode_layers(x [1, D], packs, ...)                       -> (x' [1, D], last context [1, |Q| d])
 
 On the CPU in float32: the C++/OpenMP kernels (kernels/decode_step.cpp), compiled on first
@@ -25,6 +26,7 @@ import torch
 from torch.utils.cpp_extension import load
 
 from shadow_sweep.config import BenchKernel
+from shadow_sweep.sparsity.topk import top_k_indices
 
 SOURCE = Path(__file__).parent / "kernels" / "decode_step.cpp"
 
@@ -57,6 +59,16 @@ class CppKernels:
                                ) -> torch.Tensor:
         return self.module.gather_transposed_gemv(weight_t, rows, x)
 
+    def vector_matrix(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """x [in] @ weight [in, out] -> [out] (a predictor layer for one token)."""
+        return self.module.gather_transposed_gemv(weight, None, x)
+
+    def top_k_indices(self, scores: torch.Tensor, keep: int) -> torch.Tensor:
+        """Each row's `keep` highest scores [..., U] -> positions [..., keep], ascending (ties at the
+        threshold to lower positions; sparsity.topk.top_k_indices leaves them to torch.topk)."""
+        rows = scores.reshape(-1, scores.shape[-1]).float()
+        return self.module.top_k_rows(rows, keep).view(*scores.shape[:-1], keep)
+
 
 class TorchGatherKernels:
     """The kernels' contract in torch ops, for any device."""
@@ -70,6 +82,12 @@ class TorchGatherKernels:
     @staticmethod
     def gather_transposed_gemv(weight_t: torch.Tensor, rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return x @ weight_t.index_select(0, rows)
+
+    @staticmethod
+    def vector_matrix(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return x @ weight
+
+    top_k_indices = staticmethod(top_k_indices)
 
 
 def cpu_features() -> str:

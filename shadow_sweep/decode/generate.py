@@ -86,6 +86,11 @@ class Generator:
     def _fused(self, single: bool) -> bool:
         return single and self.decoder.kernels is not None and self.update == "per_token"
 
+    def _predictor_kernels(self, ids: torch.Tensor):
+        """The decode kernels for the predictor's one-token network and top-k, where the kept
+        rows go to the kernels too (per_token steps); else None (the masks' own ops)."""
+        return self.decoder.kernels if self._fused(ids.shape[0] == 1) else None
+
     def _select(self, layer: int, heads: torch.Tensor, neurons: torch.Tensor, single: bool):
         """Kept query heads and neurons (ascending indices) -> the layer's weights: row indices
         for the fused kernels in one-token steps when they exist, else a gathered copy."""
@@ -113,7 +118,7 @@ class Generator:
         while layer < d.shape.num_layers:
             if predict and self._runs_before(layer):
                 began = now()
-                kept = self.predictor.one_layer_kept(layer, x[-1:])
+                kept = self.predictor.one_layer_kept(layer, x[-1:], self._predictor_kernels(ids))
                 run.predictor_s += now() - began
                 began = now()
                 weights[layer] = self._select(layer, *kept, single=ids.shape[0] == 1)
@@ -127,7 +132,7 @@ class Generator:
             x, context = d.run_layers(layer, end, x, positions, layer_weights, caches, rotation, dense_kv)
             if predict and self._runs_after(end - 1):
                 began = now()
-                heads, neurons = self.predictor.all_layers_kept(context[-1:])
+                heads, neurons = self.predictor.all_layers_kept(context[-1:], self._predictor_kernels(ids))
                 run.predictor_s += now() - began
                 began = now()
                 weights[1:] = self._select_from(1, heads, neurons, single=ids.shape[0] == 1)

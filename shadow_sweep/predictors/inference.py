@@ -20,6 +20,7 @@ from shadow_sweep.predictors.fit import FittedPredictor
 from shadow_sweep.predictors.layouts import NETWORKS
 from shadow_sweep.predictors.targets import normalise_inputs
 from shadow_sweep.sparsity.policy import SparsityPolicy
+from shadow_sweep.sparsity.topk import top_k_indices
 
 
 def ranking_rule(policy: SparsityPolicy, kind: PredictorName, update: MaskUpdate) -> str:
@@ -74,10 +75,18 @@ class MaskPredictor:
         return (net.output(trunk, columns=head_cols)[:, 0],
                 net.output(trunk, columns=slice(first_neuron, first_neuron + neurons))[:, 0])
 
-    def all_layer_scores(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _network(self, x: torch.Tensor, group: slice, kernels) -> torch.Tensor:
+        """The network on normalised inputs x [N, in] -> [N, g, out]; with decode `kernels`
+        (one token: N = 1, one group) each layer is their vector-matrix product."""
+        x = normalise_inputs(x.float())
+        if kernels is None:
+            return self.fitted.net(x[:, None], group=group)
+        return self.fitted.net.one_row(x[0], group.start or 0, kernels.vector_matrix)[None, None]
+
+    def all_layer_scores(self, context: torch.Tensor, kernels=None) -> tuple[torch.Tensor, torch.Tensor]:
         """ShadowLLM: layer-0 head context [N, H*d] -> scores [N, L, H], [N, L, I] (zeros for
-        layer 0: it is not predicted)."""
-        out = self.fitted.net(normalise_inputs(context.float())[:, None])
+        layer 0: it is not predicted). `kernels`: see `_network`."""
+        out = self._network(context, slice(None), kernels)
         heads, neurons = NETWORKS[PredictorName.shadowllm].split(out, self.shape)
         return _with_layer_zero(heads), _with_layer_zero(neurons)
 
@@ -85,16 +94,17 @@ class MaskPredictor:
         """ShadowLLM: layer-0 head context [N, H*d] -> masks [N, L, H], [N, L, I] (layer 0 kept)."""
         return self.masks(*self.all_layer_scores(context))
 
-    def all_layers_kept(self, context: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def all_layers_kept(self, context: torch.Tensor, kernels=None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """ShadowLLM, one token: context [1, H*d] -> each layer's kept query heads and neurons
-        (ascending indices, what `all_layers` keeps)."""
-        heads, neurons = self.all_layer_scores(context)
-        return self.policy.kept(heads[0], neurons[0], self.budgets)
+        (ascending indices, what `all_layers` keeps); `kernels` (decode.fused) run the network
+        and the top-k (ties at the threshold may then go to other units than torch.topk's)."""
+        heads, neurons = self.all_layer_scores(context, kernels)
+        return self.policy.kept(heads[0], neurons[0], self.budgets, _top_k(kernels))
 
-    def dejavu_layer_scores(self, layer: int, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def dejavu_layer_scores(self, layer: int, hidden: torch.Tensor, kernels=None
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
         """DejaVu: layer `layer`'s input [N, D] -> that layer's scores [N, H], [N, I]."""
-        group = slice(layer - 1, layer)
-        out = self.fitted.net(normalise_inputs(hidden.float())[:, None], group=group)[:, 0]
+        out = self._network(hidden, slice(layer - 1, layer), kernels)[:, 0]
         heads = self.shape.num_heads
         return out[:, :heads], out[:, heads:]
 
@@ -102,10 +112,16 @@ class MaskPredictor:
         """DejaVu: layer `layer`'s input [N, D] -> that layer's masks [N, H], [N, I]."""
         return self.layer_masks(layer, *self.dejavu_layer_scores(layer, hidden))
 
-    def one_layer_kept(self, layer: int, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """DejaVu, one token: layer `layer`'s input [1, D] -> its kept query heads and neurons."""
-        heads, neurons = self.dejavu_layer_scores(layer, hidden)
-        return self.policy.layer_kept(layer, heads[0], neurons[0], self.budgets)
+    def one_layer_kept(self, layer: int, hidden: torch.Tensor, kernels=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """DejaVu, one token: layer `layer`'s input [1, D] -> its kept query heads and neurons
+        (`kernels`: as in `all_layers_kept`)."""
+        heads, neurons = self.dejavu_layer_scores(layer, hidden, kernels)
+        return self.policy.layer_kept(layer, heads[0], neurons[0], self.budgets, _top_k(kernels))
+
+
+def _top_k(kernels):
+    """The top-k selection of decode `kernels`, or the masks' own (sparsity.topk)."""
+    return top_k_indices if kernels is None else kernels.top_k_indices
 
 
 def _with_layer_zero(scores: torch.Tensor) -> torch.Tensor:

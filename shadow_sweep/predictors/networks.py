@@ -66,3 +66,11 @@ class GroupedMLP(nn.Module):
         (a ShadowLLM network's one layer at a time, without the others' outputs)."""
         weight = self.weights[-1][group][..., columns]
         return torch.einsum("ngi,gio->ngo", z, weight) + self.biases[-1][group][..., columns]
+
+    def one_row(self, x: torch.Tensor, group: int, vector_matrix) -> torch.Tensor:
+        """One input x [in] through group `group` -> [out]; each layer's product by
+        vector_matrix(x [in], W [in, out]) (a decode kernel for one token, no einsum)."""
+        for weight, bias, relu in zip(self.weights, self.biases, self.activated):
+            x = vector_matrix(x, weight[group]) + bias[group]
+            x = torch.relu(x) if relu else x
+        return x

@@ -14,13 +14,16 @@ per-layer-normalised targets for this reason (see predictors.targets).
 """
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
 from shadow_sweep.config import ConfigError, HeadGranularity, SparsityConfig
 from shadow_sweep.models.adapters import ModelShape
 from shadow_sweep.sparsity.topk import keep_count, top_k_indices, top_k_mask
+
+TopK = Callable[[torch.Tensor, int], torch.Tensor]
+"""A top-k selection: scores [..., U], k -> the k highest positions [..., k], ascending."""
 
 
 @dataclass(frozen=True)
@@ -87,23 +90,25 @@ class PoolPlan:
         keep = int(budgets[layer]) if budgets is not None else self.keep_per_layer()
         return top_k_mask(scores.float(), keep)
 
-    def layer_kept(self, layer: int, scores: torch.Tensor, budgets: Optional[torch.Tensor]) -> torch.Tensor:
+    def layer_kept(self, layer: int, scores: torch.Tensor, budgets: Optional[torch.Tensor],
+                   select: TopK = top_k_indices) -> torch.Tensor:
         """One token's units that `layer_masks` keeps, ascending: scores [U] -> indices [k]
-        (the same top-k call, without building and reading back a mask)."""
+        (the same top-k, without building and reading back a mask; `select`: its kernel)."""
         if self.level == 0.0 or layer < self.first_pooled_layer:
             return torch.arange(scores.shape[-1], device=scores.device)
         keep = int(budgets[layer]) if budgets is not None else self.keep_per_layer()
-        return top_k_indices(scores.float(), keep)
+        return select(scores, keep)
 
-    def kept(self, scores: torch.Tensor, budgets: Optional[torch.Tensor]) -> list[torch.Tensor]:
+    def kept(self, scores: torch.Tensor, budgets: Optional[torch.Tensor], select: TopK = top_k_indices
+             ) -> list[torch.Tensor]:
         """One token's units that `masks` keeps in each layer, ascending: scores [L, U] -> L
         index tensors (one top-k call for per-layer counts)."""
         if self.global_ranking and budgets is None:
             return [row.nonzero().squeeze(1) for row in self.masks(scores[None])[0].bool()]
         if self.level == 0.0 or budgets is not None:
-            return [self.layer_kept(layer, row, budgets) for layer, row in enumerate(scores)]
+            return [self.layer_kept(layer, row, budgets, select) for layer, row in enumerate(scores)]
         first = self.first_pooled_layer
-        pooled = top_k_indices(scores[first:].float(), self.keep_per_layer())
+        pooled = select(scores[first:], self.keep_per_layer())
         return [self.layer_kept(layer, scores[layer], None) for layer in range(first)] + list(pooled.unbind(0))
 
     def budgets_from(self, mean_scores: torch.Tensor) -> torch.Tensor:
@@ -159,20 +164,23 @@ class SparsityPolicy:
         return (kept[:, None] * self.group + torch.arange(self.group, device=kept.device)).flatten()
 
     def kept(self, head_scores: torch.Tensor, neuron_scores: torch.Tensor,
-             budgets: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+             budgets: Optional[tuple[torch.Tensor, torch.Tensor]] = None, select: TopK = top_k_indices
              ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """One token's scores [L, H], [L, I] -> each layer's kept query heads and neurons,
-        ascending: what `masks` keeps, as indices (the decode path reads those rows)."""
+        ascending: what `masks` keeps, as indices (the decode path reads those rows).
+        `select(scores [..., U], k)`: the top-k kernel (default: the masks' own)."""
         head_budget, neuron_budget = budgets if budgets is not None else (None, None)
-        heads = [self.expand_kept_heads(kept) for kept in self.heads.kept(self.group_heads(head_scores), head_budget)]
-        return heads, self.neurons.kept(neuron_scores, neuron_budget)
+        groups = self.heads.kept(self.group_heads(head_scores), head_budget, select)
+        return [self.expand_kept_heads(kept) for kept in groups], self.neurons.kept(neuron_scores, neuron_budget,
+                                                                                    select)
 
     def layer_kept(self, layer: int, head_scores: torch.Tensor, neuron_scores: torch.Tensor,
-                   budgets: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   budgets: Optional[tuple[torch.Tensor, torch.Tensor]] = None, select: TopK = top_k_indices
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """One token, one layer: scores [H], [I] -> kept query heads and neurons, ascending."""
         head_budget, neuron_budget = budgets if budgets is not None else (None, None)
-        heads = self.expand_kept_heads(self.heads.layer_kept(layer, self.group_heads(head_scores), head_budget))
-        return heads, self.neurons.layer_kept(layer, neuron_scores, neuron_budget)
+        groups = self.heads.layer_kept(layer, self.group_heads(head_scores), head_budget, select)
+        return self.expand_kept_heads(groups), self.neurons.layer_kept(layer, neuron_scores, neuron_budget, select)
 
     def budgets_from(self, head_scores: torch.Tensor, neuron_scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-layer keep counts for per-layer decisions (DejaVu-style predictors, which see one

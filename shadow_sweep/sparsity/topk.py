@@ -23,4 +23,4 @@ def top_k_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
 def top_k_indices(scores: torch.Tensor, keep: int) -> torch.Tensor:
     """The positions top_k_mask marks, ascending: scores [..., U] -> [..., keep] (a mask and
     its nonzero: on the CPU far cheaper than sorting the top-k indices)."""
-    return top_k_mask(scores, keep).bool().nonzero()[:, -1].view(*scores.shape[:-1], keep)
+    return top_k_mask(scores.float(), keep).bool().nonzero()[:, -1].view(*scores.shape[:-1], keep)

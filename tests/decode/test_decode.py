@@ -225,6 +225,52 @@ def test_gather_kernels_match_the_eager_gather(session_cache, embedded_cache):
                                                SparseDecoder(loaded, whole_layers)]))
 
 
+def test_the_cpp_top_k_keeps_the_highest_scores_ascending(embedded_cache):
+    """top_k_rows against torch's top-k on distinct scores; ties at the threshold go to lower
+    positions, NaN ranks above every number (as in torch.topk); k = 0 and k = U."""
+    from shadow_sweep.sparsity.topk import top_k_indices
+
+    compiled = gather_kernels("fused", torch.device("cpu"), torch.float32, embedded_cache.root)
+    scores = torch.randn(7, 300, generator=torch.Generator().manual_seed(4))
+    for keep in (0, 1, 150, 299, 300):
+        assert torch.equal(compiled.top_k_indices(scores, keep), top_k_indices(scores, keep)), keep
+    assert torch.equal(compiled.top_k_indices(scores[2], 40), top_k_indices(scores[2], 40))  # one row [U]
+    tied = torch.tensor([[1.0, 3.0, 2.0, 2.0, 2.0, float("nan")]])
+    assert compiled.top_k_indices(tied, 3).tolist() == [[1, 2, 5]]
+    assert compiled.top_k_indices(tied, 4).tolist() == [[1, 2, 3, 5]]
+
+
+@pytest.mark.parametrize("name", [PredictorName.shadowllm, PredictorName.dejavu])
+def test_the_predictor_for_one_token_on_the_kernels_equals_its_batched_forward(name, session_cache,
+                                                                                embedded_cache):
+    """MaskPredictor with decode kernels (one_row's vector-matrix products, the C++ top-k)
+    keeps the units its batched torch forward keeps, per layer, for ShadowLLM and DejaVu."""
+    from shadow_sweep.decode.fused import TorchGatherKernels
+    from shadow_sweep.predictors.fit import untrained
+
+    loaded = load_tiny("tiny-llama", session_cache)
+    s = loaded.shape
+    fitted = untrained(PredictorConfig(name=name), s)
+    policy = SparsityPolicy(SparsityConfig(level=0.5, ranking=Ranking.per_layer), s)
+    predictor = MaskPredictor(fitted, policy)
+    compiled = gather_kernels("fused", torch.device("cpu"), torch.float32, embedded_cache.root)
+    g = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        for kernels in (compiled, TorchGatherKernels()):
+            if name == PredictorName.shadowllm:
+                context = torch.randn(1, s.num_heads * s.head_dim, generator=g)
+                batched = predictor.all_layer_scores(context)
+                for one, expected in zip(predictor.all_layer_scores(context, kernels), batched):
+                    torch.testing.assert_close(one, expected)
+                pairs = zip(*predictor.all_layers_kept(context, kernels), *predictor.all_layers_kept(context))
+            else:
+                hidden = torch.randn(1, s.hidden_size, generator=g)
+                pairs = [(*predictor.one_layer_kept(l, hidden, kernels), *predictor.one_layer_kept(l, hidden))
+                         for l in range(1, s.num_layers)]
+            for heads, neurons, heads_torch, neurons_torch in pairs:
+                assert torch.equal(heads, heads_torch) and torch.equal(neurons, neurons_torch)
+
+
 @pytest.mark.parametrize("equal_counts", [True, False])
 def test_indexed_layers_at_once_equal_one_layer_at_a_time(equal_counts, session_cache):
     loaded = load_tiny("tiny-llama", session_cache)

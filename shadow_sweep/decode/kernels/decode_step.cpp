@@ -3,6 +3,7 @@
 //   gather_transposed_gemv(Wt [R, D], rows [k] | None, a [k]) -> a @ Wt[rows]      [D]
 //   neuron_major_mlp(mlp [I, parts, D], rows [k] | None, h [D], activation) -> the MLP's output [D]
 //   decode_layers(x [1, D], packs, ...)                        -> (x' [1, D], last context [1, |Q| d])
+//   top_k_rows(scores [R, U], keep)                            -> each row's top-k positions [R, keep]
 // rows None reads every row; a weight's rows may be strided (views of the neuron-major MLP).
 // No kernel copies W[rows]: each kept row is streamed once, split between torch's intra-op
 // threads. decode_layers runs one token through consecutive Llama-family or pre-LayerNorm
@@ -265,6 +266,41 @@ torch::Tensor gather_transposed_gemv(torch::Tensor weight_t, MaybeTensor rows, t
   return out;
 }
 
+// Each row's `keep` highest scores [R, U] -> their positions, ascending [R, keep]. Ranked by
+// (score descending, position ascending), NaN above every number as torch.topk ranks it: at
+// the threshold equal scores go to lower positions. Rows split between the threads.
+torch::Tensor top_k_rows(torch::Tensor scores, int64_t keep) {
+  TORCH_CHECK(scores.dim() == 2, "top_k_rows: scores [R, U]");
+  TORCH_CHECK(keep >= 0 && keep <= scores.size(1), "top_k_rows: keep in [0, U]");
+  auto sc = scores.contiguous();
+  const float* data = float_data(sc, "scores");
+  const int64_t units = sc.size(1);
+  auto out = torch::empty({sc.size(0), keep}, sc.options().dtype(torch::kLong));
+  int64_t* positions = out.data_ptr<int64_t>();
+  at::parallel_for(0, sc.size(0), 1, [&](int64_t first, int64_t last) {
+    std::vector<int64_t> order(units);
+    std::vector<char> kept(units);
+    for (int64_t r = first; r < last; ++r) {
+      const float* row = data + r * units;
+      const auto higher = [row](int64_t a, int64_t b) {
+        const bool nan_a = std::isnan(row[a]);
+        const bool nan_b = std::isnan(row[b]);
+        if (nan_a != nan_b) return nan_a;
+        if (!nan_a && row[a] != row[b]) return row[a] > row[b];
+        return a < b;
+      };
+      for (int64_t u = 0; u < units; ++u) order[u] = u;
+      if (keep < units) std::nth_element(order.begin(), order.begin() + keep, order.end(), higher);
+      std::fill(kept.begin(), kept.end(), 0);
+      for (int64_t j = 0; j < keep; ++j) kept[order[j]] = 1;
+      int64_t* out_row = positions + r * keep;
+      for (int64_t u = 0; u < units; ++u)
+        if (kept[u]) *out_row++ = u;
+    }
+  });
+  return out;
+}
+
 torch::Tensor mlp_rows(torch::Tensor mlp, MaybeTensor rows, torch::Tensor h, int64_t activation) {
   TORCH_CHECK(mlp.dim() == 3 && (mlp.size(1) == 2 || mlp.size(1) == 3), "mlp: [I, parts, D], parts 2 or 3");
   auto hc = h.contiguous();
@@ -374,5 +410,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gather_gemv", &gather_gemv, "y = W[rows] @ x without copying W[rows]");
   m.def("gather_transposed_gemv", &gather_transposed_gemv, "y = a @ Wt[rows] without copying Wt[rows]");
   m.def("neuron_major_mlp", &mlp_rows, "the MLP over kept neurons of a neuron-major [I, parts, D] weight");
+  m.def("top_k_rows", &top_k_rows, "each row's keep highest scores' positions, ascending");
   m.def("decode_layers", &decode_layers, "one token through consecutive decoder layers: (x', last head context)");
 }
