@@ -14,6 +14,8 @@
 #include <ATen/Parallel.h>
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace {
@@ -266,36 +268,53 @@ torch::Tensor gather_transposed_gemv(torch::Tensor weight_t, MaybeTensor rows, t
   return out;
 }
 
+// An unsigned key with the order of the floats: NaN highest (as torch.topk ranks it), -0 as +0.
+uint32_t order_key(float v) {
+  if (std::isnan(v)) return UINT32_MAX;
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  if (v == 0.f) bits = 0;
+  return (bits & 0x80000000u) ? ~bits : bits | 0x80000000u;
+}
+
 // Each row's `keep` highest scores [R, U] -> their positions, ascending [R, keep]. Ranked by
-// (score descending, position ascending), NaN above every number as torch.topk ranks it: at
-// the threshold equal scores go to lower positions. Rows split between the threads.
+// (score descending, position ascending): at the threshold equal scores go to lower positions.
+// Per row, branch-free (scores are data the branch predictor cannot learn): the keep-th highest
+// key bit by bit from counts over the row, then one ascending pass. Rows split between threads.
 torch::Tensor top_k_rows(torch::Tensor scores, int64_t keep) {
   TORCH_CHECK(scores.dim() == 2, "top_k_rows: scores [R, U]");
-  TORCH_CHECK(keep >= 0 && keep <= scores.size(1), "top_k_rows: keep in [0, U]");
+  TORCH_CHECK(keep >= 0 && keep <= scores.size(1) && scores.size(1) < INT32_MAX, "top_k_rows: keep in [0, U]");
   auto sc = scores.contiguous();
   const float* data = float_data(sc, "scores");
   const int64_t units = sc.size(1);
   auto out = torch::empty({sc.size(0), keep}, sc.options().dtype(torch::kLong));
   int64_t* positions = out.data_ptr<int64_t>();
+  if (keep == 0) return out;
   at::parallel_for(0, sc.size(0), 1, [&](int64_t first, int64_t last) {
-    std::vector<int64_t> order(units);
-    std::vector<char> kept(units);
+    std::vector<uint32_t> keys(units);
     for (int64_t r = first; r < last; ++r) {
       const float* row = data + r * units;
-      const auto higher = [row](int64_t a, int64_t b) {
-        const bool nan_a = std::isnan(row[a]);
-        const bool nan_b = std::isnan(row[b]);
-        if (nan_a != nan_b) return nan_a;
-        if (!nan_a && row[a] != row[b]) return row[a] > row[b];
-        return a < b;
-      };
-      for (int64_t u = 0; u < units; ++u) order[u] = u;
-      if (keep < units) std::nth_element(order.begin(), order.begin() + keep, order.end(), higher);
-      std::fill(kept.begin(), kept.end(), 0);
-      for (int64_t j = 0; j < keep; ++j) kept[order[j]] = 1;
+      for (int64_t u = 0; u < units; ++u) keys[u] = order_key(row[u]);
+      uint32_t threshold = 0;  // the largest key with at least `keep` keys >= it
+      for (int bit = 31; bit >= 0; --bit) {
+        const uint32_t candidate = threshold | (1u << bit);
+        int32_t at_least = 0;  // int32 lanes: the count vectorises
+#pragma omp simd reduction(+ : at_least)
+        for (int64_t u = 0; u < units; ++u) at_least += keys[u] >= candidate;
+        if (at_least >= keep) threshold = candidate;
+      }
+      int32_t above = 0;
+#pragma omp simd reduction(+ : above)
+      for (int64_t u = 0; u < units; ++u) above += keys[u] > threshold;
+      int64_t ties_left = keep - above;
       int64_t* out_row = positions + r * keep;
-      for (int64_t u = 0; u < units; ++u)
-        if (kept[u]) *out_row++ = u;
+      int64_t written = 0;
+      for (int64_t u = 0; u < units && written < keep; ++u) {
+        const bool tie = keys[u] == threshold && ties_left > 0;
+        out_row[written] = u;
+        written += (keys[u] > threshold) | tie;
+        ties_left -= tie;
+      }
     }
   });
   return out;
