@@ -213,7 +213,7 @@ class EvalConfig:
 
 
 class BenchKernel(str, Enum):
-    fused_layer = "fused_layer"  # CPU fp32: every one-token step one C++ call per layer (rows read in place)
+    fused_layer = "fused_layer"  # CPU fp32: one-token steps in C++, layers between predictor calls in one call
     fused = "fused"  # per_token rows read in place (C++ gather-GEMV on CPU fp32), layers in Python
     eager = "eager"  # kept rows copied with index_select every token
 
