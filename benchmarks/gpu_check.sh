@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The sparse decode path on a CUDA device, in one run: the CUDA tests (CUDA == CPU logits,
 # CUDA graph replay == eager), then latency tables on the GPU (bfloat16, then float32),
-# eager and CUDA-graph rows. From the repository root:
+# eager and CUDA-graph rows; the bfloat16 tables also time HF generate with a static cache,
+# compiled by transformers (hf_generate_compiled, compile_s apart). From the repository root:
 #     PYTHON=python3 bash benchmarks/gpu_check.sh [Hydra overrides for both tables]
 # It times `model=smollm2-135m-shape` (SmolLM2-135M's shapes, random weights: latency depends
 # on shapes, not values) with small calibration and short predictor fits (their quality does
@@ -23,7 +24,7 @@ echo "== decode latency, bfloat16"
     "$@" || status=1
 echo "== decode latency, float32"
 "$python" benchmarks/decode_latency.py "${common[@]}" model.dtype=float32 'bench.predictors=[shadowllm]' \
-    'bench.updates=[per_sequence]' "$@" || status=1
+    'bench.updates=[per_sequence]' bench.hf_compiled=false "$@" || status=1
 echo "== decode latency, Llama-2-7B shape, bfloat16"
 "$python" benchmarks/decode_latency.py model=llama2-7b-shape model.device=cuda model.dtype=bfloat16 \
     'bench.levels=[0.5]' 'bench.predictors=[shadowllm]' 'bench.updates=[per_sequence,per_token]' "$@" || status=1

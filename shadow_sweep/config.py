@@ -238,6 +238,7 @@ class BenchConfig:
     updates: list[MaskUpdate] = field(default_factory=list)  # empty: the job's sparsity.update
     kernel: BenchKernel = BenchKernel.fused_layer
     cuda_graphs: bool = True  # on CUDA, also time fixed-weight points replaying a CUDA graph
+    hf_compiled: bool = True  # on CUDA, also time HF generate with a static cache (auto torch.compile)
     seed: int = 0
 
 

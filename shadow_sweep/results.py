@@ -97,14 +97,15 @@ def point_id(row: dict) -> str:
     """stage:predictor:sparsity:update, and for latency rows HF generate's baseline and the
     CUDA-graph rows apart from our eager path's."""
     point = f"{row.get('stage')}:{row.get('predictor')}:{row.get('sparsity')}:{row.get('update')}"
-    return point + (":hf_generate" if row.get("path") == "hf_generate" else "") + (":graph" if row.get("graph") else "")
+    path = str(row.get("path"))
+    return point + (f":{path}" if path.startswith("hf_generate") else "") + (":graph" if row.get("graph") else "")
 
 
 def latency_mode(row: dict) -> str:
-    """A latency row's curve: hf_generate, or our path's update policy, `+graph` for CUDA-graph
+    """A latency row's curve: hf_generate(_compiled), or our path's update policy, `+graph` for CUDA-graph
     replays (W&B metric names and report columns: graph never averaged with eager)."""
-    if row.get("path") == "hf_generate":
-        return "hf_generate"
+    if str(row.get("path")).startswith("hf_generate"):
+        return str(row["path"])  # hf_generate, hf_generate_compiled
     return f"{row.get('update')}+graph" if row.get("graph") is True else str(row.get("update"))
 
 

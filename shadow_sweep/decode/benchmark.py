@@ -1,6 +1,8 @@
 """Decode latency table: HF generate and our dense path, then every (predictor, level,
 update) on the sparse path, all in one run; ratios are against our dense path of this run
-and against the fastest dense path (`fastest_dense`: HF generate or ours).
+and against the fastest dense path (`fastest_dense`: HF generate, ours, and on CUDA with
+`bench.hf_compiled` HF generate with a static cache, which transformers compiles:
+`hf_generate_compiled`, its warm-up with compilation in `compile_s`).
 
 Every row also has the bytes a decode step reads (`bytes_per_token` and its parts, mean over
 the steps; decode.traffic), the read bandwidth measured in the same run (`read_gb_per_s`), the
@@ -43,21 +45,33 @@ def _spread(ms_per_token: list[float]) -> dict:
             "ms_per_token_max": max(ms_per_token)}
 
 
-def _hf_generate_ms_per_token(loaded: LoadedModel, prompt: torch.Tensor, cfg: BenchConfig) -> dict:
-    """Per repeat (time for new_tokens - median time for 1 token) / (new_tokens - 1), greedy,
-    HF's own cache: its median, min and max."""
+def _hf_generate_ms_per_token(loaded: LoadedModel, prompt: torch.Tensor, cfg: BenchConfig,
+                              static_cache: bool = False) -> dict:
+    """Per repeat (time for new_tokens - median time for 1 token) / (new_tokens - 1), greedy:
+    its median, min and max. HF's own dynamic cache, or with `static_cache` its static cache,
+    under which generate compiles the forward on CUDA (transformers' auto-compile); then both
+    lengths are generated once first and that time, compilation included, is `compile_s`."""
+    kwargs = {"cache_implementation": "static"} if static_cache else {}
+
     def timed(tokens: int) -> float:
         ids = prompt[None].to(loaded.device)
         began = clock(loaded.device)
         loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
-                              min_new_tokens=tokens, do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id)
+                              min_new_tokens=tokens, do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id,
+                              **kwargs)
         return clock(loaded.device) - began
 
+    began = clock(loaded.device)
     for _ in range(cfg.warmup):
         timed(2)
+    if static_cache:  # one compilation per static cache length
+        timed(cfg.new_tokens)
+        timed(1)
+    compile_s = clock(loaded.device) - began
     full = [timed(cfg.new_tokens) for _ in range(cfg.repeats)]
     first = statistics.median(timed(1) for _ in range(cfg.repeats))
-    return _spread([1000 * (f - first) / (cfg.new_tokens - 1) for f in full])
+    spread = _spread([1000 * (f - first) / (cfg.new_tokens - 1) for f in full])
+    return {**spread, "compile_s": compile_s} if static_cache else spread
 
 
 def _updates(cfg: BenchConfig, predictor: str) -> list[str]:
@@ -76,8 +90,11 @@ def run_benchmark(loaded: LoadedModel, predictors: dict[str, FittedPredictor], p
         decoder = SparseDecoder(loaded, kernels)
         g = torch.Generator().manual_seed(cfg.seed)
         prompt = torch.randint(3, loaded.model.config.vocab_size, (cfg.prompt_length,), generator=g)
-        rows = [{"path": "hf_generate", "predictor": "dense", "update": "dense", "sparsity": 0.0, "graph": False,
-                 **_hf_generate_ms_per_token(loaded, prompt, cfg)}]
+        hf = {"predictor": "dense", "update": "dense", "sparsity": 0.0, "graph": False}
+        rows = [{"path": "hf_generate", **hf, **_hf_generate_ms_per_token(loaded, prompt, cfg)}]
+        if cfg.hf_compiled and loaded.device.type == "cuda":
+            rows.append({"path": "hf_generate_compiled", **hf,
+                         **_hf_generate_ms_per_token(loaded, prompt, cfg, static_cache=True)})
         points = [("dense", "dense", 0.0)] + [(p, u, level) for p in cfg.predictors for level in cfg.levels
                                               for u in _updates(cfg, p)]
         graphs = [False, True] if cfg.cuda_graphs and loaded.device.type == "cuda" else [False]
@@ -152,7 +169,7 @@ def _ratios(table: pd.DataFrame, bandwidths: list[float], tensor_reads: list[flo
     table["fastest_dense"] = fastest.path
     table["speedup_vs_fastest_dense"] = fastest.ms_per_token / table["ms_per_token"]
     ours_dense = (table.path == "ours") & (table.predictor == "dense") & ~table.graph
-    hf = table.path == "hf_generate"  # reads the same weights and cache as our dense step
+    hf = table.path.str.startswith("hf_generate")  # reads the same weights and cache as our dense step
     for column in [c for c in table.columns if c.endswith("bytes_per_token")]:
         table.loc[hf, column] = table.loc[ours_dense, column].iloc[0]
     table["read_gb_per_s"] = bandwidth / 1e9

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from shadow_sweep.config import BenchConfig, MaskUpdate, PredictorConfig, PredictorName, Ranking, SparsityConfig
-from shadow_sweep.decode.benchmark import run_benchmark
+from shadow_sweep.decode.benchmark import _hf_generate_ms_per_token, run_benchmark
 from shadow_sweep.decode.engine import SparseDecoder
 from shadow_sweep.decode.generate import Generator
 from shadow_sweep.decode.traffic import read_bandwidth, tensors_read_bandwidth
@@ -95,8 +95,20 @@ def test_the_benchmark_reports_bytes_floor_and_the_fastest_dense_path(session_ca
     tensor_floor = 1000 * table.bytes_per_token / table.tensor_read_gb_per_s / 1e9
     torch.testing.assert_close(torch.tensor(table.x_tensor_read.values),
                                torch.tensor((table.ms_per_token / tensor_floor).values))
+    assert "hf_generate_compiled" not in set(table.path)  # a CUDA baseline (bench.hf_compiled)
     assert table.fastest_dense.nunique() == 1 and table.fastest_dense.iloc[0] in ("hf_generate", "ours")
     assert table.loc["dense", "speedup_vs_fastest_dense"].max() == pytest.approx(1.0)  # the fastest is itself
+
+
+def test_hf_generate_with_a_static_cache_is_timed_with_its_warm_up_apart(session_cache):
+    """The CUDA baseline `hf_generate_compiled` (a static cache, compiled by transformers on
+    CUDA) through the same timing on the CPU, where transformers does not compile: the static
+    cache is accepted and the warm-up is reported apart."""
+    loaded = load_tiny("tiny-llama", session_cache)
+    cfg = BenchConfig(prompt_length=8, new_tokens=4, repeats=2, warmup=0, threads=1)
+    timed = _hf_generate_ms_per_token(loaded, torch.arange(3, 11), cfg, static_cache=True)
+    assert timed["compile_s"] > 0 and timed["ms_per_token_min"] <= timed["ms_per_token"] <= timed["ms_per_token_max"]
+    assert "compile_s" not in _hf_generate_ms_per_token(loaded, torch.arange(3, 11), cfg)
 
 
 def test_the_read_probe_measures_a_plausible_bandwidth():

@@ -38,13 +38,16 @@ def test_job_key_ignores_what_cannot_change_a_result():
 
 
 def test_latency_rows_of_a_gpu_run_stay_apart(tmp_path):
-    """HF generate, our eager path and CUDA-graph replays of one point: three points in the
+    """HF generate (dynamic cache, and static cache compiled), our eager path and CUDA-graph
+    replays of one point: four points in the
     results, and the report's latency columns never average graph with eager."""
     from shadow_sweep.report.table import load_rows, summary_table
 
     results = ResultsFile(tmp_path / "results.jsonl")
     common = {"job_key": "j", "stage": "bench", "criterion": "plainact", "model": "m"}
     rows = [dict(common, path="hf_generate", predictor="dense", update="dense", sparsity=0.0, ms_per_token=21.7),
+            dict(common, path="hf_generate_compiled", predictor="dense", update="dense", sparsity=0.0,
+                 ms_per_token=6.1, compile_s=41.0),
             dict(common, path="ours", predictor="dense", update="dense", sparsity=0.0, graph=False, ms_per_token=22.4,
                  speedup_vs_dense=1.0),
             dict(common, path="ours", predictor="dense", update="dense", sparsity=0.0, graph=True, ms_per_token=3.68,
@@ -54,7 +57,7 @@ def test_latency_rows_of_a_gpu_run_stay_apart(tmp_path):
             dict(common, path="ours", predictor="shadowllm", update="per_sequence", sparsity=0.5, graph=True,
                  ms_per_token=3.59, speedup_vs_dense=3.68 / 3.59)]
     results.append(rows)
-    assert len(results.measured_points("j")) == 5
+    assert len(results.measured_points("j")) == 6
     table = summary_table(load_rows([results.path])).set_index("line")
     assert table.loc["dense", "ms_per_token/dense"] == 22.4 and table.loc["dense", "ms_per_token/dense+graph"] == 3.68
     sparse = table.loc["shadowllm x plainact"]
