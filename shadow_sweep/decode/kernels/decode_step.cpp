@@ -269,7 +269,7 @@ torch::Tensor gather_transposed_gemv(torch::Tensor weight_t, MaybeTensor rows, t
 }
 
 // An unsigned key with the order of the floats: NaN highest (as torch.topk ranks it), -0 as +0.
-uint32_t order_key(float v) {
+static uint32_t order_key(float v) {
   if (std::isnan(v)) return UINT32_MAX;
   uint32_t bits;
   std::memcpy(&bits, &v, sizeof bits);
