@@ -146,7 +146,7 @@ class SparseDecoder:
         (a sparse prefill). One-token dynamic steps go to the C++ layer when the kernels run
         whole layers (bench.kernel=fused_layer) and the family's norms and activation allow."""
         if not static and token_masks is None and self._fusable(index, index + 1, x):
-            return self._fused_layers(index, index + 1, x, {index: w}, {index: cache}, rotation, kv is not None)
+            return self._fused_layers(index, x, [w], [cache], rotation, kv is not None)
         if isinstance(w, IndexedLayer):
             return self._indexed_layer(index, x, positions, w, cache, rotation)
         layer, d, f = self.layers[index], self.shape.head_dim, self.family
@@ -179,7 +179,7 @@ class SparseDecoder:
         layer's head context). `dense_kv`: K/V of every group from the dense weights. One-token
         steps with whole-layer kernels run the span as ONE C++ call (no Python per layer)."""
         if self._fusable(first, last, x):
-            return self._fused_layers(first, last, x, weights, caches, rotation, dense_kv)
+            return self._fused_layers(first, x, weights[first:last], caches[first:last], rotation, dense_kv)
         for index in range(first, last):
             x, context = self.layer(index, x, positions, weights[index], caches[index], rotation,
                                     self.dense[index] if dense_kv else None)
@@ -204,17 +204,18 @@ class SparseDecoder:
                 kv_source.v_bias, source.o, source.o_bias, source.mlp, source.up_bias, source.down_bias,
                 w.q_rows if indexed else None, w.neuron_rows if indexed else None, groups, cache.k, cache.v]
 
-    def _fused_layers(self, first: int, last: int, x: torch.Tensor, weights, caches, rotation, dense_kv: bool
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One token through layers first..last-1 in one C++ call (decode_layers)."""
-        packs = [self._layer_pack(i, weights[i], caches[i], dense_kv) for i in range(first, last)]
+    def _fused_layers(self, first: int, x: torch.Tensor, weights: list, caches: list[LayerCache], rotation,
+                      dense_kv: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token through the layers first.. that `weights` and `caches` belong to, in one
+        C++ call (decode_layers)."""
+        packs = [self._layer_pack(first + i, w, cache, dense_kv) for i, (w, cache) in enumerate(zip(weights, caches))]
         cos, sin = (None, None) if rotation is None else (part.reshape(-1) for part in rotation)
         norms = self.norms[first]
-        position = caches[first].length
+        position = caches[0].length
         x, context = self.kernels.module.decode_layers(x, packs, cos, sin, position, self.shape.head_dim,
                                                        self.family.scale, norms.eps, norms.kind, norms.activation)
-        for i in range(first, last):
-            caches[i].length = position + 1
+        for cache in caches:
+            cache.length = position + 1
         return x, context
 
     def _indexed_layer(self, index: int, x: torch.Tensor, positions: torch.Tensor, w: IndexedLayer,

@@ -20,10 +20,12 @@ from typing import Optional
 
 import torch
 
+from shadow_sweep.sparsity.topk import expand_indices
+
 
 def head_rows(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
     """The weight rows of heads [..., k] -> [..., k d]: head h owns rows h*d .. h*d + d - 1."""
-    return (heads[..., None] * head_dim + torch.arange(head_dim, device=heads.device)).flatten(-2)
+    return expand_indices(heads, head_dim)
 
 
 def neuron_major(up: torch.Tensor, gate: Optional[torch.Tensor], down_t: torch.Tensor) -> torch.Tensor:

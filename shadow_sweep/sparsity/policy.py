@@ -20,7 +20,7 @@ import torch
 
 from shadow_sweep.config import ConfigError, HeadGranularity, SparsityConfig
 from shadow_sweep.models.adapters import ModelShape
-from shadow_sweep.sparsity.topk import keep_count, top_k_indices, top_k_mask
+from shadow_sweep.sparsity.topk import expand_indices, keep_count, top_k_indices, top_k_mask
 
 TopK = Callable[[torch.Tensor, int], torch.Tensor]
 """A top-k selection: scores [..., U], k -> the k highest positions [..., k], ascending."""
@@ -159,9 +159,7 @@ class SparsityPolicy:
 
     def expand_kept_heads(self, kept: torch.Tensor) -> torch.Tensor:
         """Kept K/V groups [k] -> their query heads [k * group], ascending (heads: unchanged)."""
-        if self.group == 1:
-            return kept
-        return (kept[:, None] * self.group + torch.arange(self.group, device=kept.device)).flatten()
+        return expand_indices(kept, self.group) if self.group > 1 else kept
 
     def kept(self, head_scores: torch.Tensor, neuron_scores: torch.Tensor,
              budgets: Optional[tuple[torch.Tensor, torch.Tensor]] = None, select: TopK = top_k_indices
@@ -171,8 +169,8 @@ class SparsityPolicy:
         `select(scores [..., U], k)`: the top-k kernel (default: the masks' own)."""
         head_budget, neuron_budget = budgets if budgets is not None else (None, None)
         groups = self.heads.kept(self.group_heads(head_scores), head_budget, select)
-        return [self.expand_kept_heads(kept) for kept in groups], self.neurons.kept(neuron_scores, neuron_budget,
-                                                                                    select)
+        neurons = self.neurons.kept(neuron_scores, neuron_budget, select)
+        return [self.expand_kept_heads(kept) for kept in groups], neurons
 
     def layer_kept(self, layer: int, head_scores: torch.Tensor, neuron_scores: torch.Tensor,
                    budgets: Optional[tuple[torch.Tensor, torch.Tensor]] = None, select: TopK = top_k_indices

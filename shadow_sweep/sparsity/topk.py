@@ -24,3 +24,9 @@ def top_k_indices(scores: torch.Tensor, keep: int) -> torch.Tensor:
     """The positions top_k_mask marks, ascending: scores [..., U] -> [..., keep] (a mask and
     its nonzero: on the CPU far cheaper than sorting the top-k indices)."""
     return top_k_mask(scores.float(), keep).bool().nonzero()[:, -1].view(*scores.shape[:-1], keep)
+
+
+def expand_indices(units: torch.Tensor, width: int) -> torch.Tensor:
+    """Units [..., k] that each own `width` consecutive positions -> those positions [..., k width]
+    (unit u owns u*width .. u*width + width - 1: a K/V group's query heads, a head's rows)."""
+    return (units[..., None] * width + torch.arange(width, device=units.device)).flatten(-2)
