@@ -21,7 +21,8 @@ from shadow_sweep.decode.fused import gather_kernels
 from shadow_sweep.models.loading import load_model
 from shadow_sweep.predictors.fit import untrained
 from shadow_sweep.predictors.stage import predictor_for
-from shadow_sweep.sweep.stages import policy_at
+from shadow_sweep.selectors.registry import decode_selectors, spec
+from shadow_sweep.sweep.points import policy_at
 from shadow_sweep.sweep.compose import compose_config
 from shadow_sweep.traces.stage import traces_for
 
@@ -33,14 +34,15 @@ def main(overrides: list[str]) -> None:
     cache = StageCache(Path(cfg.paths.cache_dir))
     loaded = load_model(cfg.model, cache)
     predictors = {}
-    for name in (predictor.value for predictor in cfg.bench.predictors):
+    for name in cfg.bench.predictors or decode_selectors():
         criterion = "l2_norm" if name == "dejavu" else cfg.criterion.name.value
         stage_cfg = compose_config(overrides + [f"predictor={name}", f"criterion={criterion}"])
+        layout = spec(name).network
         if cfg.model.source == ModelSource.tiny:
-            predictors[name] = untrained(stage_cfg.predictor, loaded.shape)
+            predictors[name] = untrained(stage_cfg.predictor, loaded.shape, name, layout)
             continue
         traces, _ = traces_for(stage_cfg, loaded, cache)
-        predictors[name] = predictor_for(stage_cfg, loaded, traces, cache)[0]
+        predictors[name] = predictor_for(stage_cfg, loaded, traces, cache, name, layout)[0]
     policies = {level: policy_at(cfg, level, loaded) for level in cfg.bench.levels}
     compiled = gather_kernels(cfg.bench.kernel, loaded.device, loaded.model.dtype, cfg.paths.cache_dir)
     table = run_benchmark(loaded, predictors, policies, cfg.bench, compiled)

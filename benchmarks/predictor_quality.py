@@ -13,11 +13,10 @@ import pandas as pd
 
 from shadow_sweep.cache import StageCache
 from shadow_sweep.models.loading import load_model
-from shadow_sweep.predictors.cost import predictor_cost
-from shadow_sweep.predictors.fit import predictor_quality
-from shadow_sweep.predictors.stage import predictor_for, training_data
-from shadow_sweep.sparsity.topk import keep_count
+from shadow_sweep.predictors.stage import training_data
+from shadow_sweep.selectors.registry import spec
 from shadow_sweep.sweep.compose import compose_config
+from shadow_sweep.sweep.stages import fit_stage
 from shadow_sweep.traces.stage import traces_for
 
 
@@ -36,7 +35,7 @@ def main() -> None:
     loaded = None
     for criterion in args.criteria:
         for predictor in args.predictors:
-            widths = args.widths if predictor in ("shadowllm", "dejavu") else [0]
+            widths = args.widths if spec(predictor).network is not None else [0]
             for width in widths:
                 overrides = [f"model={args.model}", f"criterion={criterion}", f"predictor={predictor}",
                              f"calibration.examples_per_task={args.examples_per_task}",
@@ -46,12 +45,9 @@ def main() -> None:
                 cache = StageCache(Path(cfg.paths.cache_dir))
                 loaded = loaded or load_model(cfg.model, cache)
                 traces, _ = traces_for(cfg, loaded, cache)
-                fitted, _ = predictor_for(cfg, loaded, traces, cache)
+                fitted, report = fit_stage(cfg, loaded, traces, cache, predictor)  # quality at the level, cost
                 rows_used = training_data(cfg, traces)  # per-token samples, or per-example rows
-                quality = predictor_quality(fitted, rows_used, cfg.predictor, loaded.shape,
-                                            keep_count(args.level, loaded.shape.num_heads),
-                                            keep_count(args.level, loaded.shape.num_neurons))
-                cost = predictor_cost(fitted, loaded)
+                quality = cost = report
                 rows.append({"criterion": criterion, "predictor": predictor, "examples": len(traces),
                              "rows": len(rows_used.head_scores),
                              "width": cost.get("predictor_width", 0), "rank": cost.get("predictor_bottleneck", 0),

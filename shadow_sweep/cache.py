@@ -44,9 +44,10 @@ STAGE_FORMATS: dict[str, StageFormat] = {
     "gguf": StageFormat(1),
     "model": StageFormat(1, libraries=("transformers", "gguf")),
     "tasks": StageFormat(1, libraries=("lm_eval",)),
-    "traces": StageFormat(2, reads=("model", "tasks"), libraries=("torch", "transformers", "lm_eval")),
-    "predictor": StageFormat(3, reads=("traces",), libraries=("torch",)),
-    "evaluation": StageFormat(3, reads=("predictor",), libraries=("torch", "transformers", "lm_eval")),
+    "traces": StageFormat(3, reads=("model", "tasks"), libraries=("torch", "transformers", "lm_eval")),
+    "predictor": StageFormat(4, reads=("traces",), libraries=("torch",)),
+    "statistics": StageFormat(1, reads=("model", "tasks"), libraries=("torch", "transformers", "lm_eval")),
+    "evaluation": StageFormat(4, reads=("predictor", "statistics"), libraries=("torch", "transformers", "lm_eval")),
 }
 
 

@@ -121,15 +121,6 @@ class CalibrationConfig:
 Ranking = Enum("Ranking", [("global", "global"), ("per_layer", "per_layer")], type=str)
 
 
-class PredictorName(str, Enum):
-    shadowllm = "shadowllm"  # one MLP after layer 0 predicts every later layer
-    dejavu = "dejavu"  # one MLP per layer on that layer's input
-    static = "static"  # mean calibration scores: one mask for every input
-    random = "random"  # seeded random scores per input
-    dense = "dense"  # no masks
-    oracle = "oracle"  # the criterion computed on the input itself (analysis only; runs a backward)
-
-
 # per_layer: min-max per example and layer (ShadowLLM); global: per example over all layers
 # (the paper's ablation). Functional form since `global` is a keyword (see Ranking).
 TargetNorm = Enum("TargetNorm", [("per_layer", "per_layer"), ("global", "global")], type=str)
@@ -142,9 +133,12 @@ class PredictorLoss(str, Enum):
 
 @dataclass
 class PredictorConfig:
-    """Predictor network and training; widths follow docs/predictors.md when null."""
+    """The selectors of a point (docs/selectors.md) and, for learned ones, the network and its
+    training; widths follow docs/predictors.md when null."""
 
-    name: PredictorName = PredictorName.shadowllm
+    name: str = "shadowllm"  # a registered selector (shadow_sweep/selectors): every block it can select
+    heads: Optional[str] = None  # the attention block's selector; null: `name`'s (dense if it selects no heads)
+    neurons: Optional[str] = None  # the MLP block's selector; null: `name`'s (dense if it selects no neurons)
     width: Optional[int] = None  # hidden width; null: 64 * max(2, D // 128), capped (2048 / 1000)
     depth: int = 1  # hidden layers of width `width`
     bottleneck: Optional[int] = None  # rank before the output layer; null: width // 4; 0: none
@@ -160,8 +154,6 @@ class PredictorConfig:
     checkpoint: Optional[str] = None  # a trained predictor's folder: used instead of fitting
 
 
-
-
 class HeadGranularity(str, Enum):
     query_head = "query_head"
     kv_group = "kv_group"  # GQA: the query heads sharing a K/V head are kept or skipped together
@@ -172,6 +164,20 @@ class MaskUpdate(str, Enum):
 
     per_token = "per_token"  # every token's masks from that token alone (how decoding uses them)
     per_sequence = "per_sequence"  # one mask per request / window / generated sequence (the paper's accuracy setting)
+
+
+class SelectionRule(str, Enum):
+    """How scores become a keep mask (docs/selectors.md)."""
+
+    top_k = "top_k"  # exactly round((1 - level) * N) units of each pool, every token
+    threshold = "threshold"  # score > a threshold calibrated so the mean kept fraction is 1 - level
+
+
+class Allocation(str, Enum):
+    """How a level is spread over the four inputs of a layer (selectors at a linear's input)."""
+
+    uniform = "uniform"  # every input at the level
+    greedy = "greedy"  # TEAL's greedy search per layer: the same weight-bytes level, least output error
 
 
 class Prefill(str, Enum):
@@ -196,6 +202,9 @@ class SparsityConfig:
     min_neurons_per_layer: int = 0
     update: MaskUpdate = MaskUpdate.per_token
     prefill: Prefill = Prefill.sparse
+    rule: Optional[SelectionRule] = None  # null: each selector's own (top_k ahead, threshold at the gate or input)
+    allocation: Allocation = Allocation.uniform
+    dense_positions: int = 0  # the first N positions of every sequence stay dense (an attention sink)
 
 
 @dataclass
@@ -210,18 +219,13 @@ class EvalConfig:
     max_length: int = 2048  # tokens of context + continuation, cut from the left
     fewshot_seed: int = 1234  # lm-eval's default
     dense_baseline: bool = True  # also evaluate without masks (sparsity 0) in this job
+    baseline_selectors: list[str] = field(default_factory=list)  # also evaluated at the job's levels
 
 
 class BenchKernel(str, Enum):
     fused_layer = "fused_layer"  # CPU fp32: one-token steps in C++, layers between predictor calls in one call
     fused = "fused"  # per_token rows read in place (C++ gather-GEMV on CPU fp32), layers in Python
     eager = "eager"  # kept rows copied with index_select every token
-
-
-class BenchPredictor(str, Enum):
-    shadowllm = "shadowllm"
-    dejavu = "dejavu"
-    static = "static"
 
 
 @dataclass
@@ -234,7 +238,7 @@ class BenchConfig:
     warmup: int = 1
     threads: int = 2  # torch intra-op threads while timing
     levels: list[float] = field(default_factory=lambda: [0.5])
-    predictors: list[BenchPredictor] = field(default_factory=lambda: list(BenchPredictor))
+    predictors: list[str] = field(default_factory=list)  # empty: every selector with a decode path
     updates: list[MaskUpdate] = field(default_factory=list)  # empty: the job's sparsity.update
     kernel: BenchKernel = BenchKernel.fused_layer
     cuda_graphs: bool = True  # on CUDA, also time fixed-weight points replaying a CUDA graph
@@ -322,3 +326,9 @@ def register_configs() -> None:
 
 class ConfigError(ValueError):
     """A config value outside its allowed range; the message names the field."""
+
+
+def require(ok: bool, field_name: str, value: Any, allowed: str) -> None:
+    """Raise ConfigError naming the field, its value and what is allowed, unless `ok`."""
+    if not ok:
+        raise ConfigError(f"{field_name}={value!r} is not allowed: expected {allowed}")

@@ -27,8 +27,8 @@ COST_FIELDS = ("predictor_parameters", "predictor_macs_per_token", "model_macs_p
 QUALITY_FIELDS = ("heads_spearman_mean", "neurons_spearman_mean", "heads_recall_mean", "neurons_recall_mean",
                   *COST_FIELDS)  # the predictor's quality and cost, on a job row
 
-COMPARISON_AXES = {"predictor": ("predictor", "name"), "criterion": ("criterion", "name"),
-                   "update": ("sparsity", "update")}  # axis: its config field (and its row column's name)
+COMPARISON_AXES = {"predictor": ("predictor", ("name", "heads", "neurons")), "criterion": ("criterion", ("name",)),
+                   "update": ("sparsity", ("update",))}  # axis (its row column's name): its config fields
 
 # The fields each kind of row holds (docs/sweeps.md, "Row fields"); a test holds a real job's rows
 # to them. Every row also carries the job's context (CONTEXT_FIELDS).
@@ -36,9 +36,16 @@ CONTEXT_FIELDS = ("job_key", "config_key", *(f"pair_key/{axis}" for axis in COMP
                   "sweep_id", "job", "model", "criterion", "job_predictor", "ranking", "job_update",
                   "job_prefill", "target_norm", "shots", "calibration_examples_per_task", "calibration_seed",
                   "predictor_seed")
+SELECTION_FIELDS = ("selected_tokens", "weight_bytes_per_token", "fixed_bytes_per_token", "predictor_bytes_per_token",
+                    "bytes_per_token", "dense_bytes_per_token", "bytes_fraction", "bytes_fraction_p05",
+                    "bytes_fraction_p95", *(f"{stat}/{slot}" for stat in ("kept", "kept_p05", "kept_p95")
+                                            for slot in ("attention_input", "head_context", "mlp_input",
+                                                         "neuron_activation")))  # selectors.accounting
 ROW_FIELDS = {
-    "evaluate": ("stage", "predictor", "sparsity", "update", "prefill", "ranking_rule", "eval_seconds",
-                 "peak_memory_mib", "predictor_network_calls", "cache_hit", "outcomes"),
+    "evaluate": ("stage", "predictor", "heads_selector", "neurons_selector", "heads_point", "neurons_point",
+                 "deployable", "uses_criterion", "sparsity", "update", "prefill", "ranking_rule", "eval_seconds",
+                 "peak_memory_mib", "predictor_network_calls", "cache_hit", "outcomes", "line_key",
+                 *SELECTION_FIELDS),
     # and acc/<task>, acc_stderr/<task>, documents/<task>, acc_norm(_stderr)/<task> (tasks that have it)
     "evaluate+accuracy": ("acc_mean", "acc_mean_stderr"),
     "evaluate+perplexity": ("token_perplexity", "token_perplexity_low", "token_perplexity_high", "perplexity_ci_unit",
@@ -87,9 +94,9 @@ def comparison_keys(cfg: AppConfig) -> dict[str, str]:
     for group, name in SEED_FIELDS + LEVEL_FIELDS:
         fields[group].pop(name)
     keys = {"config_key": cache_key("config", fields)}
-    for axis, (group, name) in COMPARISON_AXES.items():
+    for axis, (group, names) in COMPARISON_AXES.items():
         keys[f"pair_key/{axis}"] = cache_key("pair", {**fields, group: {k: v for k, v in fields[group].items()
-                                                                          if k != name}})
+                                                                          if k not in names}})
     return keys
 
 

@@ -30,8 +30,9 @@ STAGE_CODE = {
     "tasks": ["data/tasks.py", "data/converters.py", "data/task_sources.py"],
     "traces": ["traces/*.py", "criteria/*.py", "data/calibration.py", "data/requests.py", "data/wikitext.py"],
     "predictor": ["predictors/*.py"],
+    "statistics": ["selectors/statistics.py", "selectors/stage.py", "data/calibration.py", "data/requests.py"],
     "evaluation": ["evaluation/*.py", "data/requests.py", "models/masks.py", "sparsity/*.py", "predictors/*.py",
-                   "decode/*.py", "data/wikitext.py", "statistics.py"],
+                   "selectors/*.py", "decode/*.py", "data/wikitext.py", "statistics.py"],
 }
 
 
@@ -76,7 +77,7 @@ def test_a_version_bump_misses_the_stage_and_everything_downstream(monkeypatch):
     after = {stage: cache_key(stage, fields) for stage in STAGE_FORMATS}
     changed = {stage for stage in STAGE_FORMATS if before[stage] != after[stage]}
     assert changed == {"traces", "predictor", "evaluation"}
-    assert lineage("evaluation") == ["evaluation", "predictor", "traces", "model", "tasks"]
+    assert lineage("evaluation") == ["evaluation", "predictor", "traces", "model", "tasks", "statistics"]
 
 
 def test_library_versions_are_in_the_keys_of_the_stages_they_change(monkeypatch):
@@ -89,7 +90,7 @@ def test_library_versions_are_in_the_keys_of_the_stages_they_change(monkeypatch)
 
     monkeypatch.setattr(cache, "library_versions", lm_eval_upgraded)
     changed = {stage for stage in STAGE_FORMATS if cache_key(stage, fields) != before[stage]}
-    assert changed == {"tasks", "traces", "predictor", "evaluation"}
+    assert changed == {"tasks", "traces", "predictor", "statistics", "evaluation"}
 
 
 def test_kernel_builds_are_kept_apart_per_cpu_feature_set(tmp_path):

@@ -103,7 +103,7 @@ def test_experiments_set_what_they_promise():
     assert paper.eval.limit is None and len(paper.eval.tasks) == 7 and paper.calibration.shots == 5
     assert compose_app(["experiment=ablation_shots"]).criterion.name.value == "fisher"
     global_norm = compose_app(["predictor=shadowllm_global_norm"]).predictor
-    assert global_norm.name.value == "shadowllm" and global_norm.target_norm.value == "global"
+    assert global_norm.name == "shadowllm" and global_norm.target_norm.value == "global"
 
 
 @pytest.mark.parametrize("experiment, swept", [("ablation_criteria", {"criterion"}),

@@ -32,6 +32,7 @@ from shadow_sweep.decode.traffic import StepTraffic, read_bandwidth, tensors_rea
 from shadow_sweep.predictors.inference import MaskPredictor
 from shadow_sweep.models.loading import LoadedModel
 from shadow_sweep.predictors.fit import FittedPredictor
+from shadow_sweep.selectors.registry import spec
 from shadow_sweep.sparsity.policy import SparsityPolicy
 
 
@@ -76,9 +77,9 @@ def _hf_generate_ms_per_token(loaded: LoadedModel, prompt: torch.Tensor, cfg: Be
 
 
 def _updates(cfg: BenchConfig, predictor: str) -> list[str]:
-    """The update policies timed for a predictor: static's masks are the same either way."""
+    """The update policies timed for a selector: a fixed one's masks are the same either way."""
     updates = [MaskUpdate(u).value for u in cfg.updates] or [MaskUpdate.per_token.value]
-    return updates if predictor != "static" else ["per_sequence"]
+    return updates if not spec(predictor).fixed else ["per_sequence"]
 
 
 def run_benchmark(loaded: LoadedModel, predictors: dict[str, FittedPredictor], policies: dict[float, SparsityPolicy],
@@ -96,7 +97,7 @@ def run_benchmark(loaded: LoadedModel, predictors: dict[str, FittedPredictor], p
         if cfg.hf_compiled and loaded.device.type == "cuda":
             rows.append({"path": "hf_generate_compiled", **hf,
                          **_hf_generate_ms_per_token(loaded, prompt, cfg, static_cache=True)})
-        points = [("dense", "dense", 0.0)] + [(p, u, level) for p in cfg.predictors for level in cfg.levels
+        points = [("dense", "dense", 0.0)] + [(p, u, level) for p in predictors for level in cfg.levels
                                               for u in _updates(cfg, p)]
         graphs = [False, True] if cfg.cuda_graphs and loaded.device.type == "cuda" else [False]
         points = [(p, u, level, graph) for p, u, level in points for graph in graphs
@@ -106,7 +107,8 @@ def run_benchmark(loaded: LoadedModel, predictors: dict[str, FittedPredictor], p
             fitted = predictors.get(predictor)
             masks = None
             if fitted is not None:
-                masks = MaskPredictor(fitted, policies[level], loaded.device, MaskUpdate(update))
+                masks = MaskPredictor(fitted, policies[level], loaded.device, MaskUpdate(update),
+                                      fixed=spec(predictor).fixed)
             generators.append(Generator(decoder, masks, update, graphs=graph, prefill=prefill))
             for _ in range(cfg.warmup):
                 generators[-1].generate(prompt, 4)

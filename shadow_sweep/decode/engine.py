@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from shadow_sweep.decode.families import DECODE_FAMILIES, LlamaFamily, OPTFamily
-from shadow_sweep.decode.traffic import StepTraffic, fixed_bytes, kv_read_bytes, layer_weight_bytes
+from shadow_sweep.decode.traffic import StepTraffic, kv_read_bytes, layer_sizes, layer_weight_bytes
 from shadow_sweep.decode.weights import IndexedLayer, LayerWeights, head_rows, linear, linear_transposed
 from shadow_sweep.models.loading import LoadedModel
+from shadow_sweep.selectors.traffic import fixed_bytes
 
 
 @dataclass
@@ -90,6 +91,7 @@ class SparseDecoder:
             w.kv_of_query = w.query_heads // self.shape.queries_per_kv
         self.fixed_bytes = fixed_bytes(loaded.model, loaded.model.get_output_embeddings(),
                                        loaded.model.get_input_embeddings())
+        self.sizes = layer_sizes(self.dense[0], self.shape)
 
     def dense_tensors(self) -> list[torch.Tensor]:
         """Every weight tensor a dense one-token step reads: each layer's projections and lm_head."""
@@ -99,7 +101,7 @@ class SparseDecoder:
     def step_traffic(self, weights: list, context: int, dense_kv: bool, predictor_bytes: int) -> StepTraffic:
         """Bytes a one-token step with these layer weights reads at this context length (decode.traffic)."""
         element_size = self.dense[0].q.element_size()
-        projections = sum(layer_weight_bytes(w, self.dense[i] if dense_kv else None) for i, w in enumerate(weights))
+        projections = sum(layer_weight_bytes(w, self.sizes, dense_kv) for w in weights)
         cache = sum(kv_read_bytes(w.query_heads, self.shape.queries_per_kv, self.shape.head_dim, context, element_size)
                     for w in weights)
         return StepTraffic(projections, self.fixed_bytes, cache, predictor_bytes)

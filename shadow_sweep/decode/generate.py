@@ -23,12 +23,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from shadow_sweep.config import PredictorName, Prefill
+from shadow_sweep.config import Prefill
 from shadow_sweep.decode.engine import SparseDecoder
 from shadow_sweep.decode.graphs import GraphedStep
 from shadow_sweep.decode.traffic import StepTraffic
 from shadow_sweep.predictors.inference import MaskPredictor
-from shadow_sweep.predictors.layouts import NETWORKS
 
 UPDATES = ("per_sequence", "per_token", "dense")
 
@@ -67,10 +66,9 @@ class Generator:
         self.update = update
         self.graphs = graphs
         self.prefill = Prefill(prefill)
-        self.kind = predictor.fitted.kind if predictor else PredictorName.dense
-        self.layout = NETWORKS.get(self.kind)  # None: no network (static, dense)
+        self.layout = predictor.layout if predictor else None  # None: no network (static, dense)
         self.static_weights = None
-        if self.kind == PredictorName.static and update != "dense":  # one gather for every sequence
+        if predictor is not None and predictor.static is not None and update != "dense":  # one gather for all
             heads, neurons = ([row.nonzero().squeeze(1) for row in m[0].bool()] for m in predictor.static)
             self.static_weights = [decoder.dense[0]] + self._select_from(1, heads, neurons, single=False)
 

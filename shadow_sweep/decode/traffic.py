@@ -4,7 +4,8 @@ A one-token step is a chain of matrix-vector products, so it streams every weigh
 touches once; its floor is bytes / read bandwidth. The bytes of one step (`StepTraffic`):
 - weights: per layer the rows the step computes: kept q and o rows (|Q| d each), kept up,
   gate and down rows (|N| each), k and v rows of every K/V group where the cache keeps every
-  group (per_token) else of the kept groups, with their biases; a row is D elements;
+  group (per_token) else of the kept groups, with their biases; a row is D elements (the
+  formula of selectors.traffic, which the accuracy path's rows use too);
 - fixed: the token's embedding row, every norm, the final norm and lm_head (V x D);
 - kv_cache: K and V of the groups the kept query heads read, over the context so far
   (2 x context x groups x d per layer);
@@ -23,6 +24,9 @@ from dataclasses import dataclass
 import torch
 
 from shadow_sweep.decode.weights import IndexedLayer, LayerWeights
+from shadow_sweep.models.adapters import ModelShape
+from shadow_sweep.selectors.base import Point
+from shadow_sweep.selectors.traffic import LayerCounts, LinearSizes, layer_bytes
 
 PROBE_BYTES = 512 * 2**20
 
@@ -43,33 +47,28 @@ def _nbytes(tensor) -> int:
     return 0 if tensor is None else tensor.numel() * tensor.element_size()
 
 
-def _rows(tensor, rows: int) -> int:
-    """Bytes of `rows` rows of a row-major weight or entries of a bias."""
-    return 0 if tensor is None else rows * (tensor[0].numel() if tensor.dim() > 1 else 1) * tensor.element_size()
+def layer_sizes(w: LayerWeights, shape: ModelShape) -> LinearSizes:
+    """The sizes of a layer's dense weights (selectors.traffic's formula)."""
+    return LinearSizes(shape.hidden_size, shape.num_heads, shape.num_kv_heads, shape.head_dim, shape.num_neurons,
+                       w.gate is not None, w.q.element_size(), w.q_bias is not None, w.k_bias is not None,
+                       w.v_bias is not None, w.o_bias is not None, w.up_bias is not None, w.down_bias is not None)
 
 
-def layer_weight_bytes(w: LayerWeights | IndexedLayer, dense_kv: LayerWeights | None) -> int:
-    """Projection bytes one step of this layer reads; `dense_kv`: the dense weights whose k/v
-    rows every step computes (per_token), else `w`'s own k/v."""
+def layer_weight_bytes(w: LayerWeights | IndexedLayer, sizes: LinearSizes, dense_kv: bool) -> int:
+    """Projection bytes one step of this layer reads: the kept heads' q and o rows, the K/V
+    groups' k and v rows (every group with `dense_kv`, and always for an IndexedLayer: per-token
+    masks cache every group), the kept neurons' rows; by selectors.traffic's formula."""
     if isinstance(w, IndexedLayer):
-        full = w.dense
-        heads = len(w.q_rows)
+        heads = len(w.q_rows) // sizes.head_dim
         neurons = len(w.neuron_rows)
-        kept = (_rows(full.q, heads) + _rows(full.q_bias, heads) + _rows(full.o, heads)
-                + sum(_rows(t, neurons) for t in (full.up, full.gate, full.down, full.up_bias))
-                + _nbytes(full.o_bias) + _nbytes(full.down_bias))
-        kv = dense_kv or full
+        groups = sizes.kv_heads
+        dense_kv = True
     else:
-        kept = sum(_nbytes(t) for t in (w.q, w.q_bias, w.o, w.o_bias, w.up, w.up_bias, w.gate, w.down, w.down_bias))
-        kv = dense_kv or w
-    return kept + sum(_nbytes(t) for t in (kv.k, kv.k_bias, kv.v, kv.v_bias))
-
-
-def fixed_bytes(model: torch.nn.Module, lm_head: torch.nn.Module, embedding: torch.nn.Embedding) -> int:
-    """One embedding row, every norm's parameters, and lm_head."""
-    norms = sum(_nbytes(p) for m in model.modules() if "norm" in type(m).__name__.lower()
-                for p in m.parameters(recurse=False))
-    return _rows(embedding.weight, 1) + norms + sum(_nbytes(p) for p in lm_head.parameters())
+        heads = w.q.shape[0] // sizes.head_dim
+        neurons = w.mlp.shape[0]
+        groups = w.k.shape[0] // sizes.head_dim
+    counts = LayerCounts(sizes.hidden, heads * sizes.head_dim, groups, sizes.hidden, neurons)
+    return layer_bytes(sizes, counts, Point.ahead, Point.ahead, dense_kv)
 
 
 def kv_read_bytes(query_heads: torch.Tensor, queries_per_kv: int, head_dim: int, context: int,

@@ -3,7 +3,7 @@
 `SparseLM` is a `TemplateLM`: lm-eval's own code turns requests into (context,
 continuation) token pairs exactly as its HFLM does; we score them in length-sorted,
 right-padded batches WITH an attention mask, so that the predictor (hooked into every
-forward by `ContextualMasks`) reads each row's own tokens. The runtime's update policy decides
+forward by `SelectionRuntime`) reads each row's own tokens. The runtime's update policy decides
 how: per_token, every position its own masks; per_sequence, one mask per request.
 `prefill` decides the context: `sparse`, every position masked (per_sequence: the mask chosen
 at the last input token, context + continuation[:-1], the paper's protocol); `dense`, the
@@ -25,13 +25,13 @@ from tqdm.auto import tqdm
 from shadow_sweep.config import Prefill
 from shadow_sweep.data.requests import RequestEncoder
 from shadow_sweep.models.loading import LoadedModel
-from shadow_sweep.predictors.runtime import ContextualMasks
+from shadow_sweep.selectors.runtime import SelectionRuntime
 
 
 class SparseLM(TemplateLM):
     def __init__(self, loaded: LoadedModel, batch_size: int = 8, max_length: int = 2048,
                  add_bos_token: Optional[bool] = None,
-                 runtime: Optional[ContextualMasks] = None, prefill: Prefill = Prefill.sparse):
+                 runtime: Optional[SelectionRuntime] = None, prefill: Prefill = Prefill.sparse):
         super().__init__()
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer

@@ -3,6 +3,8 @@
 Every head/neuron feature goes through two module inputs per decoder layer:
 - head context: input of the attention output projection, [B, T, H*d];
 - neuron activation: input of the MLP down projection, [B, T, I].
+Selectors at a linear's input also read the attention input (of q, k, v: [B, T, D]), the MLP
+input (of gate and up, or fc1: [B, T, D]) and the gate projection's output [B, T, I].
 An adapter only names those modules and the config attributes giving the sizes, so a
 new family is one more entry in `ADAPTERS`, not a subclass.
 """
@@ -38,6 +40,10 @@ class ArchitectureAdapter:
     head_context: str  # dotted path inside a layer to the output projection
     neuron_activation: str  # dotted path inside a layer to the down projection
     neurons_attr: str  # config attribute holding I
+    attention_inputs: tuple[str, ...]  # q, k, v projections (they read the same input)
+    mlp_inputs: tuple[str, ...]  # the MLP's input projections: gate and up, or fc1
+    gate: Optional[str] = None  # the gate projection of a gated MLP (None: not gated)
+    activation: Optional[str] = None  # the module applying the gate's activation
     kv_heads_attr: Optional[str] = None  # None: as many K/V heads as query heads
     head_dim_attr: Optional[str] = None  # None: hidden_size // num_attention_heads
 
@@ -62,12 +68,31 @@ class ArchitectureAdapter:
     def neuron_activation_modules(self, model: nn.Module) -> list[nn.Module]:
         return [layer.get_submodule(self.neuron_activation) for layer in self.decoder_layers(model)]
 
+    def attention_input_modules(self, model: nn.Module) -> list[list[nn.Module]]:
+        """Per layer, the q, k and v projections."""
+        return [[layer.get_submodule(p) for p in self.attention_inputs] for layer in self.decoder_layers(model)]
+
+    def mlp_input_modules(self, model: nn.Module) -> list[list[nn.Module]]:
+        """Per layer, the MLP's input projections (gate and up, or fc1)."""
+        return [[layer.get_submodule(p) for p in self.mlp_inputs] for layer in self.decoder_layers(model)]
+
+    def gate_modules(self, model: nn.Module) -> Optional[list[tuple[nn.Module, nn.Module]]]:
+        """Per layer, (gate projection, its activation), or None for an MLP without a gate."""
+        if self.gate is None:
+            return None
+        return [(layer.get_submodule(self.gate), layer.get_submodule(self.activation))
+                for layer in self.decoder_layers(model)]
+
 
 _LLAMA_LIKE = dict(
     layers="model.layers",
     head_context="self_attn.o_proj",
     neuron_activation="mlp.down_proj",
     neurons_attr="intermediate_size",
+    attention_inputs=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    mlp_inputs=("mlp.gate_proj", "mlp.up_proj"),
+    gate="mlp.gate_proj",
+    activation="mlp.act_fn",
     kv_heads_attr="num_key_value_heads",
     head_dim_attr="head_dim",
 )
@@ -80,6 +105,8 @@ ADAPTERS: tuple[ArchitectureAdapter, ...] = (
         head_context="self_attn.out_proj",
         neuron_activation="fc2",
         neurons_attr="ffn_dim",
+        attention_inputs=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+        mlp_inputs=("fc1",),
     ),
     ArchitectureAdapter(family="llama", model_types=("llama", "mistral", "qwen2", "qwen3"), **_LLAMA_LIKE),
     ArchitectureAdapter(family="gemma3", model_types=("gemma3_text",), **_LLAMA_LIKE),

@@ -2,11 +2,12 @@
 
 Rows are examples (per_sequence: inputs at the last token, per-sequence scores) or tokens
 (per_token: a `TokenBatch` of per-token samples, split into train/validation BY EXAMPLE so no
-example's tokens are on both sides). ShadowLLM's and DejaVu's networks are laid out in
-`predictors.layouts`. The loss (`predictor.loss`) is MSE(heads) + MSE(neurons), so a layer's few
-heads weigh as much as its many neurons, or the same sum of binary cross-entropies of top-k
-membership. static / random / dense / oracle fit nothing; every kind records the mean
-normalised calibration scores (static's scores, and the per-layer budgets of global ranking).
+example's tokens are on both sides). A learned selector's network is laid out by its
+`predictors.layouts.NetworkLayout`. The loss (`predictor.loss`) is MSE(heads) + MSE(neurons), so
+a layer's few heads weigh as much as its many neurons, or the same sum of binary cross-entropies
+of top-k membership (a layout predicting one kind only: that term alone). Selectors without a
+network fit nothing; every fit records the mean normalised calibration scores (static's
+scores, and the per-layer budgets of global ranking).
 """
 
 from dataclasses import dataclass, field
@@ -16,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from shadow_sweep.config import PredictorConfig, PredictorLoss, PredictorName
+from shadow_sweep.config import PredictorConfig, PredictorLoss
 from shadow_sweep.models.adapters import ModelShape
-from shadow_sweep.predictors.layouts import NETWORKS
+from shadow_sweep.predictors.layouts import NetworkLayout, Scores
 from shadow_sweep.predictors.networks import GroupedMLP
 from shadow_sweep.predictors.quality import quality_report
 from shadow_sweep.predictors.targets import normalise_targets
@@ -28,10 +29,11 @@ from shadow_sweep.traces.collect import TraceBatch
 
 @dataclass
 class FittedPredictor:
-    kind: PredictorName
+    kind: str  # the selector it was fitted for
     mean_head_scores: torch.Tensor  # [L, H] normalised calibration targets, mean over training examples
     mean_neuron_scores: torch.Tensor  # [L, I]
     net: Optional[GroupedMLP] = None
+    layout: Optional[NetworkLayout] = None  # the network's layout (None without a network)
     metrics: dict = field(default_factory=dict)
 
 
@@ -63,15 +65,16 @@ def top_membership(targets: torch.Tensor, keep_fraction: float) -> torch.Tensor:
     return top_k_mask(targets, keep_count(1.0 - keep_fraction, targets.shape[-1]))
 
 
-def prediction_loss(cfg: PredictorConfig, predicted: tuple[torch.Tensor, torch.Tensor],
-                    targets: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+def prediction_loss(cfg: PredictorConfig, predicted: Scores, targets: tuple[torch.Tensor, torch.Tensor]
+                    ) -> torch.Tensor:
     """mse: MSE(heads) + MSE(neurons) on the normalised scores; bce_topk: binary cross-entropy of
     the outputs (logits) against membership of each layer's top `bce_keep_fraction` (DejaVu's
-    classifier of the kept set). Heads and neurons weigh the same either way."""
+    classifier of the kept set). Heads and neurons weigh the same either way; a kind the
+    network does not predict (None) has no term."""
+    pairs = [(p, t) for p, t in zip(predicted, targets) if p is not None]
     if cfg.loss == PredictorLoss.mse:
-        return sum(F.mse_loss(p, t) for p, t in zip(predicted, targets))
-    return sum(F.binary_cross_entropy_with_logits(p, top_membership(t, cfg.bce_keep_fraction))
-               for p, t in zip(predicted, targets))
+        return sum(F.mse_loss(p, t) for p, t in pairs)
+    return sum(F.binary_cross_entropy_with_logits(p, top_membership(t, cfg.bce_keep_fraction)) for p, t in pairs)
 
 
 EXAMPLE_EPOCHS = 100  # predictor.epochs=null over per-example rows (a few hundred)
@@ -86,18 +89,18 @@ def epochs_for(cfg: PredictorConfig, batch: TraceBatch) -> int:
     return TOKEN_EPOCHS if getattr(batch, "example", None) is not None else EXAMPLE_EPOCHS
 
 
-def train_network(net: GroupedMLP, inputs, heads, neurons, cfg: PredictorConfig, kind: PredictorName,
+def train_network(net: GroupedMLP, inputs, heads, neurons, cfg: PredictorConfig, kind: str, layout: NetworkLayout,
                   shape: ModelShape, epochs: int) -> list[float]:
     generator = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     steps_per_epoch = -(-len(inputs) // cfg.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
     losses = []
-    passes = tqdm(range(epochs), desc=f"fit {kind.value}", leave=False)
+    passes = tqdm(range(epochs), desc=f"fit {kind}", leave=False)
     for _ in passes:
         total = 0.0
         for rows in torch.randperm(len(inputs), generator=generator).split(cfg.batch_size):
-            predicted = NETWORKS[kind].split(net(inputs[rows]), shape)
+            predicted = layout.split(net(inputs[rows]), shape)
             loss = prediction_loss(cfg, predicted, (heads[rows], neurons[rows]))
             optimizer.zero_grad()
             loss.backward()
@@ -109,22 +112,23 @@ def train_network(net: GroupedMLP, inputs, heads, neurons, cfg: PredictorConfig,
     return losses
 
 
-def fit(batch: TraceBatch, cfg: PredictorConfig, shape: ModelShape) -> FittedPredictor:
-    """Train the network of `cfg.name` (if it has one) on the training split of the traces."""
+def fit(batch: TraceBatch, cfg: PredictorConfig, shape: ModelShape, kind: str,
+        layout: Optional[NetworkLayout] = None) -> FittedPredictor:
+    """The mean calibration scores and, with a `layout`, its network trained on the training
+    split of the traces (selector `kind`)."""
     torch.manual_seed(cfg.seed)
     train, validation = split_rows(batch, cfg.validation_fraction, cfg.seed)
     norm = cfg.target_norm.value
-    fitted = FittedPredictor(cfg.name, normalise_targets(batch.head_scores[train], norm).mean(0),
-                             normalise_targets(batch.neuron_scores[train], norm).mean(0))
+    fitted = FittedPredictor(kind, normalise_targets(batch.head_scores[train], norm).mean(0),
+                             normalise_targets(batch.neuron_scores[train], norm).mean(0), layout=layout)
     fitted.metrics = {"train_examples": len(train), "validation_examples": len(validation),
                       "epochs": epochs_for(cfg, batch)}
-    if cfg.name in NETWORKS:
-        layout = NETWORKS[cfg.name]
+    if layout is not None:
         inputs = layout.inputs(batch)
         heads, neurons = network_targets(batch, norm)
         fitted.net = GroupedMLP(layout.mlp_shape(cfg, shape))
         epochs = epochs_for(cfg, batch)
-        losses = train_network(fitted.net, inputs[train], heads[train], neurons[train], cfg, cfg.name, shape,
+        losses = train_network(fitted.net, inputs[train], heads[train], neurons[train], cfg, kind, layout, shape,
                                epochs)
         with torch.no_grad():
             predicted = layout.split(fitted.net(inputs[validation]), shape)
@@ -133,35 +137,36 @@ def fit(batch: TraceBatch, cfg: PredictorConfig, shape: ModelShape) -> FittedPre
     return fitted
 
 
-def untrained(cfg: PredictorConfig, shape: ModelShape) -> FittedPredictor:
-    """`cfg.name`'s predictor at the model's shapes with seeded random weights and mean scores:
-    latency at a model's shape where there is nothing to calibrate on (shape-only models)."""
+def untrained(cfg: PredictorConfig, shape: ModelShape, kind: str,
+              layout: Optional[NetworkLayout] = None) -> FittedPredictor:
+    """A predictor at the model's shapes with seeded random weights and mean scores: latency at
+    a model's shape where there is nothing to calibrate on (shape-only models)."""
     g = torch.Generator().manual_seed(cfg.seed)
-    fitted = FittedPredictor(cfg.name, torch.rand(shape.num_layers, shape.num_heads, generator=g),
-                             torch.rand(shape.num_layers, shape.num_neurons, generator=g))
-    if cfg.name in NETWORKS:
+    fitted = FittedPredictor(kind, torch.rand(shape.num_layers, shape.num_heads, generator=g),
+                             torch.rand(shape.num_layers, shape.num_neurons, generator=g), layout=layout)
+    if layout is not None:
         torch.manual_seed(cfg.seed)
-        fitted.net = GroupedMLP(NETWORKS[cfg.name].mlp_shape(cfg, shape))
+        fitted.net = GroupedMLP(layout.mlp_shape(cfg, shape))
     return fitted
 
 
-def predictor_quality(fitted: FittedPredictor, batch: TraceBatch, cfg: PredictorConfig, shape: ModelShape,
-                      keep_heads: int, keep_neurons: int) -> dict:
-    """Spearman and top-k recall (per layer, at these keep counts) on the validation split;
-    empty for dense and oracle (nothing is predicted)."""
-    if fitted.kind in (PredictorName.dense, PredictorName.oracle):
-        return {}
+def validation_targets(batch: TraceBatch, cfg: PredictorConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normalised true scores of the validation rows: heads [N, L-1, H], neurons [N, L-1, I]."""
     _, validation = split_rows(batch, cfg.validation_fraction, cfg.seed)
     heads, neurons = network_targets(batch, cfg.target_norm.value)
-    heads, neurons = heads[validation], neurons[validation]
-    if fitted.net is not None:
-        layout = NETWORKS[fitted.kind]
-        with torch.no_grad():
-            predicted = layout.split(fitted.net(layout.inputs(batch)[validation]), shape)
-    elif fitted.kind == PredictorName.static:
-        predicted = (fitted.mean_head_scores[None, 1:].expand_as(heads),
-                     fitted.mean_neuron_scores[None, 1:].expand_as(neurons))
-    else:  # random
-        generator = torch.Generator().manual_seed(cfg.seed)
-        predicted = (torch.rand(heads.shape, generator=generator), torch.rand(neurons.shape, generator=generator))
-    return quality_report(predicted[0], heads, predicted[1], neurons, keep_heads, keep_neurons)
+    return heads[validation], neurons[validation]
+
+
+def network_predictions(fitted: FittedPredictor, batch: TraceBatch, cfg: PredictorConfig, shape: ModelShape
+                        ) -> Scores:
+    """A fitted network's scores of the validation rows (None for a kind it does not predict)."""
+    _, validation = split_rows(batch, cfg.validation_fraction, cfg.seed)
+    with torch.no_grad():
+        return fitted.layout.split(fitted.net(fitted.layout.inputs(batch)[validation]), shape)
+
+
+def predictor_quality(predicted: Scores, targets: tuple[torch.Tensor, torch.Tensor], keep_heads: int,
+                      keep_neurons: int) -> dict:
+    """Spearman and top-k recall (per layer, at these keep counts) of predicted scores of the
+    validation rows against their true scores."""
+    return quality_report(predicted[0], targets[0], predicted[1], targets[1], keep_heads, keep_neurons)

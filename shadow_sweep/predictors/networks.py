@@ -36,6 +36,12 @@ class MLPShape:
     def parameters(self) -> int:
         return self.groups * sum(a * b + b for a, b in self.layer_sizes())
 
+    def bytes_for(self, outputs: int, element_size: int) -> int:
+        """Bytes of the weights and biases one application reads when only `outputs` columns of
+        the output layer are computed (every group: the trunk, then (r + 1) per column)."""
+        *trunk, (last_in, _) = self.layer_sizes()
+        return self.groups * (sum(a * b + b for a, b in trunk) + (last_in + 1) * outputs) * element_size
+
 
 class GroupedMLP(nn.Module):
     def __init__(self, shape: MLPShape):

@@ -61,9 +61,12 @@ def top_k_recall(predicted: torch.Tensor, target: torch.Tensor, keep: int) -> to
 
 def quality_report(predicted_heads, target_heads, predicted_neurons, target_neurons, keep_heads: int,
                    keep_neurons: int) -> dict:
+    """Spearman and top-k recall of heads and neurons; a kind predicted as None is left out."""
     report = {}
     for kind, predicted, target, keep in (("heads", predicted_heads, target_heads, keep_heads),
                                           ("neurons", predicted_neurons, target_neurons, keep_neurons)):
+        if predicted is None:
+            continue
         rho = spearman(predicted, target)
         recall = top_k_recall(predicted, target, keep)
         report[f"{kind}_spearman_mean"] = float(np.nanmean(rho.numpy()))

@@ -143,19 +143,29 @@ class SparsityPolicy:
     def expand_heads(self, mask: torch.Tensor) -> torch.Tensor:
         return mask.repeat_interleave(self.group, dim=-1) if self.group > 1 else mask
 
-    def masks(self, head_scores: torch.Tensor, neuron_scores: torch.Tensor,
-              budgets: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B, L, H], [B, L, I] scores -> masks of the same shapes."""
+    def masks(self, head_scores: Optional[torch.Tensor], neuron_scores: Optional[torch.Tensor],
+              budgets: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+              ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """[B, L, H], [B, L, I] scores -> masks of the same shapes (None scores: None)."""
         head_budget, neuron_budget = budgets if budgets is not None else (None, None)
-        heads = self.expand_heads(self.heads.masks(self.group_heads(head_scores), head_budget))
-        return heads, self.neurons.masks(neuron_scores, neuron_budget)
+        heads = neurons = None
+        if head_scores is not None:
+            heads = self.expand_heads(self.heads.masks(self.group_heads(head_scores), head_budget))
+        if neuron_scores is not None:
+            neurons = self.neurons.masks(neuron_scores, neuron_budget)
+        return heads, neurons
 
-    def layer_masks(self, layer: int, head_scores: torch.Tensor, neuron_scores: torch.Tensor,
-                    budgets: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """One layer: [B, H], [B, I] scores -> masks."""
+    def layer_masks(self, layer: int, head_scores: Optional[torch.Tensor], neuron_scores: Optional[torch.Tensor],
+                    budgets: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+                    ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """One layer: [B, H], [B, I] scores -> masks (None scores: None)."""
         head_budget, neuron_budget = budgets if budgets is not None else (None, None)
-        heads = self.expand_heads(self.heads.layer_masks(layer, self.group_heads(head_scores), head_budget))
-        return heads, self.neurons.layer_masks(layer, neuron_scores, neuron_budget)
+        heads = neurons = None
+        if head_scores is not None:
+            heads = self.expand_heads(self.heads.layer_masks(layer, self.group_heads(head_scores), head_budget))
+        if neuron_scores is not None:
+            neurons = self.neurons.layer_masks(layer, neuron_scores, neuron_budget)
+        return heads, neurons
 
     def expand_kept_heads(self, kept: torch.Tensor) -> torch.Tensor:
         """Kept K/V groups [k] -> their query heads [k * group], ascending (heads: unchanged)."""

@@ -16,17 +16,18 @@ import pandas as pd
 import torch
 
 from shadow_sweep.cache import StageCache, plain
-from shadow_sweep.config import AppConfig, PredictorName
+from shadow_sweep.config import AppConfig, ConfigError
 from shadow_sweep.data.tasks import EVALUATION, SplitRule
 from shadow_sweep.data.wikitext import load_wikitext
 from shadow_sweep.data.task_sources import TaskSource
 from shadow_sweep.evaluation.harness import build_tasks, check_tasks
 from shadow_sweep.models.loading import check_model_files, load_model
-from shadow_sweep.predictors.fit import FittedPredictor
 from shadow_sweep.results import (JOB_STAGE, QUALITY_FIELDS, RESULTS_NAME, ResultsFile, comparison_keys,
                                   finished_row, job_key, point_id, point_ids)
-from shadow_sweep.sweep.stages import (bench_rows, cached_point, evaluation_points, fit_stage, levels, point_row,
-                                       policy_at, trace_stage)
+from shadow_sweep.selectors.base import Need
+from shadow_sweep.selectors.registry import PointSelection, baseline_selections, job_selection
+from shadow_sweep.sweep.points import cached_point, evaluation_points, levels, needs_of, point_row, policy_at
+from shadow_sweep.sweep.stages import bench_rows, fit_stage, statistics_stage, trace_stage
 from shadow_sweep.sweep.tracking import Tracker, open_tracker
 from shadow_sweep.validation import validate
 
@@ -38,13 +39,36 @@ class JobIdentity:
     name: str = "job"
 
 
+def job_label(cfg: AppConfig) -> str:
+    """The job's own selection's label (its predictor.name while the names are not valid)."""
+    try:
+        return job_selection(cfg).label
+    except ConfigError:
+        return cfg.predictor.name
+
+
 def design_fields(cfg: AppConfig) -> dict:
     """The config fields a report compares across a sweep, on every row."""
-    return {"model": cfg.model.name, "criterion": cfg.criterion.name.value, "job_predictor": cfg.predictor.name.value,
+    return {"model": cfg.model.name, "criterion": cfg.criterion.name.value, "job_predictor": job_label(cfg),
             "ranking": cfg.sparsity.ranking.value, "job_update": cfg.sparsity.update.value,
             "job_prefill": cfg.sparsity.prefill.value, "target_norm": cfg.predictor.target_norm.value,
             "shots": cfg.calibration.shots, "calibration_examples_per_task": cfg.calibration.examples_per_task,
             "calibration_seed": cfg.calibration.seed, "predictor_seed": cfg.predictor.seed, **comparison_keys(cfg)}
+
+
+def job_quality(own: PointSelection, reports: dict[str, dict]) -> dict:
+    """The job row's quality and cost fields: heads quality from the head selector's fit,
+    neurons quality from the neuron selector's, the cost of both fits together."""
+    row = {}
+    for kind, name in (("heads", own.heads), ("neurons", own.neurons)):
+        report = reports.get(name, {})
+        row.update({k: report[k] for k in QUALITY_FIELDS if k.startswith(f"{kind}_") and k in report})
+    fits = [reports[name] for name in own.names() if name in reports]
+    row["predictor_parameters"] = sum(r["predictor_parameters"] for r in fits)
+    row["predictor_macs_per_token"] = sum(r["predictor_macs_per_token"] for r in fits)
+    row["model_macs_per_token"] = fits[0]["model_macs_per_token"]
+    row["predictor_macs_percent_of_model"] = 100.0 * row["predictor_macs_per_token"] / row["model_macs_per_token"]
+    return row
 
 
 class Job:
@@ -65,6 +89,33 @@ class Job:
             self.tracker.log_point(row)
         self.rows += rows
 
+    def fits(self, cfg: AppConfig, loaded, cache: StageCache, names: list[str]) -> dict:
+        """The traces (when some selector needs a fit) and each such selector's fit; the job
+        row gets the traces' and the job's own selection's fit fields (heads quality from its
+        head selector, neurons quality from its neuron selector)."""
+        if not names or not cfg.stages.trace:
+            return {}
+        traces, trace_report = trace_stage(cfg, loaded, cache)
+        self.summary.update({f"traces_{k}": v for k, v in trace_report.items() if k != "criterion"})
+        print(f"traces: {len(traces)} examples of {cfg.criterion.name.value} "
+              f"({trace_report['bytes'] / 1e6:.1f} MB, cache hit: {trace_report['cache_hit']})")
+        if not cfg.stages.fit:
+            return {}
+        fitted = {}
+        reports = {}
+        for name in names:
+            fitted[name], reports[name] = fit_stage(cfg, loaded, traces, cache, name)
+            report = reports[name]
+            print(f"fit {name}: " + ", ".join(
+                f"{k} {report[k]:.3g}" for k in report if k.endswith("_mean") or k.endswith("_percent_of_model")))
+        own = job_selection(cfg)
+        mine = [reports[name] for name in own.names() if name in reports]
+        if mine:
+            self.predictor_folder = mine[0]["folder"]
+            self.summary.update(predictor_cache_hit=all(r["cache_hit"] for r in mine),
+                                fit_seconds=sum(r["seconds"] for r in mine), **job_quality(own, reports))
+        return fitted
+
     def run(self) -> None:
         cfg, started = self.cfg, time.perf_counter()
         self.summary["torch_threads"] = torch.get_num_threads()
@@ -81,27 +132,25 @@ class Job:
         self.summary["load_seconds"] = time.perf_counter() - started
         for level in levels(cfg):  # impossible pools fail here, before anything expensive
             policy_at(cfg, level, loaded)
-        fitted = FittedPredictor(PredictorName.dense, torch.zeros(0), torch.zeros(0))
-        if cfg.stages.trace:
-            traces, trace_report = trace_stage(cfg, loaded, cache)
-            self.summary.update({f"traces_{k}": v for k, v in trace_report.items() if k != "criterion"})
-            print(f"traces: {len(traces)} examples of {cfg.criterion.name.value} "
-                  f"({trace_report['bytes'] / 1e6:.1f} MB, cache hit: {trace_report['cache_hit']})")
-            if cfg.stages.fit:
-                fitted, report = fit_stage(cfg, loaded, traces, cache)
-                self.predictor_folder = report["folder"]
-                self.summary.update({"predictor_cache_hit": report["cache_hit"], "fit_seconds": report["seconds"],
-                                     **{k: report[k] for k in report if k in QUALITY_FIELDS or k.endswith("_mean")}})
-                print(f"predictor {report['predictor']}: " + ", ".join(
-                    f"{k} {report[k]:.3g}" for k in report if k.endswith("_mean") or k.endswith("_percent_of_model")))
+        selections = [job_selection(cfg)] + baseline_selections(cfg)
+        needs: dict[str, frozenset] = {}
+        for selection in selections:
+            needs.update(needs_of(cfg, selection))
+        fitted = self.fits(cfg, loaded, cache, [name for name, n in needs.items() if Need.traces in n])
+        statistics = None
+        if any(Need.statistics in n for n in needs.values()):
+            statistics, report = statistics_stage(cfg, loaded, cache)
+            self.summary.update(statistics_cache_hit=report["cache_hit"], statistics_seconds=report["seconds"],
+                                statistics_tokens=report["tokens"])
+            print(f"calibration statistics: {report['tokens']} tokens (cache hit: {report['cache_hit']})")
         if cfg.stages.accuracy or cfg.stages.perplexity:
             tasks = []
             if cfg.stages.accuracy:
                 named = [self.task_sources.get(name, name) for name in cfg.eval.tasks]
                 tasks = build_tasks(named, cfg.paths.data_root, rule, cache, cfg.eval.include_path)
-            for predictor, level in evaluation_points(cfg, fitted):
-                if point_id(point_row(cfg, predictor, level)) not in measured:
-                    row, outcomes = cached_point(cfg, loaded, predictor, level, tasks, documents, cache)
+            for point in evaluation_points(cfg, selections, fitted, statistics):
+                if point_id(point_row(cfg, point)) not in measured:
+                    row, outcomes = cached_point(cfg, loaded, point, tasks, documents, statistics, cache)
                     self.record([{**row, "outcomes": self.results.keep_outcomes(outcomes)}])
         if cfg.stages.bench and not any(p.startswith("bench:") for p in measured):
             self.record(bench_rows(cfg, loaded, fitted))

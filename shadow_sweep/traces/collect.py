@@ -6,7 +6,8 @@ need no gradient run under `torch.no_grad` (no backward at all); grasp takes H g
 backward: H g = d/da <g, stop_grad(g)> with g = dL/da (create_graph=True).
 
 The same pass records per-token samples (`TokenBatch`) at given positions of each example:
-both predictors' inputs at that token and the criterion's per-token form, with g_t from the
+the learned selectors' inputs at that token (layer-0 head context, each layer's input, each
+layer's MLP input) and the criterion's per-token form, with g_t from the
 language-model loss on every real token (each position predicts the next token; a second
 backward of the same forward).
 """
@@ -38,6 +39,7 @@ class TraceBatch:
     dejavu_input: torch.Tensor  # [B, L, D] every layer's input hidden state at the last real token
     head_scores: torch.Tensor  # [B, L, H]
     neuron_scores: torch.Tensor  # [B, L, I]
+    mlp_input: torch.Tensor  # [B, L, D] every layer's MLP input (after attention and its norm) there
 
 
 @dataclass
@@ -157,6 +159,8 @@ def score_batch(loaded: LoadedModel, criterion: Criterion, cfg: CriterionConfig,
         shadow_input = heads[0][rows, last].detach().float()
         dejavu_input = torch.stack([h[rows, last] for h in recorder.hidden], 1).detach().float()
         hidden = [h.detach() for h in recorder.hidden]
+        mlp_inputs = [m.detach().view(batch, -1, shape.hidden_size) for m in recorder.mlp_inputs]
+        mlp_input = torch.stack([m[rows, last] for m in mlp_inputs], 1).float()
 
     view = _LayerViews(shape, batch)
     head_scores, neuron_scores = [], []
@@ -164,7 +168,8 @@ def score_batch(loaded: LoadedModel, criterion: Criterion, cfg: CriterionConfig,
         h, n = view.units(layer, heads, neurons, grads, hgs, valid, targets)
         head_scores.append(_finite(criterion.heads(h, cfg), criterion, "heads", layer, labels))
         neuron_scores.append(_finite(criterion.neurons(n, cfg, shape.head_dim), criterion, "neurons", layer, labels))
-    sequence = TraceBatch(shadow_input, dejavu_input, torch.stack(head_scores, 1), torch.stack(neuron_scores, 1))
+    sequence = TraceBatch(shadow_input, dejavu_input, torch.stack(head_scores, 1), torch.stack(neuron_scores, 1),
+                          mlp_input)
     if not per_token:
         return sequence, None
     sample_rows = torch.tensor([r for r, ps in enumerate(token_positions) for _ in ps], dtype=torch.long)
@@ -177,7 +182,8 @@ def score_batch(loaded: LoadedModel, criterion: Criterion, cfg: CriterionConfig,
         token_heads.append(_finite(criterion.per_token(h)[at], criterion, "heads", layer, sample_labels))
         token_neurons.append(_finite(criterion.per_token(n)[at], criterion, "neurons", layer, sample_labels))
     tokens = TokenBatch(heads[0].detach()[at].float(), torch.stack([x[at] for x in hidden], 1).float(),
-                        torch.stack(token_heads, 1), torch.stack(token_neurons, 1), sample_rows, sampled_at)
+                        torch.stack(token_heads, 1), torch.stack(token_neurons, 1),
+                        torch.stack([m[at] for m in mlp_inputs], 1).float(), sample_rows, sampled_at)
     return sequence, tokens
 
 

@@ -1,5 +1,6 @@
-"""Forward pre-hooks that record, per decoder layer, the layer input hidden state and the
-two tensors of the layer (head context, neuron activation), keeping them in the graph."""
+"""Forward pre-hooks that record, per decoder layer, the layer input hidden state, the MLP's
+input and the two tensors of the layer (head context, neuron activation), keeping them in the
+graph."""
 
 import torch
 from torch import nn
@@ -8,14 +9,16 @@ from shadow_sweep.models.adapters import ArchitectureAdapter
 
 
 class LayerRecorder:
-    """Context manager; after a forward, `hidden[l]` is [B, T, D], `heads[l]` is [B, T, H*d]
-    and `neurons[l]` is [B, T, I], or [B*T, I] for OPT (the very tensors of the graph)."""
+    """Context manager; after a forward, `hidden[l]` is [B, T, D], `heads[l]` is [B, T, H*d],
+    `mlp_inputs[l]` [B, T, D] and `neurons[l]` [B, T, I] (the last two [B*T, .] for OPT; the
+    very tensors of the graph)."""
 
     def __init__(self, model: nn.Module, adapter: ArchitectureAdapter):
         self.model, self.adapter = model, adapter
         self.hidden: list[torch.Tensor] = []
         self.heads: list[torch.Tensor] = []
         self.neurons: list[torch.Tensor] = []
+        self.mlp_inputs: list[torch.Tensor] = []
         self._handles = []
 
     def __enter__(self) -> "LayerRecorder":
@@ -26,6 +29,8 @@ class LayerRecorder:
             self._handles.append(module.register_forward_pre_hook(lambda _m, args: self.heads.append(args[0])))
         for module in self.adapter.neuron_activation_modules(self.model):
             self._handles.append(module.register_forward_pre_hook(lambda _m, args: self.neurons.append(args[0])))
+        for first, *_ in self.adapter.mlp_input_modules(self.model):
+            self._handles.append(first.register_forward_pre_hook(lambda _m, args: self.mlp_inputs.append(args[0])))
         return self
 
     def _record_hidden(self, _module, args, kwargs) -> None:
@@ -37,4 +42,7 @@ class LayerRecorder:
         self._handles.clear()
 
     def reset(self) -> None:
-        self.hidden, self.heads, self.neurons = [], [], []
+        self.hidden = []
+        self.heads = []
+        self.neurons = []
+        self.mlp_inputs = []

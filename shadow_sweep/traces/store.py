@@ -46,6 +46,7 @@ def _encoded(batch: TraceBatch, prefix: str = "") -> dict[str, torch.Tensor]:
         f"{prefix}dejavu_input": batch.dejavu_input.half(),
         f"{prefix}head_scores": (batch.head_scores / scale[:, None, None]).half(),
         f"{prefix}neuron_scores": (batch.neuron_scores / scale[:, None, None]).half(),
+        f"{prefix}mlp_input": batch.mlp_input.half(),
         f"{prefix}score_scale": scale.float(),
     }
 
@@ -53,7 +54,8 @@ def _encoded(batch: TraceBatch, prefix: str = "") -> dict[str, torch.Tensor]:
 def _decoded(t: dict[str, torch.Tensor], prefix: str = "") -> list[torch.Tensor]:
     scale = t[f"{prefix}score_scale"][:, None, None]
     return [t[f"{prefix}shadow_input"].float(), t[f"{prefix}dejavu_input"].float(),
-            t[f"{prefix}head_scores"].float() * scale, t[f"{prefix}neuron_scores"].float() * scale]
+            t[f"{prefix}head_scores"].float() * scale, t[f"{prefix}neuron_scores"].float() * scale,
+            t[f"{prefix}mlp_input"].float()]
 
 
 def save_traces(traces: TraceSet, folder: Path) -> None:
