@@ -83,12 +83,14 @@ class LinearInputMasks:
 
     def stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every layer's masks as heads [B, L, H] and neurons [B, L, I], or [B, T, L, U] when some
-        layer's mask is per token (unset layers as ones); for inspection and tests."""
+        layer's mask is per token (unset layers, and a kind without masks, as ones); for
+        inspection and tests."""
+        known = [m for m in self.heads + self.neurons if m is not None]
+        if not known:
+            raise ValueError("no mask is set")
+        lead = max((m.shape[:-1] for m in known), key=len)
+
         def stack(masks: list[Optional[torch.Tensor]], width: int) -> torch.Tensor:
-            known = [m for m in masks if m is not None]
-            if not known:
-                raise ValueError("no mask is set")
-            lead = max((m.shape[:-1] for m in known), key=len)
             ones = known[0].new_ones(*lead, width)
             return torch.stack([ones if m is None else m.expand(*lead, width) if m.dim() == len(lead) + 1
                                 else m[:, None].expand(*lead, width) for m in masks], len(lead))

@@ -1,6 +1,7 @@
 """Calibration statistics of the selectors that choose at the real activations: per (score, slot,
-layer) a histogram of the score over every real token of the calibration examples, on
-log-spaced bins, and the weights' column norms. Thresholds for any level come from it, so it is
+layer) a histogram of the score over the calibration examples' tokens (at the positions the
+traces sample, `calibration.positions_per_example`), on log-spaced bins, and the weights'
+column norms. Thresholds for any level come from it, so it is
 computed once per model and calibration set and reused across levels and selectors (the stage
 `statistics`, cached under the model, the calibration fields and the data split).
 
@@ -18,7 +19,7 @@ in one bin below the range, so a level they cover keeps only scores above 0).
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -31,16 +32,21 @@ from shadow_sweep.models.masks import Slot
 LOW, HIGH = -12, 6  # log10 range of the bins
 BINS_PER_DECADE = 256
 BINS = (HIGH - LOW) * BINS_PER_DECADE
-SCORES = ("magnitude", "weighted", "gate")
 TENSORS = "statistics.safetensors"
 META = "statistics.json"
 
 
-def histogram(values: torch.Tensor) -> torch.Tensor:
-    """Counts [BINS + 2] of values >= 0: one bin below 10^LOW, BINS log-spaced, one above 10^HIGH."""
-    logs = values.float().clamp_min(1e-30).log10()
-    index = ((logs - LOW) * BINS_PER_DECADE).floor().add(1).clamp(0, BINS + 1).long()
-    return torch.bincount(index.flatten(), minlength=BINS + 2).double().cpu()
+def log_histogram(logs: torch.Tensor) -> torch.Tensor:
+    """Counts [BINS + 2] of log10 values: one bin below LOW, BINS of 1/BINS_PER_DECADE from LOW
+    to HIGH, one above HIGH (values outside are clamped into those two)."""
+    step = 1.0 / BINS_PER_DECADE
+    clamped = logs.float().clamp(LOW - step / 2, HIGH + step / 2)
+    return torch.histc(clamped, bins=BINS + 2, min=LOW - step, max=HIGH + step).double().cpu()
+
+
+def logs_of(values: torch.Tensor) -> torch.Tensor:
+    """log10 of values >= 0 (zeros at -30: the bin below the range)."""
+    return values.float().clamp_min(1e-30).log10()
 
 
 def quantile(counts: torch.Tensor, level: float) -> float:
@@ -103,28 +109,29 @@ class _Collector:
         self.norms = norms
         layers = loaded.shape.num_layers
         self.counts = {f"{score}/{slot.value}": torch.zeros(layers, BINS + 2, dtype=torch.float64)
-                       for score in ("magnitude", "weighted") for slot in Slot}
+                       for score in ("magnitude", "weighted") for slot in Slot}  # and gate/neuron_activation
         self.counts[f"gate/{Slot.neuron_activation.value}"] = torch.zeros(layers, BINS + 2, dtype=torch.float64)
-        self.valid = None  # [B, T] the batch's real tokens
+        self.log_norms = {slot: logs_of(n).to(loaded.device) for slot, n in norms.items()}
+        self.sampled = None  # [B, T] the batch's sampled real tokens
 
-    def add(self, key: str, layer: int, values: torch.Tensor) -> None:
-        self.counts[key][layer] += histogram(values)
+    def add(self, key: str, layer: int, logs: torch.Tensor) -> None:
+        self.counts[key][layer] += log_histogram(logs)
 
     def slot_hook(self, slot: Slot, layer: int, gated: bool) -> Callable:
         def hook(_module, args) -> None:
             x = args[0]
-            x = x.view(*self.valid.shape, -1)[self.valid] if x.dim() == 2 else x[self.valid]  # [n, U]
-            magnitude = x.abs()
-            self.add(f"magnitude/{slot.value}", layer, magnitude)
-            self.add(f"weighted/{slot.value}", layer, magnitude * self.norms[slot][layer].to(x.device))
+            x = x.view(*self.sampled.shape, -1)[self.sampled] if x.dim() == 2 else x[self.sampled]  # [n, U]
+            logs = logs_of(x.abs())
+            self.add(f"magnitude/{slot.value}", layer, logs)
+            self.add(f"weighted/{slot.value}", layer, logs + self.log_norms[slot][layer])
             if slot == Slot.neuron_activation and not gated:
-                self.add(f"gate/{slot.value}", layer, magnitude)
+                self.add(f"gate/{slot.value}", layer, logs)
 
         return hook
 
     def gate_hook(self, layer: int, activation) -> Callable:
         def hook(_module, _args, out) -> None:
-            self.add(f"gate/{Slot.neuron_activation.value}", layer, activation(out[self.valid]).abs())
+            self.add(f"gate/{Slot.neuron_activation.value}", layer, logs_of(activation(out[self.sampled]).abs()))
 
         return hook
 
@@ -144,8 +151,9 @@ class _Collector:
 
 @torch.no_grad()
 def collect_statistics(loaded: LoadedModel, encoded: list[EncodedExample], batch_size: int,
-                       progress: bool = True) -> CalibrationStatistics:
-    """Histograms over every real token of `encoded` (dense forwards, right-padded batches)."""
+                       positions: Optional[list[list[int]]] = None, progress: bool = True) -> CalibrationStatistics:
+    """Histograms over the tokens of `encoded` at `positions` (per example; None: every real
+    token), from dense forwards of right-padded batches."""
     norms = column_norms(loaded)
     collector = _Collector(loaded, norms)
     handles = collector.install()
@@ -154,17 +162,20 @@ def collect_statistics(loaded: LoadedModel, encoded: list[EncodedExample], batch
     tokens = 0
     try:
         for start in tqdm(range(0, len(order), batch_size), desc="calibration statistics", disable=not progress):
-            rows = [encoded[i].input_ids for i in order[start:start + batch_size]]
+            chosen = order[start:start + batch_size]
+            rows = [encoded[i].input_ids for i in chosen]
             length = max(len(r) for r in rows)
             ids = torch.full((len(rows), length), pad, dtype=torch.long)
             valid = torch.zeros_like(ids, dtype=torch.bool)
-            for r, row in enumerate(rows):
+            sampled = torch.zeros_like(valid)
+            for r, (i, row) in enumerate(zip(chosen, rows)):
                 ids[r, :len(row)] = torch.tensor(row)
                 valid[r, :len(row)] = True
-            collector.valid = valid.to(loaded.device)
+                sampled[r, positions[i] if positions is not None else slice(0, len(row))] = True
+            collector.sampled = sampled.to(loaded.device)
             loaded.model(input_ids=ids.to(loaded.device), attention_mask=valid.long().to(loaded.device),
                          logits_to_keep=1)
-            tokens += int(valid.sum())
+            tokens += int(sampled.sum())
     finally:
         for handle in handles:
             handle.remove()

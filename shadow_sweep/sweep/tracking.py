@@ -17,21 +17,26 @@ import pandas as pd
 
 from shadow_sweep.config import AppConfig, LoggerName, WandbMode
 from shadow_sweep.results import latency_mode
+from shadow_sweep.selectors.registry import job_selection
 
 METRIC_FIELDS = ("acc_mean", "acc_mean_stderr", "token_perplexity", "token_perplexity_low", "token_perplexity_high",
-                 "word_perplexity", "bits_per_byte")
+                 "word_perplexity", "bits_per_byte", "bytes_fraction")
 PER_TASK_METRICS = ("acc/", "acc_stderr/", "acc_norm/", "acc_norm_stderr/")
 
 
 def point_metrics(row: dict) -> dict[str, float]:
-    """A results row -> W&B metrics on the sparsity axis (bench rows keyed by their update)."""
+    """A results row -> W&B metrics on the sparsity axis (bench rows keyed by their update; the
+    rows of a baseline selection, `eval.baseline_selectors`, under `baseline/<its label>/`)."""
     if row["stage"] == "bench":
         name = latency_mode(row)
         return {"sparsity": row["sparsity"], f"ms_per_token/{name}": row["ms_per_token"],
                 f"ms_per_token_min/{name}": row["ms_per_token_min"], f"ms_per_token_max/{name}": row["ms_per_token_max"],
                 f"speedup_vs_dense/{name}": row["speedup_vs_dense"]}
     metrics = {k: v for k, v in row.items() if k in METRIC_FIELDS or k.startswith(PER_TASK_METRICS)}
-    return {"sparsity": row["sparsity"], **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+    own = row["predictor"] in ("dense", row.get("job_predictor"))
+    prefix = "" if own else f"baseline/{row['predictor']}/"
+    return {"sparsity": row["sparsity"],
+            **{prefix + k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}}
 
 
 def resolve_mode(mode: WandbMode) -> str:
@@ -63,14 +68,15 @@ class WandbTracker(Tracker):
 
         self.wandb, self.cfg = wandb, cfg
         sparsity = cfg.sparsity
-        tags = [cfg.predictor.name.value, f"ranking:{sparsity.ranking.value}", f"update:{sparsity.update.value}",
+        label = job_selection(cfg).label
+        tags = [label, f"ranking:{sparsity.ranking.value}", f"update:{sparsity.update.value}",
                 f"prefill:{sparsity.prefill.value}", f"sweep:{sweep_id}"[:64]]
         run_dir.mkdir(parents=True, exist_ok=True)
         self.run = None
         try:
             self.run = wandb.init(
                 project=cfg.logger.project, entity=cfg.logger.entity, dir=str(run_dir), name=name,
-                group=f"{cfg.model.name}-{cfg.criterion.name.value}", job_type=cfg.predictor.name.value,
+                group=f"{cfg.model.name}-{cfg.criterion.name.value}", job_type=label,
                 tags=tags + list(cfg.logger.tags), config=config, mode=resolve_mode(cfg.logger.mode))
             self.run.define_metric("sparsity")
             self.run.define_metric("*", step_metric="sparsity")
@@ -105,7 +111,7 @@ class WandbTracker(Tracker):
             if rows:
                 self.run.log({"results": self.wandb.Table(dataframe=pd.DataFrame(rows).astype(str))})
             if predictor_folder and self.cfg.logger.log_predictor and not failed:
-                name = f"predictor-{self.cfg.model.name}-{self.cfg.criterion.name.value}-{self.cfg.predictor.name.value}"
+                name = f"predictor-{self.cfg.model.name}-{self.cfg.criterion.name.value}-{self.cfg.predictor.name}"
                 artifact = self.wandb.Artifact(name, type="model", metadata={"folder": predictor_folder})
                 artifact.add_dir(predictor_folder)
                 self.run.log_artifact(artifact)

@@ -99,7 +99,7 @@ def test_a_job_calibrates_and_evaluates_on_a_user_task(user_task, tmp_path):
                        "calibration.max_length=64", "predictor=static", "stages.perplexity=false",
                        "stages.bench=false"])
     table = run_job(cfg, tmp_path / "run")
-    assert list(table["predictor"]) == ["dense", "static"]
+    assert list(table["predictor"]) == ["dense", "static", "teal"]  # teal: calibrated on the user task too
     assert all(0 <= acc <= 1 for acc in table["acc/sky_colours"])
     rows = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
     assert rows[-1]["status"] == "ok" and rows[-1]["traces_examples"] == 4

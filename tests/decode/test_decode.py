@@ -3,18 +3,15 @@
 import pytest
 import torch
 
-from shadow_sweep.config import BenchKernel, MaskUpdate, PredictorConfig, PredictorName, Prefill, Ranking, SparsityConfig
+from shadow_sweep.config import BenchKernel, MaskUpdate, PredictorConfig, Prefill, Ranking, SparsityConfig
 from shadow_sweep.decode.engine import SparseDecoder
 from shadow_sweep.decode.families import ACTIVATIONS
 from shadow_sweep.decode.fused import gather_kernels
 from shadow_sweep.decode.generate import Generator
-from shadow_sweep.predictors.inference import MaskPredictor
-from shadow_sweep.models.masks import HeadNeuronMasks
-from shadow_sweep.predictors.fit import fit
-from shadow_sweep.predictors.runtime import ContextualMasks
+from shadow_sweep.models.masks import LinearInputMasks
 from shadow_sweep.sparsity.policy import SparsityPolicy
 from tests.conftest import compose_app, load_tiny
-from tests.predictors.test_predictors import synthetic_traces
+from tests.selectors.helpers import fitted_for, mask_predictor, runtime_of, synthetic_traces
 
 STEPS = 32
 TOLERANCE = dict(rtol=1e-4, atol=1e-4)  # fp32: the sparse path sums fewer terms in another order
@@ -38,7 +35,7 @@ def reference_logits(loaded, prompt, tokens):
 
 def _static(loaded, heads, neurons):
     """A static predictor whose masks are exactly `heads`/`neurons` at level 0.5 per layer."""
-    fitted = fit(synthetic_traces(loaded.shape, 8), PredictorConfig(name=PredictorName.static), loaded.shape)
+    fitted = fitted_for("static", loaded.shape, synthetic_traces(loaded.shape, 8))
     fitted.mean_head_scores, fitted.mean_neuron_scores = heads.float(), neurons.float()
     return fitted
 
@@ -50,10 +47,10 @@ def test_fixed_masks_match_the_masked_path_over_32_tokens(name, session_cache):
     policy = SparsityPolicy(SparsityConfig(level=0.5, ranking=Ranking["per_layer"]), s)
     scores = torch.rand(1, s.num_layers, s.num_heads), torch.rand(1, s.num_layers, s.num_neurons)
     heads, neurons = policy.masks(*scores)
-    generator = Generator(SparseDecoder(loaded), MaskPredictor(_static(loaded, heads[0], neurons[0]), policy),
+    generator = Generator(SparseDecoder(loaded), mask_predictor(_static(loaded, heads[0], neurons[0]), policy),
                           "per_sequence")
     run = generator.generate(_prompt(), STEPS)
-    with HeadNeuronMasks(loaded.model, loaded.adapter, s) as masks:
+    with LinearInputMasks(loaded.model, loaded.adapter, s) as masks:
         masks.set(heads, neurons)
         expected = reference_logits(loaded, _prompt(), run.tokens)
     assert len(run.logits) == STEPS
@@ -61,14 +58,14 @@ def test_fixed_masks_match_the_masked_path_over_32_tokens(name, session_cache):
         torch.testing.assert_close(ours, theirs, **TOLERANCE)
 
 
-@pytest.mark.parametrize("kind", [PredictorName.shadowllm, PredictorName.dejavu])
+@pytest.mark.parametrize("kind", ["shadowllm", "dejavu"])
 def test_per_token_prediction_matches_masks_predicted_in_every_forward(kind, session_cache):
     loaded = load_tiny("tiny-llama", session_cache)
-    fitted = fit(synthetic_traces(loaded.shape, 64), PredictorConfig(name=kind, epochs=3), loaded.shape)
+    fitted = fitted_for(kind, loaded.shape, synthetic_traces(loaded.shape, 64), epochs=3)
     policy = SparsityPolicy(SparsityConfig(level=0.5), loaded.shape)
     decoder = SparseDecoder(loaded)
-    run = Generator(decoder, MaskPredictor(fitted, policy), "per_token").generate(_prompt(1), STEPS)
-    with ContextualMasks(loaded, fitted, policy):
+    run = Generator(decoder, mask_predictor(fitted, policy), "per_token").generate(_prompt(1), STEPS)
+    with runtime_of(loaded, fitted, policy):
         expected = reference_logits(loaded, _prompt(1), run.tokens)
     for ours, theirs in zip(run.logits, expected):
         torch.testing.assert_close(ours, theirs, **TOLERANCE)
@@ -86,7 +83,7 @@ def masked_path_logits(loaded, runtime, prompt, tokens, prefill):
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-opt"])
-@pytest.mark.parametrize("kind", [PredictorName.shadowllm, PredictorName.dejavu, PredictorName.static])
+@pytest.mark.parametrize("kind", ["shadowllm", "dejavu", "static"])
 @pytest.mark.parametrize("update", list(MaskUpdate))
 @pytest.mark.parametrize("prefill", list(Prefill))
 @pytest.mark.parametrize("kernel", [BenchKernel.eager, BenchKernel.fused_layer])
@@ -96,13 +93,13 @@ def test_decode_matches_the_masked_path_for_every_update_and_prefill(name, kind,
     accuracy path over the same sequence (same predictor, policy, update and prefill), with
     torch ops and with every one-token step in the C++ layer."""
     loaded = load_tiny(name, session_cache)
-    fitted = fit(synthetic_traces(loaded.shape, 64), PredictorConfig(name=kind, epochs=3), loaded.shape)
+    fitted = fitted_for(kind, loaded.shape, synthetic_traces(loaded.shape, 64), epochs=3)
     policy = SparsityPolicy(SparsityConfig(level=0.5), loaded.shape)
     kernels = gather_kernels(kernel, loaded.device, torch.float32, embedded_cache.root)
-    generator = Generator(SparseDecoder(loaded, kernels), MaskPredictor(fitted, policy, update=update), update.value,
+    generator = Generator(SparseDecoder(loaded, kernels), mask_predictor(fitted, policy, update=update), update.value,
                           prefill=prefill)
     run = generator.generate(_prompt(5), STEPS)
-    with ContextualMasks(loaded, fitted, policy, update=update) as runtime:
+    with runtime_of(loaded, fitted, policy, update) as runtime:
         expected = masked_path_logits(loaded, runtime, _prompt(5), run.tokens, prefill)
     assert len(run.logits) == len(expected) == STEPS
     for ours, theirs in zip(run.logits, expected):
@@ -112,11 +109,10 @@ def test_decode_matches_the_masked_path_for_every_update_and_prefill(name, kind,
 @pytest.mark.parametrize("update", ["dense", "per_sequence"])
 def test_sparsity_zero_equals_dense(update, session_cache):
     loaded = load_tiny("tiny-opt", session_cache)
-    fitted = fit(synthetic_traces(loaded.shape, 32), PredictorConfig(name=PredictorName.shadowllm, epochs=2),
-                 loaded.shape)
+    fitted = fitted_for("shadowllm", loaded.shape, synthetic_traces(loaded.shape, 32), epochs=2)
     decoder = SparseDecoder(loaded)
     policy = SparsityPolicy(SparsityConfig(level=0.0), loaded.shape)
-    run = Generator(decoder, MaskPredictor(fitted, policy), update).generate(_prompt(2), STEPS)
+    run = Generator(decoder, mask_predictor(fitted, policy), update).generate(_prompt(2), STEPS)
     for ours, theirs in zip(run.logits, reference_logits(loaded, _prompt(2), run.tokens)):
         torch.testing.assert_close(ours, theirs, **TOLERANCE)
 
@@ -137,9 +133,9 @@ def test_smollm2_sparse_path_matches_the_masked_path(embedded_cache):
     heads, neurons = policy.masks(torch.rand(1, s.num_layers, s.num_heads, generator=g),
                                   torch.rand(1, s.num_layers, s.num_neurons, generator=g))
     decoder = SparseDecoder(loaded)
-    run = Generator(decoder, MaskPredictor(_static(loaded, heads[0], neurons[0]), policy),
+    run = Generator(decoder, mask_predictor(_static(loaded, heads[0], neurons[0]), policy),
                     "per_sequence").generate(_prompt(3, 16), STEPS)
-    with HeadNeuronMasks(loaded.model, loaded.adapter, s) as masks:
+    with LinearInputMasks(loaded.model, loaded.adapter, s) as masks:
         masks.set(heads, neurons)
         expected = reference_logits(loaded, _prompt(3, 16), run.tokens)
     for ours, theirs in zip(run.logits, expected):
@@ -153,13 +149,12 @@ def test_smollm2_per_token_decode_matches_the_masked_path(embedded_cache, prefil
     from shadow_sweep.models.loading import load_model
 
     loaded = load_model(compose_app().model, embedded_cache)
-    fitted = fit(synthetic_traces(loaded.shape, 16), PredictorConfig(name=PredictorName.shadowllm, epochs=1),
-                 loaded.shape)
+    fitted = fitted_for("shadowllm", loaded.shape, synthetic_traces(loaded.shape, 16), epochs=1)
     policy = SparsityPolicy(SparsityConfig(level=0.5, ranking=Ranking["per_layer"]), loaded.shape)
     update = MaskUpdate.per_token
-    run = Generator(SparseDecoder(loaded), MaskPredictor(fitted, policy, update=update), update.value,
+    run = Generator(SparseDecoder(loaded), mask_predictor(fitted, policy, update=update), update.value,
                     prefill=prefill).generate(_prompt(3, 16), STEPS)
-    with ContextualMasks(loaded, fitted, policy, update=update) as runtime:
+    with runtime_of(loaded, fitted, policy, update) as runtime:
         expected = masked_path_logits(loaded, runtime, _prompt(3, 16), run.tokens, prefill)
     for ours, theirs in zip(run.logits, expected):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=2e-3)  # logits up to ~40: relative 5e-5
@@ -170,8 +165,8 @@ def test_benchmark_runs_end_to_end_on_a_tiny_model(session_cache):
     from shadow_sweep.decode.benchmark import run_benchmark
 
     loaded = load_tiny("tiny-llama", session_cache)
-    predictors = {kind.value: fit(synthetic_traces(loaded.shape, 16), PredictorConfig(name=kind, epochs=1), loaded.shape)
-                  for kind in (PredictorName.shadowllm, PredictorName.dejavu, PredictorName.static)}
+    predictors = {kind: fitted_for(kind, loaded.shape, synthetic_traces(loaded.shape, 16), epochs=1)
+                  for kind in ("shadowllm", "dejavu", "static")}
     policies = {0.5: SparsityPolicy(SparsityConfig(level=0.5), loaded.shape)}
     cfg = BenchConfig(prompt_length=8, new_tokens=4, repeats=3, warmup=0, threads=1,
                       updates=[MaskUpdate.per_sequence, MaskUpdate.per_token])
@@ -183,10 +178,9 @@ def test_benchmark_runs_end_to_end_on_a_tiny_model(session_cache):
 
 
 def _per_token_runs(loaded, decoders, seed=4, steps=16):
-    fitted = fit(synthetic_traces(loaded.shape, 32), PredictorConfig(name=PredictorName.shadowllm, epochs=2),
-                 loaded.shape)
+    fitted = fitted_for("shadowllm", loaded.shape, synthetic_traces(loaded.shape, 32), epochs=2)
     policy = SparsityPolicy(SparsityConfig(level=0.5), loaded.shape)
-    return [Generator(d, MaskPredictor(fitted, policy, loaded.device), "per_token").generate(_prompt(seed), steps)
+    return [Generator(d, mask_predictor(fitted, policy, loaded.device), "per_token").generate(_prompt(seed), steps)
             for d in decoders]
 
 
@@ -240,24 +234,25 @@ def test_the_cpp_top_k_keeps_the_highest_scores_ascending(embedded_cache):
     assert compiled.top_k_indices(tied, 4).tolist() == [[1, 2, 3, 5]]
 
 
-@pytest.mark.parametrize("name", [PredictorName.shadowllm, PredictorName.dejavu])
+@pytest.mark.parametrize("name", ["shadowllm", "dejavu"])
 def test_the_predictor_for_one_token_on_the_kernels_equals_its_batched_forward(name, session_cache,
                                                                                 embedded_cache):
     """MaskPredictor with decode kernels (one_row's vector-matrix products, the C++ top-k)
     keeps the units its batched torch forward keeps, per layer, for ShadowLLM and DejaVu."""
     from shadow_sweep.decode.fused import TorchGatherKernels
     from shadow_sweep.predictors.fit import untrained
+    from shadow_sweep.selectors.registry import spec
 
     loaded = load_tiny("tiny-llama", session_cache)
     s = loaded.shape
-    fitted = untrained(PredictorConfig(name=name), s)
+    fitted = untrained(PredictorConfig(name=name), s, name, spec(name).network)
     policy = SparsityPolicy(SparsityConfig(level=0.5, ranking=Ranking.per_layer), s)
-    predictor = MaskPredictor(fitted, policy)
+    predictor = mask_predictor(fitted, policy)
     compiled = gather_kernels("fused", torch.device("cpu"), torch.float32, embedded_cache.root)
     g = torch.Generator().manual_seed(6)
     with torch.no_grad():
         for kernels in (compiled, TorchGatherKernels()):
-            if name == PredictorName.shadowllm:
+            if name == "shadowllm":
                 context = torch.randn(1, s.num_heads * s.head_dim, generator=g)
                 batched = predictor.all_layer_scores(context)
                 for one, expected in zip(predictor.all_layer_scores(context, kernels), batched):
@@ -319,7 +314,7 @@ def test_the_cpp_layer_equals_torch_ops_with_layers_that_keep_nothing(name, sess
     whole_layers = gather_kernels(BenchKernel.fused_layer, loaded.device, torch.float32, embedded_cache.root)
     runs = []
     for decoder in (SparseDecoder(loaded), SparseDecoder(loaded, whole_layers)):
-        generator = Generator(decoder, MaskPredictor(_static(loaded, heads, neurons), policy), "per_sequence")
+        generator = Generator(decoder, mask_predictor(_static(loaded, heads, neurons), policy), "per_sequence")
         generator.static_weights = [decoder.dense[0]] + [
             decoder.sliced(l, heads[l].nonzero().squeeze(1), neurons[l].nonzero().squeeze(1))
             for l in range(1, s.num_layers)]

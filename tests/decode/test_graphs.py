@@ -8,10 +8,10 @@ from shadow_sweep.config import Ranking, SparsityConfig
 from shadow_sweep.decode import generate
 from shadow_sweep.decode.engine import SparseDecoder
 from shadow_sweep.decode.generate import Generator
-from shadow_sweep.predictors.inference import MaskPredictor
 from shadow_sweep.sparsity.policy import SparsityPolicy
 from tests.conftest import load_tiny
 from tests.decode.test_decode import STEPS, TOLERANCE, _prompt, _static
+from tests.selectors.helpers import mask_predictor
 
 
 class UncapturedStep:
@@ -34,7 +34,7 @@ def _runs(loaded, update: str, graphs: list[bool]):
     head_scores, neuron_scores = torch.rand(s.num_layers, s.num_heads, generator=g), torch.rand(s.num_layers,
                                                                                                 s.num_neurons, generator=g)
     head_scores[-1] = 0.0  # the lowest scores of all: dropped first
-    masks = MaskPredictor(_static(loaded, head_scores, neuron_scores), policy, loaded.device)
+    masks = mask_predictor(_static(loaded, head_scores, neuron_scores), policy, loaded.device)
     assert not masks.static[0][0, -1].any() and masks.static[0][0, :-1].any()
     masks = masks if update != "dense" else None
     decoder = SparseDecoder(loaded)

@@ -4,17 +4,15 @@ here from the tiny models' known shapes; the benchmark reports them with the flo
 import pytest
 import torch
 
-from shadow_sweep.config import BenchConfig, MaskUpdate, PredictorConfig, PredictorName, Ranking, SparsityConfig
+from shadow_sweep.config import BenchConfig, MaskUpdate, Ranking, SparsityConfig
 from shadow_sweep.decode.benchmark import _hf_generate_ms_per_token, run_benchmark
 from shadow_sweep.decode.engine import SparseDecoder
 from shadow_sweep.decode.generate import Generator
 from shadow_sweep.decode.traffic import read_bandwidth, tensors_read_bandwidth
-from shadow_sweep.predictors.fit import fit
-from shadow_sweep.predictors.inference import MaskPredictor
 from shadow_sweep.sparsity.policy import SparsityPolicy
 from tests.conftest import load_tiny
 from tests.decode.test_decode import _prompt, _static
-from tests.predictors.test_predictors import synthetic_traces
+from tests.selectors.helpers import fitted_for, mask_predictor, runtime_of, synthetic_traces
 
 FP32 = 4
 
@@ -68,20 +66,19 @@ def test_a_decode_run_counts_every_step_at_its_context_length(session_cache):
     s = loaded.shape
     policy = SparsityPolicy(SparsityConfig(level=0.5, ranking=Ranking.per_layer), s)
     heads, neurons = policy.masks(torch.rand(1, s.num_layers, s.num_heads), torch.rand(1, s.num_layers, s.num_neurons))
-    static = MaskPredictor(_static(loaded, heads[0], neurons[0]), policy)
+    static = mask_predictor(_static(loaded, heads[0], neurons[0]), policy)
     run = Generator(SparseDecoder(loaded), static, "per_sequence").generate(_prompt(length=10), 5)
     assert [t.total for t in run.traffic] == [expected_bytes("tiny-llama", s, heads[0], neurons[0], 11 + step, False)
                                               for step in range(4)]
-    fitted = fit(synthetic_traces(s, 16), PredictorConfig(name=PredictorName.shadowllm, epochs=1), s)
+    fitted = fitted_for("shadowllm", s, synthetic_traces(s, 16), epochs=1)
     predictor_bytes = sum(p.numel() * 4 for p in fitted.net.parameters())
-    per_token = Generator(SparseDecoder(loaded), MaskPredictor(fitted, policy), "per_token").generate(_prompt(), 3)
+    per_token = Generator(SparseDecoder(loaded), mask_predictor(fitted, policy), "per_token").generate(_prompt(), 3)
     assert all(t.predictor == predictor_bytes for t in per_token.traffic)
 
 
 def test_the_benchmark_reports_bytes_floor_and_the_fastest_dense_path(session_cache):
     loaded = load_tiny("tiny-llama", session_cache)
-    predictors = {"static": fit(synthetic_traces(loaded.shape, 8), PredictorConfig(name=PredictorName.static),
-                                loaded.shape)}
+    predictors = {"static": fitted_for("static", loaded.shape, synthetic_traces(loaded.shape, 8))}
     policies = {0.5: SparsityPolicy(SparsityConfig(level=0.5, ranking=Ranking.per_layer), loaded.shape)}
     cfg = BenchConfig(prompt_length=8, new_tokens=4, repeats=2, warmup=0, threads=1, predictors=["static"],
                       updates=[MaskUpdate.per_sequence])

@@ -9,16 +9,13 @@ import torch
 from lm_eval.models.huggingface import HFLM
 
 from shadow_sweep.cache import StageCache
-from shadow_sweep.config import EvalConfig, MaskUpdate, PredictorConfig, PredictorName, Prefill, SparsityConfig
+from shadow_sweep.config import EvalConfig, MaskUpdate, Prefill
 from shadow_sweep.data.tasks import EVALUATION, SplitRule, offline_task, split_documents
 from shadow_sweep.config import ConfigError
 from shadow_sweep.evaluation.harness import build_tasks, check_tasks, task_accuracy
 from shadow_sweep.evaluation.lm import SparseLM
-from shadow_sweep.predictors.fit import fit
-from shadow_sweep.predictors.runtime import ContextualMasks
-from shadow_sweep.sparsity.policy import SparsityPolicy
 from tests.conftest import load_tiny
-from tests.predictors.test_predictors import synthetic_traces
+from tests.selectors.helpers import runtime_for
 
 
 def _requests(task, n=6, shots=0):
@@ -45,10 +42,7 @@ def test_dense_scores_equal_lm_evals_own_hflm(copa, session_cache):
 
 
 def _shadow_runtime(loaded, update):
-    fitted = fit(synthetic_traces(loaded.shape, 64), PredictorConfig(name=PredictorName.shadowllm, epochs=3),
-                 loaded.shape)
-    policy = SparsityPolicy(SparsityConfig(level=0.5), loaded.shape)
-    return ContextualMasks(loaded, fitted, policy, update=update)
+    return runtime_for(loaded, "shadowllm", ranking="global", update=update)
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import copy
 
 import torch
 
-from shadow_sweep.models.masks import HeadNeuronMasks
+from shadow_sweep.models.masks import LinearInputMasks
 
 
 def _ids(loaded, batch=3, tokens=11, seed=0):
@@ -18,7 +18,7 @@ def _logits(model, ids):
 
 
 def _masked_logits(loaded, ids, heads=None, neurons=None):
-    with HeadNeuronMasks(loaded.model, loaded.adapter, loaded.shape) as masks:
+    with LinearInputMasks(loaded.model, loaded.adapter, loaded.shape) as masks:
         masks.set(heads, neurons)
         return _logits(loaded.model, ids)
 
@@ -68,7 +68,7 @@ def test_batch_with_per_row_masks_equals_rows_alone(tiny):
     s = tiny.shape
     heads = (torch.rand(3, s.num_layers, s.num_heads, generator=generator) > 0.4).float()
     neurons = (torch.rand(3, s.num_layers, s.num_neurons, generator=generator) > 0.5).float()
-    with HeadNeuronMasks(tiny.model, tiny.adapter, tiny.shape) as masks:
+    with LinearInputMasks(tiny.model, tiny.adapter, tiny.shape) as masks:
         masks.set(heads, neurons)
         batched = _logits(tiny.model, ids)
         for row in range(3):
@@ -85,7 +85,7 @@ def test_masks_set_during_the_forward_apply_to_later_layers(tiny):
     heads, neurons = _ones(tiny, 2)
     heads[:, 1:, 0] = 0.0
     neurons[:, 1:, :7] = 0.0
-    with HeadNeuronMasks(tiny.model, tiny.adapter, tiny.shape) as masks:
+    with LinearInputMasks(tiny.model, tiny.adapter, tiny.shape) as masks:
         masks.set(heads, neurons)
         expected = _logits(tiny.model, ids)
         masks.clear()
@@ -105,7 +105,7 @@ def test_exit_restores_the_model_exactly(tiny):
     state = {k: v.clone() for k, v in tiny.model.state_dict().items()}
     heads, neurons = _ones(tiny, 1)
     heads.zero_()
-    with HeadNeuronMasks(tiny.model, tiny.adapter, tiny.shape) as masks:
+    with LinearInputMasks(tiny.model, tiny.adapter, tiny.shape) as masks:
         masks.set(heads, neurons * 0.0)
         assert not torch.allclose(_logits(tiny.model, ids), before)
     assert torch.equal(_logits(tiny.model, ids), before)
@@ -115,7 +115,7 @@ def test_exit_restores_the_model_exactly(tiny):
 
 
 def test_wrong_mask_shape_is_rejected(tiny):
-    with HeadNeuronMasks(tiny.model, tiny.adapter, tiny.shape) as masks:
+    with LinearInputMasks(tiny.model, tiny.adapter, tiny.shape) as masks:
         try:
             masks.set(heads=torch.ones(1, tiny.shape.num_layers + 1, tiny.shape.num_heads))
         except ValueError as error:

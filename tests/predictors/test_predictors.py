@@ -1,47 +1,38 @@
-"""Predictors: learning a known relation, quality metrics, masks inside the forward, checkpoints."""
+"""Predictors: learning a known relation, quality metrics, per-sequence masks inside the
+forward, checkpoints."""
 
 import pytest
 import torch
 from scipy.stats import spearmanr
 
-from shadow_sweep.config import (ConfigError, CriterionConfig, MaskUpdate, PredictorConfig, PredictorName,
-                                 SparsityConfig)
+from shadow_sweep.config import ConfigError, CriterionConfig, MaskUpdate, PredictorConfig, SparsityConfig
 from shadow_sweep.criteria.registry import get_criterion
 from shadow_sweep.models.adapters import ModelShape
-from shadow_sweep.predictors.fit import fit, predictor_quality
-from shadow_sweep.predictors.layouts import NETWORKS
+from shadow_sweep.predictors.fit import network_predictions, predictor_quality, validation_targets
 from shadow_sweep.predictors.quality import spearman, top_k_recall
-from shadow_sweep.predictors.runtime import ContextualMasks, last_real_token
 from shadow_sweep.predictors.store import load_predictor, save_predictor
-from shadow_sweep.predictors.targets import normalise_inputs
+from shadow_sweep.selectors.registry import SELECTORS, selection_of, spec
+from shadow_sweep.selectors.runtime import SelectionRuntime
 from shadow_sweep.sparsity.policy import SparsityPolicy
-from shadow_sweep.traces.collect import TraceBatch
 from tests.conftest import load_tiny
-
-
-def synthetic_traces(shape: ModelShape, n: int, seed: int = 0) -> TraceBatch:
-    """Scores that are a fixed smooth function of the inputs: ShadowLLM's from the layer-0
-    context, DejaVu's from each layer's input; a predictor must recover their rankings."""
-    g = torch.Generator().manual_seed(seed)
-    context = torch.rand(n, shape.num_heads * shape.head_dim, generator=g)
-    hidden = torch.rand(n, shape.num_layers, shape.hidden_size, generator=g)
-    mix_h = torch.randn(context.shape[1], shape.num_layers, shape.num_heads, generator=g)
-    mix_n = torch.randn(context.shape[1], shape.num_layers, shape.num_neurons, generator=g)
-    features = normalise_inputs(context)  # what the predictor sees
-    heads = (0.2 * torch.einsum("nf,flu->nlu", features, mix_h)).exp()
-    neurons = (0.2 * torch.einsum("nf,flu->nlu", features, mix_n)).exp()
-    return TraceBatch(context, hidden, heads, neurons)
+from tests.selectors.helpers import fitted_for, synthetic_traces
 
 
 PER_SEQUENCE = MaskUpdate.per_sequence
 SHAPE = ModelShape(num_layers=4, num_heads=8, num_kv_heads=2, head_dim=4, num_neurons=24, hidden_size=32)
 
 
+def quality_of(name: str, fitted, traces, cfg: PredictorConfig, keep_heads: int, keep_neurons: int) -> dict:
+    targets = validation_targets(traces, cfg)
+    predicted = SELECTORS[name].quality_predictions(fitted, targets, traces, cfg, SHAPE)
+    return predictor_quality(predicted, targets, keep_heads, keep_neurons)
+
+
 def test_shadowllm_learns_a_known_relation():
     traces = synthetic_traces(SHAPE, 600)
-    cfg = PredictorConfig(name=PredictorName.shadowllm, width=128, bottleneck=0, epochs=150, lr=3e-3)
-    fitted = fit(traces, cfg, SHAPE)
-    quality = predictor_quality(fitted, traces, cfg, SHAPE, keep_heads=2, keep_neurons=12)
+    cfg = PredictorConfig(name="shadowllm", width=128, bottleneck=0, epochs=150, lr=3e-3)
+    fitted = fitted_for("shadowllm", SHAPE, traces, width=128, bottleneck=0, epochs=150, lr=3e-3)
+    quality = quality_of("shadowllm", fitted, traces, cfg, keep_heads=2, keep_neurons=12)
     assert quality["heads_spearman_mean"] > 0.95 and quality["neurons_spearman_mean"] > 0.95
     assert quality["neurons_recall_mean"] > 0.85
     assert fitted.metrics["validation_examples"] == 120
@@ -49,9 +40,11 @@ def test_shadowllm_learns_a_known_relation():
 
 def test_random_and_static_baselines_score_as_expected():
     traces = synthetic_traces(SHAPE, 300)
-    random = predictor_quality(fit(traces, PredictorConfig(name=PredictorName.random), SHAPE), traces,
-                               PredictorConfig(name=PredictorName.random), SHAPE, 2, 12)
+    cfg = PredictorConfig(name="random")
+    random = quality_of("random", fitted_for("random", SHAPE, traces), traces, cfg, 2, 12)
     assert abs(random["neurons_spearman_mean"]) < 0.1
+    static = quality_of("static", fitted_for("static", SHAPE, traces), traces, cfg, 2, 12)
+    assert static["neurons_spearman_mean"] > random["neurons_spearman_mean"]
 
 
 def test_spearman_and_recall_match_independent_computations():
@@ -65,15 +58,17 @@ def test_spearman_and_recall_match_independent_computations():
 
 
 def test_default_widths_follow_the_rule_and_costs_add_up():
-    shadowllm, dejavu_layout = NETWORKS[PredictorName.shadowllm], NETWORKS[PredictorName.dejavu]
+    shadowllm, dejavu_layout = spec("shadowllm").network, spec("dejavu").network
     assert shadowllm.default_width(576) == 256 and shadowllm.default_width(5120) == 2048
     assert dejavu_layout.default_width(5120) == 1000
     smol = ModelShape(30, 9, 3, 64, 1536, 576)
-    shape = shadowllm.mlp_shape(PredictorConfig(name=PredictorName.shadowllm), smol)
+    shape = shadowllm.mlp_shape(PredictorConfig(name="shadowllm"), smol)
     assert shape.outputs == 29 * (9 + 1536) == 44805
     assert shape.macs_per_group == 576 * 256 + 256 * 64 + 64 * 44805
-    dejavu = dejavu_layout.mlp_shape(PredictorConfig(name=PredictorName.dejavu, width=1000, bottleneck=0), smol)
+    dejavu = dejavu_layout.mlp_shape(PredictorConfig(name="dejavu", width=1000, bottleneck=0), smol)
     assert dejavu.groups * dejavu.macs_per_group == 29 * (576 * 1000 + 1000 * 1545)
+    neurons_only = spec("dejavu_mlp").network.mlp_shape(PredictorConfig(name="dejavu_mlp"), smol)
+    assert neurons_only.outputs == 1536 and neurons_only.inputs == 576
 
 
 @pytest.fixture(params=["tiny-llama", "tiny-opt"])
@@ -83,7 +78,11 @@ def trained(request, session_cache):
 
 
 def _fitted(loaded, traces, kind):
-    return fit(traces, PredictorConfig(name=kind, epochs=3), loaded.shape)
+    return fitted_for(kind, loaded.shape, traces)
+
+
+def per_sequence(loaded, fitted, kind: str, policy: SparsityPolicy, **options) -> SelectionRuntime:
+    return SelectionRuntime(loaded, selection_of(kind), policy, {kind: fitted}, PER_SEQUENCE, **options)
 
 
 def _inputs(loaded, seed=0):
@@ -95,12 +94,12 @@ def _inputs(loaded, seed=0):
     return ids, attention
 
 
-@pytest.mark.parametrize("kind, calls", [(PredictorName.shadowllm, 1), (PredictorName.dejavu, 2)])
+@pytest.mark.parametrize("kind, calls", [("shadowllm", 1), ("dejavu", 2)])
 def test_network_runs_once_per_forward_or_once_per_layer(trained, kind, calls):
     loaded, traces = trained
     policy = SparsityPolicy(SparsityConfig(level=0.5), loaded.shape)
     ids, attention = _inputs(loaded)
-    with ContextualMasks(loaded, _fitted(loaded, traces, kind), policy, update=PER_SEQUENCE) as runtime:
+    with per_sequence(loaded, _fitted(loaded, traces, kind), kind, policy) as runtime:
         with torch.no_grad():
             loaded.model(input_ids=ids, attention_mask=attention)
         assert runtime.network_calls == calls  # dejavu: layers 1 and 2 of 3
@@ -110,7 +109,7 @@ def test_network_runs_once_per_forward_or_once_per_layer(trained, kind, calls):
     assert (heads[:, 0] == 1).all() and (neurons[:, 0] == 1).all()  # layer 0 stays dense
 
 
-@pytest.mark.parametrize("kind", list(PredictorName))
+@pytest.mark.parametrize("kind", [name for name, cls in SELECTORS.items() if MaskUpdate.per_sequence in cls.spec.updates])
 def test_masks_of_a_padded_batch_equal_each_row_alone(trained, kind):
     """Left- and right-padded rows get the masks they get alone; right-padded and unpadded
     rows also the logits (left padding shifts Llama's positions, masks aside)."""
@@ -118,9 +117,9 @@ def test_masks_of_a_padded_batch_equal_each_row_alone(trained, kind):
     policy = SparsityPolicy(SparsityConfig(level=0.5), loaded.shape)
     ids, attention = _inputs(loaded)
     oracle = (get_criterion("plainact"), CriterionConfig())
-    with ContextualMasks(loaded, _fitted(loaded, traces, kind), policy, oracle=oracle, update=PER_SEQUENCE) as runtime, torch.no_grad():
+    with per_sequence(loaded, _fitted(loaded, traces, kind), kind, policy, criterion=oracle) as runtime, torch.no_grad():
         batched = loaded.model(input_ids=ids, attention_mask=attention).logits
-        if kind in (PredictorName.random, PredictorName.dense):
+        if kind in ("random", "dense"):
             return  # random scores hash positions, which left padding shifts; dense sets none
         batched_masks = runtime.masks.stacked()
         for row in range(3):
@@ -138,27 +137,22 @@ def test_level_zero_gives_the_dense_logits(trained):
     with torch.no_grad():
         dense = loaded.model(input_ids=ids, attention_mask=attention).logits
     policy = SparsityPolicy(SparsityConfig(level=0.0), loaded.shape)
-    with ContextualMasks(loaded, _fitted(loaded, traces, PredictorName.shadowllm), policy, update=PER_SEQUENCE) as runtime, torch.no_grad():
+    with per_sequence(loaded, _fitted(loaded, traces, "shadowllm"), "shadowllm", policy) as runtime, torch.no_grad():
         masked = loaded.model(input_ids=ids, attention_mask=attention).logits
         assert all((m == 1).all() for m in runtime.masks.stacked())
     assert torch.equal(masked, dense)
 
 
-def test_last_real_token_handles_left_and_right_padding():
-    attention = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
-    assert last_real_token(attention, 3, 5, "cpu").tolist() == [2, 4, 4]
-
-
 def test_saved_and_reloaded_predictor_gives_identical_masks(trained, tmp_path):
     loaded, traces = trained
-    fitted = _fitted(loaded, traces, PredictorName.shadowllm)
+    fitted = _fitted(loaded, traces, "shadowllm")
     save_predictor(fitted, tmp_path, loaded.name, loaded.shape, "plainact")
-    reloaded = load_predictor(tmp_path, loaded.name, loaded.shape, "plainact")
+    reloaded = load_predictor(tmp_path, loaded.name, loaded.shape, "plainact", kind="shadowllm")
     policy = SparsityPolicy(SparsityConfig(level=0.5), loaded.shape)
     ids, attention = _inputs(loaded)
     masks = []
     for predictor in (fitted, reloaded):
-        with ContextualMasks(loaded, predictor, policy, update=PER_SEQUENCE) as runtime, torch.no_grad():
+        with per_sequence(loaded, predictor, "shadowllm", policy) as runtime, torch.no_grad():
             loaded.model(input_ids=ids, attention_mask=attention)
             masks.append((runtime.masks.stacked()))
     assert torch.equal(masks[0][0], masks[1][0]) and torch.equal(masks[0][1], masks[1][1])
@@ -166,18 +160,13 @@ def test_saved_and_reloaded_predictor_gives_identical_masks(trained, tmp_path):
 
 def test_a_predictor_for_another_model_or_criterion_is_rejected(trained, tmp_path):
     loaded, traces = trained
-    save_predictor(_fitted(loaded, traces, PredictorName.static), tmp_path, loaded.name, loaded.shape, "plainact")
+    save_predictor(_fitted(loaded, traces, "static"), tmp_path, loaded.name, loaded.shape, "plainact")
     with pytest.raises(ConfigError, match="criterion plainact, but this job has criterion l2_norm"):
         load_predictor(tmp_path, loaded.name, loaded.shape, "l2_norm")
     with pytest.raises(ConfigError, match="model"):
         load_predictor(tmp_path, "smollm2-135m", loaded.shape, "plainact")
-
-
-def test_shadowllm_needs_layer_zero_dense(trained):
-    loaded, traces = trained
-    policy = SparsityPolicy(SparsityConfig(level=0.5, keep_first_layer_dense=False), loaded.shape)
-    with pytest.raises(ConfigError, match="keep_first_layer_dense"):
-        ContextualMasks(loaded, _fitted(loaded, traces, PredictorName.shadowllm), policy)
+    with pytest.raises(ConfigError, match="selector static, but this job has selector shadowllm"):
+        load_predictor(tmp_path, loaded.name, loaded.shape, "plainact", kind="shadowllm")
 
 
 def test_both_losses_learn_a_known_relation_from_per_token_rows_split_by_example():
@@ -190,13 +179,14 @@ def test_both_losses_learn_a_known_relation_from_per_token_rows_split_by_example
     traces = synthetic_traces(SHAPE, 600)
     example = torch.arange(600) // 6  # 100 examples of 6 tokens
     tokens = TokenBatch(traces.shadow_input, traces.dejavu_input, traces.head_scores, traces.neuron_scores,
-                        example, torch.arange(600) % 6)
+                        traces.mlp_input, example, torch.arange(600) % 6)
     train, validation = split_rows(tokens, 0.2, 0)
     assert set(example[train].tolist()).isdisjoint(example[validation].tolist())
     assert len(validation) == 120
     for loss in PredictorLoss:
-        cfg = PredictorConfig(name=PredictorName.shadowllm, width=128, bottleneck=0, epochs=150, lr=3e-3, loss=loss)
-        quality = predictor_quality(fit(tokens, cfg, SHAPE), tokens, cfg, SHAPE, keep_heads=4, keep_neurons=12)
+        cfg = PredictorConfig(name="shadowllm", width=128, bottleneck=0, epochs=150, lr=3e-3, loss=loss)
+        fitted = fitted_for("shadowllm", SHAPE, tokens, width=128, bottleneck=0, epochs=150, lr=3e-3, loss=loss)
+        quality = quality_of("shadowllm", fitted, tokens, cfg, keep_heads=4, keep_neurons=12)
         assert quality["heads_recall_mean"] > 0.8 and quality["neurons_recall_mean"] > 0.8, loss
 
 
@@ -225,14 +215,14 @@ def test_untrained_predictors_have_the_models_shapes_and_are_seeded():
     from shadow_sweep.predictors.fit import untrained
 
     shape = ModelShape(num_layers=4, num_heads=6, num_kv_heads=2, head_dim=8, num_neurons=40, hidden_size=48)
-    for kind in (PredictorName.shadowllm, PredictorName.dejavu):
+    for kind in ("shadowllm", "dejavu"):
         cfg = PredictorConfig(name=kind)
-        first = untrained(cfg, shape)
-        one_network = kind == PredictorName.shadowllm
-        inputs = torch.randn(3, 1, 48) if one_network else torch.randn(3, 3, 48)  # H*d = D = 48 here
-        heads, neurons = NETWORKS[kind].split(first.net(inputs), shape)
+        layout = spec(kind).network
+        first = untrained(cfg, shape, kind, layout)
+        inputs = torch.randn(3, 1, 48) if layout.one_network else torch.randn(3, 3, 48)  # H*d = D = 48 here
+        heads, neurons = layout.split(first.net(inputs), shape)
         assert heads.shape == (3, 3, 6) and neurons.shape == (3, 3, 40)
-        again = untrained(cfg, shape)
+        again = untrained(cfg, shape, kind, layout)
         assert all(torch.equal(a, b) for a, b in zip(first.net.parameters(), again.net.parameters()))
-    static = untrained(PredictorConfig(name=PredictorName.static), shape)
+    static = untrained(PredictorConfig(name="static"), shape, "static")
     assert static.net is None and static.mean_neuron_scores.shape == (4, 40)

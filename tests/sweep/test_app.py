@@ -26,8 +26,11 @@ def test_job_traces_fits_and_writes_a_row_per_level(tmp_path, data_root, predict
     assert missing_fields(rows[-1], "job", "job+fit") == []  # predictor quality and cost included
     rows = rows[:-1]
     assert all(missing_fields(r, "evaluate", "evaluate+accuracy", "evaluate+perplexity") == [] for r in rows)
-    assert [(r["predictor"], r["sparsity"]) for r in rows] == [("dense", 0.0), (predictor, 0.3), (predictor, 0.5)]
-    assert list(table["sparsity"]) == [0.0, 0.3, 0.5]
+    assert [(r["predictor"], r["sparsity"]) for r in rows] == [("dense", 0.0), (predictor, 0.3), (predictor, 0.5),
+                                                               ("teal", 0.3), ("teal", 0.5)]  # eval=quick's baseline
+    assert list(table["sparsity"]) == [0.0, 0.3, 0.5, 0.3, 0.5]
+    assert [r["uses_criterion"] for r in rows] == [False, True, True, False, False]
+    assert rows[0]["bytes_fraction"] == 1.0 and all(r["bytes_fraction"] < 1.0 for r in rows[3:])
     assert rows[0]["perplexity_tokens"] == rows[1]["perplexity_tokens"] > 0
     assert rows[0]["token_perplexity"] != rows[2]["token_perplexity"]
     assert all(0 <= r["acc/copa"] <= 1 and "acc_norm/arc_easy" in r and "acc_mean" in r for r in rows)
@@ -73,9 +76,11 @@ def test_console_command_runs_the_default_job(tmp_path, data_root):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "shadowllm x plainact" in done.stdout and "ms_per_token/per_token" in done.stdout
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
-    dense, sparse = [r for r in rows if r["stage"] == "evaluate"]
+    dense, sparse, teal = [r for r in rows if r["stage"] == "evaluate"]
     assert dense["model"] == "smollm2-135m" and 5 < dense["token_perplexity"] < 60
     assert sparse["predictor"] == "shadowllm" and sparse["token_perplexity"] > dense["token_perplexity"]
+    assert teal["predictor"] == "teal" and dense["token_perplexity"] < teal["token_perplexity"]
+    assert 0.5 < teal["bytes_fraction"] < 0.75 and 0.5 < sparse["bytes_fraction"] < 0.8
     assert {"acc/copa", "acc/piqa", "acc/arc_easy"} <= set(dense)
     bench = {(r["predictor"], r["update"]) for r in rows if r["stage"] == "bench"}
     assert bench == {("dense", "dense"), ("shadowllm", "per_token")}  # the job's own update policy
@@ -96,7 +101,7 @@ def test_a_wandb_failure_never_costs_the_results(tmp_path, data_root, monkeypatc
     cfg = compose_app(["model=tiny-llama", f"paths.data_root={data_root}", f"paths.cache_dir={tmp_path / 'cache'}",
                        "logger=wandb", "stages.accuracy=false", "stages.bench=false", "perplexity.max_documents=1",
                        "perplexity.window=32", "calibration.examples_per_task=1", "calibration.max_length=32",
-                       "predictor.epochs=1"])
+                       "predictor.epochs=1", "eval.baseline_selectors=[]"])
     with pytest.warns(UserWarning, match="W&B logging disabled.*unreachable"):
         run_job(cfg, tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
@@ -107,7 +112,7 @@ def test_skip_finished_false_runs_a_finished_job_again(tmp_path, data_root):
     overrides = ["model=tiny-llama", f"paths.data_root={data_root}", f"paths.cache_dir={tmp_path / 'cache'}",
                  "logger=none", "stages.accuracy=false", "stages.bench=false", "perplexity.max_documents=1",
                  "perplexity.window=32", "calibration.examples_per_task=1", "calibration.max_length=32",
-                 "predictor.epochs=1"]
+                 "predictor.epochs=1", "eval.baseline_selectors=[]"]
     run_job(compose_app(overrides), tmp_path)
     run_job(compose_app(overrides), tmp_path)  # finished: skipped
     run_job(compose_app(overrides + ["sweep.skip_finished=false"]), tmp_path)

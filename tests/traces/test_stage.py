@@ -65,7 +65,7 @@ def test_stored_scores_keep_every_ranking(tmp_path, data_root):
     n, s = len(traces), loaded.shape
     positions = len(traces.tokens.example)  # per-token samples: fp16 like the rest, fp32 scale, int32 indices
     assert positions > n
-    per_row = 2 * (s.num_heads * s.head_dim + s.num_layers * (s.hidden_size + s.num_heads + s.num_neurons))
+    per_row = 2 * (s.num_heads * s.head_dim + s.num_layers * (2 * s.hidden_size + s.num_heads + s.num_neurons))  # + MLP inputs
     expected_bytes = per_row * (n + positions) + 4 * n + 12 * positions
     assert expected_bytes < (folder / "traces.safetensors").stat().st_size < expected_bytes + 4096
 
