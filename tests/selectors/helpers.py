@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from shadow_sweep.config import CriterionConfig, MaskUpdate, PredictorConfig, Ranking, SparsityConfig
+from shadow_sweep.config import CriterionConfig, MaskUpdate, PredictorConfig, Ranking, SelectionRule, SparsityConfig
 from shadow_sweep.criteria.registry import get_criterion
 from shadow_sweep.data.calibration import EncodedExample
 from shadow_sweep.models.adapters import ModelShape
@@ -61,6 +61,8 @@ def runtime_for(loaded: LoadedModel, name: str, traces: Optional[TraceBatch] = N
     fits = {} if fits is None else fits
     for n in selection.names():
         fits.setdefault(n, fitted_for(n, loaded.shape, traces))
+    if "rule" in sparsity:
+        sparsity["rule"] = SelectionRule(sparsity["rule"])
     cfg = SparsityConfig(level=level, ranking=Ranking[ranking], update=update, **sparsity)
     policy = SparsityPolicy(cfg, loaded.shape)
     return SelectionRuntime(loaded, selection, policy, fits, update, seed, (get_criterion(criterion), CriterionConfig()),
