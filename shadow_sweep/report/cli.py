@@ -1,11 +1,13 @@
 """`shadow-sweep report <sweep dir or results.jsonl>... [--out DIR] [--compare AXIS]`: print the
-table (means with 95% CIs) and the paired comparisons along AXIS (predictor, criterion or
-update), write report.csv, comparisons.csv and the PNG curves."""
+table (means with 95% CIs), the paired comparisons along AXIS (predictor, criterion or update),
+the best selection at each bytes fraction and the pairs at matched bytes; write report.csv,
+comparisons.csv, best_at_bytes.csv, matched_bytes.csv and the PNG curves."""
 
 import argparse
 from pathlib import Path
 
-from shadow_sweep.report.compare import comparison_table
+from shadow_sweep.report.bytes import best_at_bytes, bytes_points
+from shadow_sweep.report.compare import comparison_table, matched_bytes_table
 from shadow_sweep.report.plots import draw_curves
 from shadow_sweep.report.table import load_rows, summary_table
 from shadow_sweep.report.tracking import log_report
@@ -32,9 +34,20 @@ def main(argv: list[str]) -> None:
           f"resolved: the CI excludes 0)")
     if len(comparisons):
         print(comparisons.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    best = best_at_bytes(bytes_points(table))
+    if len(best):
+        print("\nbest deployable selection at each bytes fraction (log token perplexity interpolated "
+              "linearly in the bytes fraction along each line, never beyond its points)")
+        print(best.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    matched = matched_bytes_table(rows, args.seed)
+    if len(matched):
+        print(f"\n{len(matched)} pairs at matched bytes (a - b, b reading at least a's bytes fraction - 0.02)")
+        print(matched.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "report.csv", index=False)
     comparisons.to_csv(out / "comparisons.csv", index=False)
+    best.to_csv(out / "best_at_bytes.csv", index=False)
+    matched.to_csv(out / "matched_bytes.csv", index=False)
     figures = draw_curves(table, out)
     for path in figures:
         print(f"wrote {path}")

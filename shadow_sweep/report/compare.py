@@ -22,9 +22,12 @@ import pandas as pd
 
 from shadow_sweep.evaluation.outcomes import task_outcomes
 from shadow_sweep.evaluation.perplexity import Window, resampling_units
+from shadow_sweep.report.table import distinct_lines
 from shadow_sweep.results import COMPARISON_AXES, ResultsFile
 from shadow_sweep.statistics import (PairedDifference, paired_difference, paired_ratio_difference,
                                      two_stage_paired_difference)
+
+BYTES_TOLERANCE = 0.02  # matched-bytes pairs: b reads at least a's bytes fraction less this
 
 COLUMNS = ["axis", "a", "b", "sparsity", "seeds_a", "seeds_b", "documents", "acc_diff", "acc_low", "acc_high",
            "acc_resolved", "ppl_unit", "ppl_units", "log_ppl_diff", "log_ppl_low", "log_ppl_high", "log_ppl_resolved"]
@@ -110,3 +113,38 @@ def comparison_table(frame: pd.DataFrame, axis: str = "predictor", seed: int = 0
             rows.append({"axis": axis, "a": a[0], "b": b[0], "sparsity": a[1], "seeds_a": len(sides[a]),
                          "seeds_b": len(sides[b]), **compare_pair(sides[a], sides[b], seed)})
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+MATCHED_COLUMNS = ["a", "b", "sparsity_a", "sparsity_b", "bytes_a", "bytes_b", "documents", "acc_diff", "acc_low",
+                   "acc_high", "acc_resolved", "ppl_unit", "ppl_units", "log_ppl_diff", "log_ppl_low", "log_ppl_high",
+                   "log_ppl_resolved"]
+
+
+def matched_bytes_table(frame: pd.DataFrame, seed: int = 0, tolerance: float = BYTES_TOLERANCE) -> pd.DataFrame:
+    """Pairs at matched bytes: for two lines a and b of one comparison group (configs equal but
+    for the selectors), each point of a against b's point of the lowest bytes fraction that is
+    at least a's less `tolerance` (b reads no fewer bytes): the same paired differences as
+    `comparison_table`, a - b. A resolved negative log-perplexity difference says a is better
+    at no more bytes."""
+    needed = {"pair_key/predictor", "outcomes", "results_file", "bytes_fraction"}
+    if not needed <= set(frame):
+        return pd.DataFrame(columns=MATCHED_COLUMNS)
+    evaluated = frame[(frame["stage"] == "evaluate") & (frame["predictor"] != "dense")]
+    evaluated = evaluated.dropna(subset=list(needed)).assign(line=lambda f: distinct_lines(f))
+    rows = []
+    for _, group in evaluated.groupby("pair_key/predictor"):
+        lines = {}  # line -> [(sparsity, mean bytes fraction, its seeds' outcome records)], by bytes
+        for (line, level), points in group.groupby(["line", "sparsity"]):
+            seeds = points.drop_duplicates("outcomes")
+            lines.setdefault(line, []).append((level, float(seeds["bytes_fraction"].mean()),
+                                               [_read(r) for r in seeds.to_dict("records")]))
+        for a, b in ((a, b) for a in lines for b in lines if a != b):
+            ordered = sorted(lines[b], key=lambda p: p[1])
+            for level, fraction, records in lines[a]:
+                matched = [p for p in ordered if p[1] >= fraction - tolerance]
+                if not matched:
+                    continue
+                other_level, other_fraction, other_records = matched[0]
+                rows.append({"a": a, "b": b, "sparsity_a": level, "sparsity_b": other_level, "bytes_a": fraction,
+                             "bytes_b": other_fraction, **compare_pair(records, other_records, seed)})
+    return pd.DataFrame(rows, columns=MATCHED_COLUMNS)

@@ -2,12 +2,15 @@
 with 95% CIs as error bars (accuracy: over documents; token perplexity: bootstrap; latency: min
 to max over repeats); dense is a dashed horizontal line. And the figure the sweeps exist for:
 quality (token perplexity, mean accuracy) against decode latency, one point per line x level
-x update policy, CIs in both directions."""
+x update policy, CIs in both directions; and quality against the bytes a decode step reads
+(report.bytes), the comparison of selectors at matched bytes."""
 
 from pathlib import Path
 
 import pandas as pd
 from matplotlib.figure import Figure  # no pyplot: works headless and leaves a notebook's backend alone
+
+from shadow_sweep.report.bytes import bytes_points, curves
 
 CURVES = {  # file stem: (columns prefix or name, y label, title, log scale)
     "accuracy_vs_sparsity": ("acc_mean", "mean accuracy", "Accuracy vs sparsity", False),
@@ -90,6 +93,30 @@ def plot_quality_vs_latency(points: pd.DataFrame, figure) -> None:
         axes.legend(fontsize=6)
 
 
+QUALITY = (("token_perplexity", "WikiText-2 token perplexity", True), ("acc_mean", "mean accuracy", False))
+
+
+def plot_quality_vs_bytes(points: pd.DataFrame, figure) -> None:
+    """Token perplexity (log) and mean accuracy against the bytes fraction, one line per
+    selection (dashed: not deployable, an analysis bound), 95% CIs as error bars; dense is the
+    point at 1.0 every line ends at."""
+    quality = [(c, label, log) for c, label, log in QUALITY if c in points and points[c].notna().any()]
+    for axes, (column, label, log) in zip(figure.subplots(1, len(quality), squeeze=False)[0], quality):
+        for line, group in curves(points.dropna(subset=[column])).items():
+            style = "--" if "deployable" in group and not group["deployable"].fillna(True).all() else "-"
+            axes.errorbar(group["bytes_fraction"], group[column], yerr=error_bars(group, column), marker="o",
+                          linestyle=style, capsize=2, markersize=3, label=line)
+        dense = points[points["line"] == "dense"].dropna(subset=[column])
+        if len(dense):
+            axes.axhline(float(dense[column].iloc[0]), color="black", linestyle=":", linewidth=1, label="dense")
+        axes.set(xlabel="weight bytes per decode step / dense (predictor and gate included)", ylabel=label,
+                 title=f"{label} vs bytes read")
+        if log:
+            axes.set_yscale("log")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=6)
+
+
 def draw_curves(table: pd.DataFrame, out: Path) -> list[Path]:
     """One PNG per curve the table has data for, in `out`."""
     out.mkdir(parents=True, exist_ok=True)
@@ -100,6 +127,12 @@ def draw_curves(table: pd.DataFrame, out: Path) -> list[Path]:
             plot_curve(table, name, figure.subplots())
             figure.savefig(out / f"{name}.png", dpi=120)
             written.append(out / f"{name}.png")
+    at_bytes = bytes_points(table)
+    if not at_bytes.empty and at_bytes["bytes_fraction"].nunique() > 1:
+        figure = Figure(figsize=(11, 4.5), layout="tight")
+        plot_quality_vs_bytes(at_bytes, figure)
+        figure.savefig(out / "quality_vs_bytes.png", dpi=120)
+        written.append(out / "quality_vs_bytes.png")
     points = quality_latency_points(table)
     if not points.empty:
         figure = Figure(figsize=(10, 4.5), layout="tight")

@@ -17,6 +17,7 @@ import pandas as pd
 from shadow_sweep.results import (JOB_STAGE, QUALITY_FIELDS, RESULTS_NAME, ResultsFile, latency_mode,
                                         point_id)
 
+BYTES_COLUMNS = ("bytes_fraction", "bytes_fraction_p05", "bytes_fraction_p95")  # selectors.accounting
 DESIGN = ("model", "ranking", "job_update", "job_prefill", "target_norm", "shots", "calibration_examples_per_task")
 
 
@@ -41,12 +42,13 @@ def load_rows(paths: Iterable[str | Path]) -> pd.DataFrame:
 
 
 def line_labels(frame: pd.DataFrame) -> pd.Series:
-    """predictor x criterion (dense: "dense"), plus the design fields that vary."""
+    """predictor x criterion (dense, and selectors that use no criterion: the predictor alone),
+    plus the design fields that vary."""
     varying = [c for c in DESIGN if c in frame and frame[c].nunique(dropna=True) > 1]
 
     def label(row) -> str:
-        if row["predictor"] == "dense":
-            base = "dense"
+        if row["predictor"] == "dense" or row.get("uses_criterion") is False:
+            base = str(row["predictor"])
         else:
             base = f"{row['predictor']} x {row['criterion']}"
         extra = [f"{c}={row[c]}" for c in varying if c == "model" or row["predictor"] != "dense"]
@@ -59,13 +61,15 @@ Z95 = 1.959964  # normal quantile of a two-sided 95% interval
 
 
 def point_identity(frame: pd.DataFrame) -> pd.Series:
-    """What makes two rows the same line up to seeds: the config without seeds and levels
-    (`config_key`); for a dense evaluation its evaluation entry (named by `outcomes`): every job
-    of a sweep measures the same dense point whatever its criterion or predictor; dense latency
-    rows are one line."""
+    """What makes two rows the same line up to seeds: an evaluation row's `line_key` (its point's
+    cache key without level and seeds: every job of a sweep measures the same dense or
+    training-free point whatever its criterion or predictor), else the config without seeds and
+    levels (`config_key`); dense latency rows are one line."""
     identity = frame.get("config_key", pd.Series(None, index=frame.index))
     dense = frame["predictor"] == "dense"
-    identity = identity.where(~dense, frame["outcomes"] if "outcomes" in frame else "dense")
+    identity = identity.where(~dense, frame["outcomes"] if "outcomes" in frame else "dense")  # rows before line_key
+    if "line_key" in frame:
+        identity = frame["line_key"].where(frame["line_key"].notna(), identity)
     return identity.where(~(dense & (frame["stage"] == "bench")), "dense").fillna("")
 
 
@@ -88,10 +92,13 @@ def _evaluation(frame: pd.DataFrame) -> pd.DataFrame:
         evaluated = evaluated[evaluated["outcomes"].isna() | ~evaluated.duplicated(["line", "outcomes"])]
     metrics = [c for c in evaluated.columns if c.startswith("acc/")] + \
         [c for c in ("acc_mean", "acc_mean_stderr", "word_perplexity", "token_perplexity", "token_perplexity_low",
-                     "token_perplexity_high") if c in evaluated]
+                     "token_perplexity_high", *BYTES_COLUMNS) if c in evaluated] + \
+        [c for c in evaluated.columns if c.startswith("kept/")]
     groups = evaluated.groupby(["line", "sparsity", "update"])
     table = groups[metrics].mean()
     table["seeds"] = groups.size()
+    if "deployable" in evaluated:
+        table["deployable"] = groups["deployable"].agg(lambda v: bool(v.fillna(True).all()))
     if "acc_mean" in table:
         table["acc_mean_seed_sd"] = groups["acc_mean"].std()
         table["acc_mean_ci95"] = Z95 * table.pop("acc_mean_stderr")
