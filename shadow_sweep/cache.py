@@ -47,7 +47,8 @@ STAGE_FORMATS: dict[str, StageFormat] = {
     "traces": StageFormat(3, reads=("model", "tasks"), libraries=("torch", "transformers", "lm_eval")),
     "predictor": StageFormat(4, reads=("traces",), libraries=("torch",)),
     "statistics": StageFormat(1, reads=("model", "tasks"), libraries=("torch", "transformers", "lm_eval")),
-    "evaluation": StageFormat(4, reads=("predictor", "statistics"), libraries=("torch", "transformers", "lm_eval")),
+    "allocation": StageFormat(1, reads=("statistics",), libraries=("torch", "transformers")),
+    "evaluation": StageFormat(4, reads=("predictor", "allocation"), libraries=("torch", "transformers", "lm_eval")),
 }
 
 

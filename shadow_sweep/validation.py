@@ -43,6 +43,9 @@ def check_selectors(cfg: AppConfig) -> None:
         at_input = [n for s in selections for n in s.names() if selector_class(n).spec.point == Point.input]
         require(bool(at_input), "sparsity.allocation", "greedy",
                  "uniform, or greedy with a selector at a linear's input (teal, wina)")
+        require(cfg.sparsity.head_level is None and cfg.sparsity.neuron_level is None, "sparsity.head_level/neuron_level",
+                (cfg.sparsity.head_level, cfg.sparsity.neuron_level),
+                "null with sparsity.allocation=greedy (it spreads sparsity.level over a layer's inputs)")
     for name in cfg.bench.predictors:
         require(name in decode_selectors(), "bench.predictors", name,
                  f"selectors the decode path runs: {decode_selectors()}")

@@ -31,6 +31,8 @@ STAGE_CODE = {
     "traces": ["traces/*.py", "criteria/*.py", "data/calibration.py", "data/requests.py", "data/wikitext.py"],
     "predictor": ["predictors/*.py"],
     "statistics": ["selectors/statistics.py", "selectors/stage.py", "data/calibration.py", "data/requests.py"],
+    "allocation": ["selectors/allocation.py", "selectors/stage.py", "selectors/teal.py", "selectors/wina.py",
+                   "models/masks.py"],
     "evaluation": ["evaluation/*.py", "data/requests.py", "models/masks.py", "sparsity/*.py", "predictors/*.py",
                    "selectors/*.py", "decode/*.py", "data/wikitext.py", "statistics.py"],
 }
@@ -77,7 +79,7 @@ def test_a_version_bump_misses_the_stage_and_everything_downstream(monkeypatch):
     after = {stage: cache_key(stage, fields) for stage in STAGE_FORMATS}
     changed = {stage for stage in STAGE_FORMATS if before[stage] != after[stage]}
     assert changed == {"traces", "predictor", "evaluation"}
-    assert lineage("evaluation") == ["evaluation", "predictor", "traces", "model", "tasks", "statistics"]
+    assert lineage("evaluation") == ["evaluation", "predictor", "traces", "model", "tasks", "allocation", "statistics"]
 
 
 def test_library_versions_are_in_the_keys_of_the_stages_they_change(monkeypatch):
@@ -90,7 +92,7 @@ def test_library_versions_are_in_the_keys_of_the_stages_they_change(monkeypatch)
 
     monkeypatch.setattr(cache, "library_versions", lm_eval_upgraded)
     changed = {stage for stage in STAGE_FORMATS if cache_key(stage, fields) != before[stage]}
-    assert changed == {"tasks", "traces", "predictor", "statistics", "evaluation"}
+    assert changed == {"tasks", "traces", "predictor", "statistics", "allocation", "evaluation"}
 
 
 def test_kernel_builds_are_kept_apart_per_cpu_feature_set(tmp_path):

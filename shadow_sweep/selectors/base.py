@@ -113,7 +113,7 @@ class PointContext:
     inputs: Optional[ForwardInputs] = None  # the current forward's
     network_calls: int = 0
     paused: bool = False  # set while an extra forward runs unmasked (the oracle's scoring pass)
-    levels: dict = field(default_factory=dict)  # Slot -> [L] levels, where an allocation sets them
+    levels: dict = field(default_factory=dict)  # selector name -> {Slot: [L] levels}, from an allocation
 
     @contextmanager
     def unmasked(self):
@@ -148,6 +148,11 @@ class Selector:
     def check(cls, cfg: AppConfig) -> None:
         """Selector-specific rules on `cfg` (ConfigError naming the field); the declared ones
         (update, rule, layer 0) are checked by validation for every selector."""
+
+    @classmethod
+    def allocates(cls, cfg: AppConfig) -> bool:
+        """Its levels per layer and input come from an allocation search (selectors.allocation)."""
+        return False
 
     @classmethod
     def key_fields(cls, cfg: AppConfig) -> dict:

@@ -32,19 +32,21 @@ class TealSelector(Selector):
         self.first = policy.heads.first_pooled_layer
         block_level = {Block.attention: policy.heads.level, Block.mlp: policy.neurons.level}
         layers = self.shape.num_layers
-        self.levels = {slot: point.levels.get(slot, torch.full((layers,), block_level[block]))
+        allocated = point.levels.get(self.spec.name, {})  # Slot -> [L], from an allocation
+        self.levels = {slot: allocated.get(slot, torch.full((layers,), block_level[block]))
                        for block in blocks for slot in BLOCK_SLOTS[block]}
-        self.thresholds = {}
-        if self.rule == SelectionRule.threshold:
-            stats = point.statistics
-            self.thresholds = {slot: [stats.threshold(self.score, slot, layer, float(levels[layer]))
-                                      for layer in range(layers)] for slot, levels in self.levels.items()}
+        self.thresholds = {slot: [self.threshold(slot, layer, float(levels[layer])) for layer in range(layers)]
+                           for slot, levels in self.levels.items()}
 
     @classmethod
     def needs(cls, cfg: AppConfig) -> frozenset:
         rule = cfg.sparsity.rule or cls.spec.rules[0]
         calibrated = rule == SelectionRule.threshold or cfg.sparsity.allocation == Allocation.greedy
         return frozenset({Need.statistics}) if calibrated else frozenset()
+
+    @classmethod
+    def allocates(cls, cfg: AppConfig) -> bool:
+        return cfg.sparsity.allocation == Allocation.greedy
 
     @property
     def ranking_rule(self) -> str:
@@ -57,14 +59,22 @@ class TealSelector(Selector):
         """x [B, T, U] -> the score of each entry, [B, T, U]."""
         return x.float().abs()
 
+    def threshold(self, slot: Slot, layer: int, level: float) -> Optional[float]:
+        """The calibrated threshold of `level` (None under rule top_k)."""
+        if self.rule != SelectionRule.threshold:
+            return None
+        return self.point.statistics.threshold(self.score, slot, layer, level)
+
+    def mask(self, slot: Slot, layer: int, x: torch.Tensor, level: float, threshold: Optional[float]) -> torch.Tensor:
+        """The keep mask [B, T, U] of input x [B, T, U] at `level` (its `threshold` under rule
+        threshold, else each token's top round((1 - level) U))."""
+        scores = self.scores(slot, layer, x)
+        if threshold is not None:
+            return (scores > threshold).float()
+        return top_k_mask(scores, keep_count(level, scores.shape[-1]))
+
     def read(self, where: Reads, layer: int, x: torch.Tensor) -> None:
         slot = Slot(where.value)
         level = float(self.levels[slot][layer])
-        if level == 0.0:
-            return
-        scores = self.scores(slot, layer, x)
-        if self.rule == SelectionRule.threshold:
-            mask = (scores > self.thresholds[slot][layer]).float()
-        else:
-            mask = top_k_mask(scores, keep_count(level, scores.shape[-1]))
-        self.set_slot(slot, layer, mask)
+        if level > 0.0:
+            self.set_slot(slot, layer, self.mask(slot, layer, x, level, self.thresholds[slot][layer]))

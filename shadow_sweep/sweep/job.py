@@ -25,9 +25,9 @@ from shadow_sweep.models.loading import check_model_files, load_model
 from shadow_sweep.results import (JOB_STAGE, QUALITY_FIELDS, RESULTS_NAME, ResultsFile, comparison_keys,
                                   finished_row, job_key, point_id, point_ids)
 from shadow_sweep.selectors.base import Need
-from shadow_sweep.selectors.registry import PointSelection, baseline_selections, job_selection
+from shadow_sweep.selectors.registry import PointSelection, baseline_selections, job_selection, selector_class
 from shadow_sweep.sweep.points import cached_point, evaluation_points, levels, needs_of, point_row, policy_at
-from shadow_sweep.sweep.stages import bench_rows, fit_stage, statistics_stage, trace_stage
+from shadow_sweep.sweep.stages import allocation_stage, bench_rows, fit_stage, statistics_stage, trace_stage
 from shadow_sweep.sweep.tracking import Tracker, open_tracker
 from shadow_sweep.validation import validate
 
@@ -143,12 +143,17 @@ class Job:
             self.summary.update(statistics_cache_hit=report["cache_hit"], statistics_seconds=report["seconds"],
                                 statistics_tokens=report["tokens"])
             print(f"calibration statistics: {report['tokens']} tokens (cache hit: {report['cache_hit']})")
+        paths = {}
+        for name in [name for name in needs if selector_class(name).allocates(cfg)]:
+            paths[name], report = allocation_stage(cfg, loaded, cache, name, statistics)
+            self.summary.update({f"allocation_{name}_cache_hit": report["cache_hit"],
+                                 f"allocation_{name}_seconds": report["seconds"]})
         if cfg.stages.accuracy or cfg.stages.perplexity:
             tasks = []
             if cfg.stages.accuracy:
                 named = [self.task_sources.get(name, name) for name in cfg.eval.tasks]
                 tasks = build_tasks(named, cfg.paths.data_root, rule, cache, cfg.eval.include_path)
-            for point in evaluation_points(cfg, selections, fitted, statistics):
+            for point in evaluation_points(cfg, selections, fitted, statistics, paths):
                 if point_id(point_row(cfg, point)) not in measured:
                     row, outcomes = cached_point(cfg, loaded, point, tasks, documents, statistics, cache)
                     self.record([{**row, "outcomes": self.results.keep_outcomes(outcomes)}])

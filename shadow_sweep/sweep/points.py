@@ -26,7 +26,7 @@ from shadow_sweep.predictors.stage import predictor_key
 from shadow_sweep.selectors.base import Need
 from shadow_sweep.selectors.registry import DENSE, PointSelection, selector_class
 from shadow_sweep.selectors.runtime import SelectionRuntime
-from shadow_sweep.selectors.stage import statistics_key
+from shadow_sweep.selectors.stage import allocation_key, statistics_key
 from shadow_sweep.selectors.statistics import CalibrationStatistics
 from shadow_sweep.sparsity.policy import SparsityPolicy
 from shadow_sweep.traces.stage import model_identity
@@ -54,12 +54,16 @@ class EvaluationPoint:
     selection: PointSelection
     level: float
     fitted: dict[str, FittedPredictor] = field(default_factory=dict)  # the fits of its selectors that need one
+    levels: dict = field(default_factory=dict)  # selector name -> {Slot: [L]} levels, from an allocation
 
 
 def evaluation_points(cfg: AppConfig, selections: list[PointSelection], fitted: dict[str, FittedPredictor],
-                      statistics: Optional[CalibrationStatistics]) -> list[EvaluationPoint]:
-    """Dense (sparsity 0, unless eval.dense_baseline=false), then every selection at every level;
-    a selection whose needs are not met (a stage switched off) is left out."""
+                      statistics: Optional[CalibrationStatistics], paths: Optional[dict] = None
+                      ) -> list[EvaluationPoint]:
+    """Dense (sparsity 0, unless eval.dense_baseline=false), then every selection at every level
+    (`paths`: the allocation of each selector that allocates, by name); a selection whose needs
+    are not met (a stage switched off) is left out."""
+    paths = paths or {}
     points = [EvaluationPoint(DENSE, 0.0)] if cfg.eval.dense_baseline or all(s.dense for s in selections) else []
     for selection in selections:
         if selection.dense:
@@ -72,7 +76,9 @@ def evaluation_points(cfg: AppConfig, selections: list[PointSelection], fitted: 
             print(f"point {selection.label}: left out (its selectors need calibration statistics)")
             continue
         own = {name: fitted[name] for name in selection.names() if name in fitted}
-        points += [EvaluationPoint(selection, level, own) for level in levels(cfg)]
+        allocated = [name for name in selection.names() if name in paths]
+        points += [EvaluationPoint(selection, level, own, {name: paths[name].levels_at(level) for name in allocated})
+                   for level in levels(cfg)]
     return points
 
 
@@ -118,6 +124,8 @@ def point_key(cfg: AppConfig, point: EvaluationPoint) -> dict:
             own.update(fitted=predictor_key(cfg, name), checkpoint=cfg.predictor.checkpoint)
         if Need.statistics in needs:
             own["statistics"] = statistics_key(cfg)
+        if selector_class(name).allocates(cfg):
+            own["allocation"] = allocation_key(cfg, name)
         key[f"selector/{name}"] = own
     return key
 
@@ -155,7 +163,7 @@ def evaluate_point(cfg: AppConfig, loaded: LoadedModel, point: EvaluationPoint, 
     criterion = (get_criterion(cfg.criterion.name.value), cfg.criterion)
     runtime = SelectionRuntime(loaded, point.selection, policy_at(cfg, point.level, loaded), point.fitted,
                                sparsity.update, cfg.predictor.seed, criterion, statistics, sparsity.rule,
-                               dense_positions=sparsity.dense_positions)
+                               point.levels, sparsity.dense_positions)
     row = {**point_row(cfg, point), "ranking_rule": runtime.ranking_rule}
     accuracy = ppl = None
     with runtime:

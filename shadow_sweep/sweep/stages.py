@@ -16,7 +16,8 @@ from shadow_sweep.predictors.cost import predictor_cost
 from shadow_sweep.predictors.fit import FittedPredictor, predictor_quality, validation_targets
 from shadow_sweep.predictors.stage import predictor_for, training_data
 from shadow_sweep.selectors.registry import decode_selectors, job_selection, selector_class
-from shadow_sweep.selectors.stage import statistics_for
+from shadow_sweep.selectors.allocation import GreedyPath
+from shadow_sweep.selectors.stage import allocation_for, statistics_for
 from shadow_sweep.selectors.statistics import CalibrationStatistics
 from shadow_sweep.sparsity.topk import keep_count
 from shadow_sweep.sweep.points import levels, policy_at
@@ -66,6 +67,13 @@ def statistics_stage(cfg: AppConfig, loaded: LoadedModel, cache: StageCache) -> 
     (statistics, folder), built = cache.built("statistics", lambda: statistics_for(cfg, loaded, cache))
     return statistics, {"folder": str(folder), "cache_hit": not built, "tokens": statistics.tokens,
                         "seconds": time.perf_counter() - started}
+
+
+def allocation_stage(cfg: AppConfig, loaded: LoadedModel, cache: StageCache, name: str,
+                     statistics: CalibrationStatistics) -> tuple[GreedyPath, dict]:
+    started = time.perf_counter()
+    path, built = cache.built("allocation", lambda: allocation_for(cfg, loaded, cache, name, statistics))
+    return path, {"cache_hit": not built, "seconds": time.perf_counter() - started}
 
 
 def bench_rows(cfg: AppConfig, loaded: LoadedModel, fitted: dict[str, FittedPredictor]) -> list[dict]:

@@ -1,0 +1,141 @@
+"""TEAL's greedy allocation of levels (`sparsity.allocation=greedy`, teal/greedyopt.py): per layer,
+the same share of weight bytes skipped as the uniform level, spread over the layer's inputs so
+that the layer's output moves least.
+
+Per layer l, on the calibration tokens' dense layer inputs (one captured call of the decoder
+layer, replayed alone): start with every input at level 0; each step raises the level of one
+input s by STEP * W / w_s, where w_s is the weight entries that read it (q/k/v: (H + 2 KV) d D;
+o: D H d; gate/up: 2 I D, or I D without a gate; down: D I) and W their sum, so the layer's
+byte-weighted level sum_s w_s level_s / W rises by STEP; the input chosen is the one whose
+raise gives the smallest squared error of the layer's output against its dense output. The
+path is recorded up to MAX_TARGET once per model, calibration set, selector and rule (the stage
+`allocation`), and any target is read off it (`levels_at`). Inputs are capped at CAP.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from shadow_sweep.data.calibration import EncodedExample
+from shadow_sweep.models.masks import LinearInputMasks, Slot
+from shadow_sweep.selectors.base import BLOCK_SLOTS
+from shadow_sweep.selectors.teal import TealSelector
+from shadow_sweep.selectors.traffic import LinearSizes
+
+STEP = 0.025  # the byte-weighted level added per step: 0.3, 0.4, 0.5, 0.7 are steps of it
+MAX_TARGET = 0.9
+CAP = 0.98
+TOKENS = 2048  # calibration tokens the layer errors are measured on
+
+
+def slot_weights(sizes: LinearSizes) -> dict[Slot, int]:
+    """Weight entries reading each input of a layer."""
+    s = sizes
+    up_rows = (2 if s.gated else 1) * s.neurons
+    return {Slot.attention_input: (s.heads + 2 * s.kv_heads) * s.head_dim * s.hidden,
+            Slot.head_context: s.hidden * s.heads * s.head_dim, Slot.mlp_input: up_rows * s.hidden,
+            Slot.neuron_activation: s.hidden * s.neurons}
+
+
+@dataclass
+class GreedyPath:
+    slots: list[Slot]
+    weighted: torch.Tensor  # [L, steps + 1] byte-weighted level after each step (0 first)
+    levels: torch.Tensor  # [L, steps + 1, slots] each input's level there
+
+    def levels_at(self, target: float) -> dict[Slot, torch.Tensor]:
+        """Each input's level [L] at the first step reaching `target` (layers the search skipped:
+        the target itself)."""
+        reached = (self.weighted >= target - 1e-6).float().argmax(1)  # [L]
+        chosen = self.levels[torch.arange(len(reached)), reached]  # [L, slots]
+        searched = self.weighted[:, -1] > 0
+        chosen = torch.where(searched[:, None], chosen, torch.full_like(chosen, target))
+        return {slot: chosen[:, i] for i, slot in enumerate(self.slots)}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"weighted": self.weighted, "levels": self.levels}
+
+
+def _captured_calls(loaded, encoded: list[EncodedExample]) -> tuple[list, torch.Tensor]:
+    """A dense forward over up to TOKENS calibration tokens, right-padded: each decoder layer's
+    (args, kwargs, output) and the real tokens [B, T]."""
+    rows, total = [], 0
+    for example in encoded:
+        if total >= TOKENS:
+            break
+        rows.append(example.input_ids[:TOKENS - total])
+        total += len(rows[-1])
+    length = max(len(r) for r in rows)
+    ids = torch.full((len(rows), length), loaded.tokenizer.pad_token_id, dtype=torch.long)
+    valid = torch.zeros_like(ids, dtype=torch.bool)
+    for r, row in enumerate(rows):
+        ids[r, :len(row)] = torch.tensor(row)
+        valid[r, :len(row)] = True
+    calls = []
+    layers = loaded.adapter.decoder_layers(loaded.model)
+    handles = [layer.register_forward_hook(lambda _m, args, kwargs, out: calls.append((args, kwargs, out)),
+                                           with_kwargs=True) for layer in layers]
+    try:
+        with torch.no_grad():
+            loaded.model(input_ids=ids.to(loaded.device), attention_mask=valid.long().to(loaded.device),
+                         use_cache=False, logits_to_keep=1)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls, valid.to(loaded.device)
+
+
+def _output(out) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple) else out
+
+
+@torch.no_grad()
+def greedy_path(selector: TealSelector, encoded: list[EncodedExample], progress: bool = True) -> GreedyPath:
+    """The greedy path of every layer the selector selects (its rule and score; see the module
+    docstring)."""
+    loaded = selector.point.loaded
+    shape = loaded.shape
+    slots = [slot for block in selector.blocks for slot in BLOCK_SLOTS[block]]
+    weights = slot_weights(LinearSizes.of(loaded.model, loaded.adapter, shape))
+    weight = torch.tensor([float(weights[slot]) for slot in slots])
+    raise_by = STEP * weight.sum() / weight  # each input's level raise of one step
+    steps = round(MAX_TARGET / STEP)
+    calls, valid = _captured_calls(loaded, encoded)
+    layers = loaded.adapter.decoder_layers(loaded.model)
+    weighted = torch.zeros(shape.num_layers, steps + 1)
+    levels = torch.zeros(shape.num_layers, steps + 1, len(slots))
+    masks = LinearInputMasks(loaded.model, loaded.adapter, shape)
+    trial = {}
+
+    def reader(slot: Slot):
+        def read(layer: int, x: torch.Tensor) -> None:
+            level = trial.get(slot, 0.0)
+            if level > 0.0:
+                masks.slots[slot][layer] = selector.mask(slot, layer, x, level, selector.threshold(slot, layer, level))
+
+        return read
+
+    with masks:
+        for layer in tqdm(range(selector.first, shape.num_layers), desc="greedy allocation", disable=not progress):
+            args, kwargs, dense = calls[layer]
+            target = _output(dense)
+            masks.readers = {(slot, layer): [reader(slot)] for slot in slots}
+            current = torch.zeros(len(slots))
+            for step in range(1, steps + 1):
+                errors = torch.full((len(slots),), float("inf"))
+                for i, slot in enumerate(slots):
+                    if current[i] >= CAP:
+                        continue
+                    candidate = current.clone()
+                    candidate[i] = min(CAP, float(current[i] + raise_by[i]))
+                    trial = dict(zip(slots, candidate.tolist()))
+                    masks.clear()
+                    masks.dense_tokens = torch.zeros_like(valid)
+                    out = _output(layers[layer](*args, **kwargs))
+                    errors[i] = float(((out - target).float().pow(2).sum(-1) * valid).sum())
+                best = int(errors.argmin())
+                current[best] = min(CAP, float(current[best] + raise_by[best]))
+                levels[layer, step] = current
+                weighted[layer, step] = float((current * weight).sum() / weight.sum())
+    return GreedyPath(slots, weighted, levels)
