@@ -1,6 +1,7 @@
 """Predictor checkpoints: safetensors weights plus a JSON description checked on load."""
 
 import json
+from typing import Optional
 from dataclasses import asdict
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def save_predictor(fitted: FittedPredictor, folder: Path, model: str, shape: Mod
 
 
 def load_predictor(folder: Path, model: str, shape: ModelShape, criterion: str,
-                   update: str = "per_token", kind: str = None) -> FittedPredictor:
+                   update: str = "per_token", kind: Optional[str] = None) -> FittedPredictor:
     """A saved predictor, after checking it was trained for this model (name and shape),
     criterion, update policy and selector (`kind`, when given): a mismatch is an error naming
     both sides."""

@@ -49,7 +49,9 @@ class OracleSelector(AheadSelector):
         if self.per_token:
             return
         ids = inputs.ids
-        valid = inputs.attention_mask.bool() if inputs.attention_mask is not None else torch.ones_like(ids, dtype=torch.bool)
+        valid = torch.ones_like(ids, dtype=torch.bool)
+        if inputs.attention_mask is not None:
+            valid = inputs.attention_mask.bool()
         criterion, cfg = self.point.criterion
         with self.point.unmasked():
             scores = score_inputs(self.point.loaded, criterion, cfg, ids, valid)

@@ -7,6 +7,7 @@ A point's label is the selector's name, or `<heads>+<neurons>` when the blocks w
 """
 
 from dataclasses import dataclass
+from typing import Optional
 
 from shadow_sweep.config import AppConfig, ConfigError
 from shadow_sweep.selectors.base import Block, Point, Selector, SelectorSpec
@@ -78,7 +79,7 @@ class PointSelection:
 DENSE = PointSelection("dense", "dense", "dense")
 
 
-def selection_of(name: str, heads: str = None, neurons: str = None) -> PointSelection:
+def selection_of(name: str, heads: Optional[str] = None, neurons: Optional[str] = None) -> PointSelection:
     """The selection that `predictor.name` = name (and the block overrides) makes."""
     blocks = selector_class(name).spec.blocks
     chosen_heads = heads or (name if Block.attention in blocks else "dense")
@@ -86,8 +87,9 @@ def selection_of(name: str, heads: str = None, neurons: str = None) -> PointSele
     for field_name, chosen, block in (("predictor.heads", chosen_heads, Block.attention),
                                       ("predictor.neurons", chosen_neurons, Block.mlp)):
         if block not in selector_class(chosen, field_name).spec.blocks:
+            serving = sorted(n for n, c in SELECTORS.items() if block in c.spec.blocks)
             raise ConfigError(f"{field_name}={chosen!r} is not allowed: it selects no {block.value} units "
-                              f"(selectors of that block: {sorted(n for n, c in SELECTORS.items() if block in c.spec.blocks)})")
+                              f"(selectors of that block: {serving})")
     if heads is None and neurons is None:
         return PointSelection(chosen_heads, chosen_neurons, name)
     label = chosen_heads if chosen_heads == chosen_neurons else f"{chosen_heads}+{chosen_neurons}"
@@ -108,7 +110,8 @@ def baseline_selections(cfg: AppConfig) -> list[PointSelection]:
         if (baseline.heads, baseline.neurons) == (own.heads, own.neurons) or baseline.dense:
             continue
         if any(cfg.sparsity.update not in spec(n).updates for n in baseline.names()):
-            print(f"eval.baseline_selectors: {name} left out (it serves no sparsity.update={cfg.sparsity.update.value})")
+            update = cfg.sparsity.update.value
+            print(f"eval.baseline_selectors: {name} left out (it serves no sparsity.update={update})")
             continue
         chosen.append(baseline)
     return chosen

@@ -38,7 +38,8 @@ def statistics_key(cfg: AppConfig) -> dict:
 def allocation_key(cfg: AppConfig, name: str) -> dict:
     """The greedy path of selector `name`: its statistics, rule, blocks' first layer and the
     search's constants."""
-    return {"statistics": statistics_key(cfg), "selector": name, "rule": (cfg.sparsity.rule or spec(name).rules[0]).value,
+    rule = cfg.sparsity.rule or spec(name).rules[0]
+    return {"statistics": statistics_key(cfg), "selector": name, "rule": rule.value,
             "first_layer_dense": cfg.sparsity.keep_first_layer_dense,
             "search": {"step": STEP, "max_target": MAX_TARGET, "cap": CAP, "tokens": TOKENS}}
 

@@ -65,7 +65,8 @@ def runtime_for(loaded: LoadedModel, name: str, traces: Optional[TraceBatch] = N
         sparsity["rule"] = SelectionRule(sparsity["rule"])
     cfg = SparsityConfig(level=level, ranking=Ranking[ranking], update=update, **sparsity)
     policy = SparsityPolicy(cfg, loaded.shape)
-    return SelectionRuntime(loaded, selection, policy, fits, update, seed, (get_criterion(criterion), CriterionConfig()),
+    oracle = (get_criterion(criterion), CriterionConfig())
+    return SelectionRuntime(loaded, selection, policy, fits, update, seed, oracle,
                             statistics, cfg.rule, dense_positions=cfg.dense_positions)
 
 

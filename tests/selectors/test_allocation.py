@@ -24,8 +24,8 @@ def searched(tmp_path_factory):
     loaded = load_tiny("tiny-llama", StageCache(tmp_path_factory.mktemp("cache")))
     statistics = tiny_statistics(loaded, sequences=32, length=32)
     policy = SparsityPolicy(SparsityConfig(level=0.5, ranking=Ranking.per_layer), loaded.shape)
-    point = PointContext(loaded, policy, policy.cfg.update, LinearInputMasks(loaded.model, loaded.adapter, loaded.shape),
-                         statistics=statistics)
+    masks = LinearInputMasks(loaded.model, loaded.adapter, loaded.shape)
+    point = PointContext(loaded, policy, policy.cfg.update, masks, statistics=statistics)
     selector = TealSelector(point, TealSelector.spec.blocks)
     g = torch.Generator().manual_seed(21)
     encoded = [EncodedExample(torch.randint(3, 300, (32,), generator=g).tolist(), 1) for _ in range(6)]

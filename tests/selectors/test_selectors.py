@@ -57,6 +57,11 @@ def linears(loaded, layer: int) -> dict[str, list]:
             "head_context": [attention.out_proj], "mlp_input": [block.fc1], "neuron_activation": [block.fc2]}
 
 
+def top_k(scores: torch.Tensor, width: int) -> torch.Tensor:
+    """Each token's (row of `width` entries) top round((1 - LEVEL) width) entries."""
+    return top_k_mask(scores.view(-1, width), keep_count(LEVEL, width)).view(scores.shape).bool()
+
+
 def zero_below(score_of, keep):
     """A pre-hook zeroing the entries of a linear's input that `keep(score)` drops."""
     def hook(_module, args):
@@ -80,7 +85,7 @@ def test_input_selectors_equal_every_linear_zeroing_its_own_input(model, name, r
             if rule == "threshold":
                 keep = lambda s, t=threshold: s > t  # noqa: E731
             else:
-                keep = lambda s, w=width: top_k_mask(s.view(-1, w), keep_count(LEVEL, w)).view(s.shape).bool()  # noqa: E731
+                keep = lambda s, w=width: top_k(s, w)  # noqa: E731
             for module in modules:
                 hooks.append((module, "pre", zero_below(lambda x, n=norm: x.abs() * n, keep)))
     ids = tokens()
@@ -99,8 +104,7 @@ def test_cats_keeps_the_neurons_of_the_largest_gate_activations(model, rule):
         block = loaded.adapter.decoder_layers(loaded.model)[layer]
         threshold = statistics.threshold("gate", Slot.neuron_activation, layer, LEVEL)
         width = loaded.shape.num_neurons
-        keep = (lambda s, t=threshold: s > t) if rule == "threshold" else \
-            (lambda s, w=width: top_k_mask(s.view(-1, w), keep_count(LEVEL, w)).view(s.shape).bool())
+        keep = (lambda s, t=threshold: s > t) if rule == "threshold" else (lambda s, w=width: top_k(s, w))
         if hasattr(block, "mlp"):  # gated: the gate's activation, computed by hand from its output
             chosen = {}
             hooks.append((block.mlp.gate_proj, "post",
