@@ -35,12 +35,15 @@ COMPARISON_AXES = {"predictor": ("predictor", ("name", "heads", "neurons")), "cr
 CONTEXT_FIELDS = ("job_key", "config_key", *(f"pair_key/{axis}" for axis in COMPARISON_AXES),
                   "sweep_id", "job", "model", "criterion", "job_predictor", "ranking", "job_update",
                   "job_prefill", "target_norm", "shots", "calibration_examples_per_task", "calibration_seed",
-                  "predictor_seed")
+                  "predictor_seed", "predictor_width", "predictor_bottleneck", "rule", "allocation", "dense_positions")
 SELECTION_FIELDS = ("selected_tokens", "weight_bytes_per_token", "fixed_bytes_per_token", "predictor_bytes_per_token",
                     "bytes_per_token", "dense_bytes_per_token", "bytes_fraction", "bytes_fraction_p05",
                     "bytes_fraction_p95", *(f"{stat}/{slot}" for stat in ("kept", "kept_p05", "kept_p95")
                                             for slot in ("attention_input", "head_context", "mlp_input",
                                                          "neuron_activation")))  # selectors.accounting
+# Design fields added after results files existed: a row without one was made by the default.
+LATER_DESIGN_DEFAULTS = {"rule": "default", "allocation": "uniform", "dense_positions": 0}
+
 ROW_FIELDS = {
     "evaluate": ("stage", "predictor", "heads_selector", "neurons_selector", "heads_point", "neurons_point",
                  "deployable", "uses_criterion", "sparsity", "update", "prefill", "ranking_rule", "eval_seconds",

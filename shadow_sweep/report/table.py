@@ -14,11 +14,12 @@ from typing import Iterable
 
 import pandas as pd
 
-from shadow_sweep.results import (JOB_STAGE, QUALITY_FIELDS, RESULTS_NAME, ResultsFile, latency_mode,
-                                        point_id)
+from shadow_sweep.results import (JOB_STAGE, LATER_DESIGN_DEFAULTS, QUALITY_FIELDS, RESULTS_NAME, ResultsFile,
+                                  latency_mode, point_id)
 
 BYTES_COLUMNS = ("bytes_fraction", "bytes_fraction_p05", "bytes_fraction_p95")  # selectors.accounting
-DESIGN = ("model", "ranking", "job_update", "job_prefill", "target_norm", "shots", "calibration_examples_per_task")
+DESIGN = ("model", "ranking", "job_update", "job_prefill", "target_norm", "shots", "calibration_examples_per_task",
+          "predictor_width", "predictor_bottleneck", "rule", "allocation", "dense_positions")
 
 
 def results_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -37,6 +38,8 @@ def load_rows(paths: Iterable[str | Path]) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     if frame.empty:
         raise ValueError(f"the results files under {list(paths)} hold no rows")
+    for name, default in LATER_DESIGN_DEFAULTS.items():  # rows from before the field existed
+        frame[name] = frame[name].fillna(default) if name in frame else default
     frame["point"] = [point_id(r) + ("" if r.get("stage") != JOB_STAGE else f":{r.get('status')}") for r in rows]
     return frame.drop_duplicates(subset=["job_key", "point"], keep="last").reset_index(drop=True)
 

@@ -53,7 +53,11 @@ def design_fields(cfg: AppConfig) -> dict:
             "ranking": cfg.sparsity.ranking.value, "job_update": cfg.sparsity.update.value,
             "job_prefill": cfg.sparsity.prefill.value, "target_norm": cfg.predictor.target_norm.value,
             "shots": cfg.calibration.shots, "calibration_examples_per_task": cfg.calibration.examples_per_task,
-            "calibration_seed": cfg.calibration.seed, "predictor_seed": cfg.predictor.seed, **comparison_keys(cfg)}
+            "calibration_seed": cfg.calibration.seed, "predictor_seed": cfg.predictor.seed,
+            "predictor_width": cfg.predictor.width, "predictor_bottleneck": cfg.predictor.bottleneck,
+            "rule": cfg.sparsity.rule.value if cfg.sparsity.rule else "default",
+            "allocation": cfg.sparsity.allocation.value, "dense_positions": cfg.sparsity.dense_positions,
+            **comparison_keys(cfg)}
 
 
 def job_quality(own: PointSelection, reports: dict[str, dict]) -> dict:
