@@ -67,10 +67,14 @@ def test_grid_sweep_computes_each_stage_once_and_records_every_point(grid_sweep)
     assert sum(not j["traces_cache_hit"] for j in jobs) == 2  # one trace set per criterion
     assert sum(not j["predictor_cache_hit"] for j in jobs) == 4  # one fit per criterion x predictor
     evaluated = [r for r in rows if r["stage"] == "evaluate"]
-    assert {(r["criterion"], r["predictor"], r["sparsity"]) for r in evaluated if r["predictor"] != "dense"} == {
+    learned = [r for r in evaluated if r["predictor"] not in ("dense", "teal")]
+    assert {(r["criterion"], r["predictor"], r["sparsity"]) for r in learned} == {
         (c, p, s) for c in ("plainact", "l2_norm") for p in ("shadowllm", "dejavu") for s in (0.3, 0.5)}
     dense = [r for r in evaluated if r["predictor"] == "dense"]
     assert len(dense) == 8 and sum(not r["cache_hit"] for r in dense) == 1  # the baseline is measured once
+    teal = [r for r in evaluated if r["predictor"] == "teal"]  # eval=quick's baseline: once per level
+    assert len(teal) == 8 and sum(not r["cache_hit"] for r in teal) == 2 and not any(r["uses_criterion"] for r in teal)
+    assert sum(not j.get("statistics_cache_hit", True) for j in jobs) == 1  # its statistics: once per sweep
     assert len({r["word_perplexity"] for r in dense}) == 1
     bench = [r for r in rows if r["stage"] == "bench"]
     # the bench times each job's own update policy (per_token by default)
@@ -92,12 +96,14 @@ def test_offline_wandb_runs_hold_the_logged_metrics(grid_sweep):
         assert run["run"].run_group == f"tiny-llama-{criterion}" and run["run"].job_type == predictor
         assert predictor in run["run"].tags and any(t.startswith("sweep:") for t in run["run"].tags)
         assert run["metrics"]["*"] == "sparsity"
-        ours = [r for r in rows if r["job_key"] == job["job_key"] and r["stage"] == "evaluate"]
-        for row in ours:
-            key = f"acc_mean@{row['predictor']}:{row['sparsity']}"
+        points = [r for r in rows if r["job_key"] == job["job_key"] and r["stage"] == "evaluate"]
+        for row in points:
+            prefix = "baseline/teal/" if row["predictor"] == "teal" else ""  # another selection than the job's
+            key = f"{prefix}acc_mean@{row['predictor']}:{row['sparsity']}"
             assert run["summary"][key] == pytest.approx(row["acc_mean"])
-            assert run["summary"][f"word_perplexity@{row['predictor']}:{row['sparsity']}"] == \
+            assert run["summary"][f"{prefix}word_perplexity@{row['predictor']}:{row['sparsity']}"] == \
                 pytest.approx(row["word_perplexity"])
+        ours = [r for r in points if r["predictor"] != "teal"]
         assert run["summary"]["heads_spearman_mean"] == pytest.approx(job["heads_spearman_mean"])
         assert [h["sparsity"] for h in run["history"] if "acc_mean" in h] == [r["sparsity"] for r in ours]
         assert ("model", f"predictor-tiny-llama-{criterion}-{predictor}") in run["artifacts"]
@@ -126,13 +132,14 @@ def test_report_prints_the_table_and_writes_the_curves(grid_sweep, tmp_path):
     import pandas as pd
 
     table = pd.read_csv(tmp_path / "report.csv")
-    assert len(table) == 9 and {"acc/copa", "acc_mean", "acc_mean_ci95", "token_perplexity_low", "seeds",
+    assert len(table) == 11 and {"acc/copa", "acc_mean", "acc_mean_ci95", "token_perplexity_low", "seeds",
                                 "ms_per_token/per_token", "neurons_spearman_mean"} <= set(table)
     assert (table["token_perplexity_low"] <= table["token_perplexity"]).all()
-    # per criterion: shadowllm vs dejavu at 0.3 and 0.5, and each sparse point vs dense
+    # per criterion, at 0.3 and 0.5: shadowllm, dejavu and teal against each other and each against dense
     comparisons = pd.read_csv(tmp_path / "comparisons.csv")
-    assert "12 paired comparisons along predictor" in done.stdout and len(comparisons) == 12
-    assert set(comparisons["b"]) == {"dense", "shadowllm"} and (comparisons["documents"] > 0).all()
+    assert "24 paired comparisons along predictor" in done.stdout and len(comparisons) == 24
+    assert set(comparisons["b"]) == {"dense", "shadowllm", "teal"} and (comparisons["documents"] > 0).all()
+    assert (tmp_path / "quality_vs_bytes.png").stat().st_size > 10_000 and "pairs at matched bytes" in done.stdout
     assert (comparisons["acc_low"] <= comparisons["acc_diff"]).all() and (comparisons["ppl_units"] > 0).all()
 
 
@@ -174,7 +181,7 @@ def test_sweep_killed_mid_way_resumes_without_recomputing(tmp_path, data_root):
     assert all(j["traces_cache_hit"] for j in jobs[len(finished):])
     evaluated = [(r["job_key"], r["predictor"], r["sparsity"]) for r in ResultsFile(sweep_dir / "results.jsonl").rows()
                  if r["stage"] == "evaluate"]
-    assert len(evaluated) == len(set(evaluated)) == 6  # no point measured twice
+    assert len(evaluated) == len(set(evaluated)) == 9  # dense, the job's and TEAL's: no point measured twice
     assert_cache_is_whole(cache)
 
 
