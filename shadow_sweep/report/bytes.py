@@ -32,8 +32,9 @@ def curves(points: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def best_at_bytes(points: pd.DataFrame, step: float = 0.05) -> pd.DataFrame:
-    """At each bytes fraction of a grid (step `step`, within the deployable lines' ranges): the
-    line of lowest interpolated token perplexity and the runner-up (see the module docstring)."""
+    """At each bytes fraction of a grid (step `step`, from the lowest deployable point to below 1,
+    where every line ends at dense): the line of lowest interpolated token perplexity and the
+    runner-up (see the module docstring)."""
     if "token_perplexity" not in points:
         return pd.DataFrame()
     deployable = points if "deployable" not in points else points[points["deployable"].fillna(True).astype(bool)]
@@ -42,7 +43,7 @@ def best_at_bytes(points: pd.DataFrame, step: float = 0.05) -> pd.DataFrame:
     if not lines:
         return pd.DataFrame()
     low = min(float(group["bytes_fraction"].min()) for group in lines.values())
-    grid = np.round(np.arange(np.ceil(low / step) * step, 1.0 + 1e-9, step), 6)
+    grid = np.round(np.arange(np.ceil(low / step) * step, 1.0 - 1e-9, step), 6)  # 1.0: dense, every line
     rows = []
     for fraction in grid:
         values = {}
@@ -56,3 +57,17 @@ def best_at_bytes(points: pd.DataFrame, step: float = 0.05) -> pd.DataFrame:
             row.update(runner_up=ranked[1][0], runner_up_perplexity=ranked[1][1])
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def matched_summary(matched: pd.DataFrame) -> pd.DataFrame:
+    """Pairs at matched bytes (report.compare.matched_bytes_table) counted per pair of lines, a
+    matrix of "better/worse/unresolved": a's points whose log perplexity is below b's at no
+    more bytes (resolved), above (resolved), or neither."""
+    if matched.empty:
+        return pd.DataFrame()
+    resolved = matched["log_ppl_resolved"].fillna(False).astype(bool)
+    outcome = np.where(~resolved, "unresolved", np.where(matched["log_ppl_diff"] < 0, "better", "worse"))
+    counts = matched.assign(outcome=outcome).groupby(["a", "b", "outcome"]).size().unstack(fill_value=0)
+    counts = counts.reindex(columns=["better", "worse", "unresolved"], fill_value=0)
+    cells = counts.apply(lambda r: f"{r.better}/{r.worse}/{r.unresolved}", axis=1)
+    return cells.unstack(fill_value="")

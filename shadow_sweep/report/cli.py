@@ -6,7 +6,7 @@ comparisons.csv, best_at_bytes.csv, matched_bytes.csv and the PNG curves."""
 import argparse
 from pathlib import Path
 
-from shadow_sweep.report.bytes import best_at_bytes, bytes_points
+from shadow_sweep.report.bytes import best_at_bytes, bytes_points, matched_summary
 from shadow_sweep.report.compare import comparison_table, matched_bytes_table
 from shadow_sweep.report.plots import draw_curves
 from shadow_sweep.report.table import load_rows, summary_table
@@ -41,8 +41,10 @@ def main(argv: list[str]) -> None:
         print(best.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     matched = matched_bytes_table(rows, args.seed)
     if len(matched):
-        print(f"\n{len(matched)} pairs at matched bytes (a - b, b reading at least a's bytes fraction - 0.02)")
-        print(matched.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        print(f"\n{len(matched)} pairs at matched bytes (each point of row a against column b's cheapest point "
+              "reading its bytes fraction -0.02..+0.1): better/worse/unresolved in log token perplexity "
+              "(95% paired CI; every pair in matched_bytes.csv)")
+        print(matched_summary(matched).to_string())
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "report.csv", index=False)
     comparisons.to_csv(out / "comparisons.csv", index=False)

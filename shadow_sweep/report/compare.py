@@ -27,7 +27,8 @@ from shadow_sweep.results import COMPARISON_AXES, ResultsFile
 from shadow_sweep.statistics import (PairedDifference, paired_difference, paired_ratio_difference,
                                      two_stage_paired_difference)
 
-BYTES_TOLERANCE = 0.02  # matched-bytes pairs: b reads at least a's bytes fraction less this
+BYTES_TOLERANCE = 0.02  # matched-bytes pairs: b reads at least a's bytes fraction less this,
+BYTES_WINDOW = 0.1  # and at most a's plus this
 
 COLUMNS = ["axis", "a", "b", "sparsity", "seeds_a", "seeds_b", "documents", "acc_diff", "acc_low", "acc_high",
            "acc_resolved", "ppl_unit", "ppl_units", "log_ppl_diff", "log_ppl_low", "log_ppl_high", "log_ppl_resolved"]
@@ -120,12 +121,13 @@ MATCHED_COLUMNS = ["a", "b", "sparsity_a", "sparsity_b", "bytes_a", "bytes_b", "
                    "log_ppl_resolved"]
 
 
-def matched_bytes_table(frame: pd.DataFrame, seed: int = 0, tolerance: float = BYTES_TOLERANCE) -> pd.DataFrame:
+def matched_bytes_table(frame: pd.DataFrame, seed: int = 0, tolerance: float = BYTES_TOLERANCE,
+                        window: float = BYTES_WINDOW) -> pd.DataFrame:
     """Pairs at matched bytes: for two lines a and b of one comparison group (configs equal but
-    for the selectors), each point of a against b's point of the lowest bytes fraction that is
-    at least a's less `tolerance` (b reads no fewer bytes): the same paired differences as
-    `comparison_table`, a - b. A resolved negative log-perplexity difference says a is better
-    at no more bytes."""
+    for the selectors), each point of a against b's point of the lowest bytes fraction in
+    [a's - `tolerance`, a's + `window`] (b reads about as many bytes or more): the same paired
+    differences as `comparison_table`, a - b. A resolved negative log-perplexity difference
+    says a is better at no more bytes."""
     needed = {"pair_key/predictor", "outcomes", "results_file", "bytes_fraction"}
     if not needed <= set(frame):
         return pd.DataFrame(columns=MATCHED_COLUMNS)
@@ -141,7 +143,7 @@ def matched_bytes_table(frame: pd.DataFrame, seed: int = 0, tolerance: float = B
         for a, b in ((a, b) for a in lines for b in lines if a != b):
             ordered = sorted(lines[b], key=lambda p: p[1])
             for level, fraction, records in lines[a]:
-                matched = [p for p in ordered if p[1] >= fraction - tolerance]
+                matched = [p for p in ordered if fraction - tolerance <= p[1] <= fraction + window]
                 if not matched:
                     continue
                 other_level, other_fraction, other_records = matched[0]

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from shadow_sweep.evaluation.outcomes import write_outcomes
-from shadow_sweep.report.bytes import best_at_bytes
+from shadow_sweep.report.bytes import best_at_bytes, matched_summary
 from shadow_sweep.report.compare import matched_bytes_table
 from shadow_sweep.report.plots import draw_curves
 from shadow_sweep.report.table import load_rows, summary_table
@@ -25,7 +25,7 @@ def test_the_best_line_at_each_fraction_interpolates_log_perplexity_within_each_
     rows = (_line("dense", [(1.0, 20.0)]) + _line("a", [(0.6, 30.0), (0.8, 22.0)])
             + _line("b", [(0.7, 25.0), (0.9, 21.0)]) + _line("oracle", [(0.5, 20.5)], deployable=False))
     best = best_at_bytes(pd.DataFrame(rows), step=0.1).set_index("bytes_fraction")
-    assert list(best.index) == [0.6, 0.7, 0.8, 0.9, 1.0]  # from the lowest deployable point; the oracle is left out
+    assert list(best.index) == [0.6, 0.7, 0.8, 0.9]  # from the lowest deployable point (not the oracle) below dense
     assert best.loc[0.6, "best"] == "a" and pd.isna(best.loc[0.6, "runner_up"])  # b starts at 0.7
     a_at_07 = math.sqrt(30.0 * 22.0)  # halfway in log between a's two points
     assert best.loc[0.7, "best"] == "b" and best.loc[0.7, "runner_up"] == "a"
@@ -58,16 +58,18 @@ def at_bytes(tmp_path):
     return tmp_path / "sweep"
 
 
-def test_pairs_at_matched_bytes_compare_a_point_with_the_cheapest_point_reading_no_fewer_bytes(at_bytes):
+def test_pairs_at_matched_bytes_compare_a_point_with_the_cheapest_point_of_about_its_bytes(at_bytes):
     table = matched_bytes_table(load_rows([at_bytes]))
     pairs = {(r.a, r.sparsity_a, r.b, r.sparsity_b) for r in table.itertuples()}
-    # teal 0.5 (0.62) and teal 0.7 (0.45) meet dejavu 0.5 (0.66), the cheapest dejavu point at >= their
-    # bytes less 0.02; no teal point reads dejavu's 0.66 - 0.02 or 0.80 - 0.02
-    assert ("teal", 0.5, "dejavu x l2_norm", 0.5) in pairs and ("teal", 0.7, "dejavu x l2_norm", 0.5) in pairs
+    # teal 0.5 (0.62) meets dejavu 0.5 (0.66), the cheapest dejavu point within -0.02..+0.1 of its bytes;
+    # teal 0.7 (0.45) meets none (0.66 is 0.21 more); no teal point reads dejavu's 0.66 - 0.02 or 0.80 - 0.02
+    assert ("teal", 0.5, "dejavu x l2_norm", 0.5) in pairs and not any(p[:2] == ("teal", 0.7) for p in pairs)
     assert ("dejavu x l2_norm", 0.3, "teal", 0.5) not in pairs  # teal reads fewer bytes: no match
     teal_vs_dejavu = table[(table.a == "teal") & (table.sparsity_a == 0.5)].iloc[0]
     assert teal_vs_dejavu.log_ppl_high < 0 and teal_vs_dejavu.log_ppl_resolved  # 3.1 vs 4.0 nats/token
     assert teal_vs_dejavu.bytes_b >= teal_vs_dejavu.bytes_a
+    counts = matched_summary(table)  # better / worse / unresolved, a (rows) against b (columns)
+    assert counts.loc["teal", "dejavu x l2_norm"] == "1/0/0"
 
 
 def test_the_report_draws_quality_against_bytes(at_bytes, tmp_path):
