@@ -12,7 +12,7 @@ from shadow_sweep.decode.traffic import read_bandwidth, tensors_read_bandwidth
 from shadow_sweep.sparsity.policy import SparsityPolicy
 from tests.conftest import load_tiny
 from tests.decode.test_decode import _prompt, _static
-from tests.selectors.helpers import fitted_for, mask_predictor, runtime_of, synthetic_traces
+from tests.selectors.helpers import fitted_for, mask_predictor, synthetic_traces
 
 FP32 = 4
 

@@ -8,7 +8,7 @@ from scipy.stats import spearmanr
 from shadow_sweep.config import ConfigError, CriterionConfig, MaskUpdate, PredictorConfig, SparsityConfig
 from shadow_sweep.criteria.registry import get_criterion
 from shadow_sweep.models.adapters import ModelShape
-from shadow_sweep.predictors.fit import network_predictions, predictor_quality, validation_targets
+from shadow_sweep.predictors.fit import predictor_quality, validation_targets
 from shadow_sweep.predictors.quality import spearman, top_k_recall
 from shadow_sweep.predictors.store import load_predictor, save_predictor
 from shadow_sweep.selectors.registry import SELECTORS, selection_of, spec
