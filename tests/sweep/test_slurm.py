@@ -5,7 +5,6 @@ hydra-submitit-launcher, sharing one stage cache."""
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 
