@@ -15,7 +15,7 @@ from shadow_sweep.cache import StageCache
 from shadow_sweep.config import AppConfig
 from shadow_sweep.models.loading import LoadedModel
 from shadow_sweep.models.masks import LinearInputMasks, Slot
-from shadow_sweep.selectors.allocation import CAP, MAX_TARGET, STEP, TOKENS, GreedyPath, greedy_path
+from shadow_sweep.selectors.allocation import CAP, LEVEL_STEP, MAX_TARGET, TOKENS, GreedyPath, greedy_path
 from shadow_sweep.selectors.base import PointContext
 from shadow_sweep.selectors.registry import selector_class, spec
 from shadow_sweep.selectors.statistics import CalibrationStatistics, collect_statistics
@@ -41,7 +41,7 @@ def allocation_key(cfg: AppConfig, name: str) -> dict:
     rule = cfg.sparsity.rule or spec(name).rules[0]
     return {"statistics": statistics_key(cfg), "selector": name, "rule": rule.value,
             "first_layer_dense": cfg.sparsity.keep_first_layer_dense,
-            "search": {"step": STEP, "max_target": MAX_TARGET, "cap": CAP, "tokens": TOKENS}}
+            "search": {"level_step": LEVEL_STEP, "max_target": MAX_TARGET, "cap": CAP, "tokens": TOKENS}}
 
 
 def allocation_for(cfg: AppConfig, loaded: LoadedModel, cache: StageCache, name: str,

@@ -1,6 +1,6 @@
-"""TEAL's greedy allocation: each step adds the same byte-weighted level, a target is read off at
+"""TEAL's greedy allocation: each step raises one input by a level step, a target is read off at
 the first step reaching it, and the first step picks the input whose raise moves the layer's
-output least, recomputed here with plain hooks over the whole model."""
+output least per byte it saves, recomputed here with plain hooks over the whole model."""
 
 import pytest
 import torch
@@ -9,7 +9,7 @@ from shadow_sweep.cache import StageCache
 from shadow_sweep.config import Ranking, SparsityConfig
 from shadow_sweep.data.calibration import EncodedExample
 from shadow_sweep.models.masks import LinearInputMasks, Slot
-from shadow_sweep.selectors.allocation import STEP, greedy_path, slot_weights
+from shadow_sweep.selectors.allocation import LEVEL_STEP, greedy_path, slot_weights
 from shadow_sweep.selectors.base import PointContext
 from shadow_sweep.selectors.teal import TealSelector
 from shadow_sweep.selectors.traffic import LinearSizes
@@ -32,17 +32,22 @@ def searched(tmp_path_factory):
     return loaded, selector, encoded, greedy_path(selector, encoded, progress=False)
 
 
-def test_every_step_adds_the_same_byte_weighted_level_and_targets_are_read_off(searched):
+def test_every_step_raises_one_input_and_targets_are_read_off_at_the_first_step_reaching_them(searched):
     loaded, _, _, path = searched
     weights = slot_weights(LinearSizes.of(loaded.model, loaded.adapter, loaded.shape))
-    total = sum(weights.values())
-    steps = path.weighted.shape[1]
+    share = torch.tensor([weights[slot] for slot in path.slots], dtype=torch.float64)
+    share = share / share.sum()
     for layer in range(1, loaded.shape.num_layers):
-        expected = torch.arange(steps) * STEP
-        torch.testing.assert_close(path.weighted[layer, :20], expected[:20], rtol=0, atol=1e-5)  # before any cap
+        raised = path.levels[layer, 1:] - path.levels[layer, :-1]  # [steps, slots]
+        moving = raised.abs().sum(-1) > 0
+        assert ((raised > 0).sum(-1)[moving] == 1).all() and raised.max() <= LEVEL_STEP + 1e-6
+        torch.testing.assert_close(path.weighted[layer].double(), (path.levels[layer].double() * share).sum(-1),
+                                   rtol=0, atol=1e-5)
         chosen = path.levels_at(0.5)
-        weighted = sum(float(chosen[slot][layer]) * weights[slot] for slot in path.slots) / total
-        assert weighted == pytest.approx(0.5, abs=1e-5)
+        weighted = sum(float(chosen[slot][layer]) * float(share[i]) for i, slot in enumerate(path.slots))
+        first = int((path.weighted[layer] >= 0.5 - 1e-6).float().argmax())
+        assert weighted == pytest.approx(float(path.weighted[layer, first]), abs=1e-5)
+        assert weighted >= 0.5 - 1e-6 and path.weighted[layer, first - 1] < 0.5
     assert (path.weighted[0] == 0).all()  # layer 0 is kept dense: not searched
     uneven = path.levels_at(0.5)
     assert len({round(float(uneven[slot][1]), 3) for slot in path.slots}) > 1  # not the uniform allocation
@@ -70,14 +75,13 @@ def test_the_first_step_raises_the_input_that_moves_the_layer_output_least(searc
         return out[0] if isinstance(out, tuple) else out
 
     dense = layer_output([])
-    errors = {}
-    for slot in path.slots:
-        level = STEP * total / weights[slot]
-        threshold = selector.point.statistics.threshold("magnitude", slot, layer, level)
+    costs = {}
+    for i, slot in enumerate(path.slots):
+        threshold = selector.point.statistics.threshold("magnitude", slot, layer, LEVEL_STEP)
         zero = lambda _m, args, t=threshold: (args[0] * (args[0].abs() > t), *args[1:])  # noqa: E731
-        errors[slot] = float((layer_output([(m, zero) for m in linears(loaded, layer)[slot.value]]) - dense)
-                             .pow(2).sum())
+        error = float((layer_output([(m, zero) for m in linears(loaded, layer)[slot.value]]) - dense).pow(2).sum())
+        costs[slot] = error / (LEVEL_STEP * weights[slot] / total)  # error per byte-weighted level saved
     first = path.levels[layer, 1]
     raised = path.slots[int(first.argmax())]
-    assert raised == min(errors, key=errors.get)
+    assert first.max() == pytest.approx(LEVEL_STEP) and raised == min(costs, key=costs.get)
     assert isinstance(raised, Slot)
