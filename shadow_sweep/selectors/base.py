@@ -150,6 +150,11 @@ class Selector:
         (update, rule, layer 0) are checked by validation for every selector."""
 
     @classmethod
+    def uses_criterion(cls, cfg: AppConfig) -> bool:
+        """Its masks depend on `criterion` (a fit on the criterion's traces, or the criterion itself)."""
+        return Need.traces in cls.needs(cfg)
+
+    @classmethod
     def allocates(cls, cfg: AppConfig) -> bool:
         """Its levels per layer and input come from an allocation search (selectors.allocation)."""
         return False

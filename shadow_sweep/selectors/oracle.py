@@ -32,6 +32,10 @@ class OracleSelector(AheadSelector):
     def key_fields(cls, cfg: AppConfig) -> dict:
         return {"criterion": plain(asdict(cfg.criterion))}
 
+    @classmethod
+    def uses_criterion(cls, cfg: AppConfig) -> bool:
+        return True
+
     def reads(self) -> dict[Reads, range]:
         if not self.per_token:
             return {}

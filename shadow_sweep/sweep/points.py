@@ -90,8 +90,7 @@ def point_row(cfg: AppConfig, point: EvaluationPoint) -> dict:
     return {"stage": "evaluate", "predictor": selection.label, "heads_selector": selection.heads,
             "neurons_selector": selection.neurons, "heads_point": heads_point.value,
             "neurons_point": neurons_point.value, "deployable": selection.deployable(),
-            "uses_criterion": any(Need.traces in n or "criterion" in selector_class(name).key_fields(cfg)
-                                  for name, n in needs_of(cfg, selection).items()),
+            "uses_criterion": any(selector_class(name).uses_criterion(cfg) for name in selection.names()),
             "sparsity": point.level, "update": "dense" if dense else cfg.sparsity.update.value,
             "prefill": "dense" if dense else cfg.sparsity.prefill.value}
 
