@@ -18,8 +18,9 @@ from shadow_sweep.results import (JOB_STAGE, LATER_DESIGN_DEFAULTS, QUALITY_FIEL
                                   latency_mode, point_id)
 
 BYTES_COLUMNS = ("bytes_fraction", "bytes_fraction_p05", "bytes_fraction_p95")  # selectors.accounting
+OPTIONAL_DESIGN = {"predictor_width": None, "predictor_bottleneck": None, **LATER_DESIGN_DEFAULTS}  # field: default
 DESIGN = ("model", "ranking", "job_update", "job_prefill", "target_norm", "shots", "calibration_examples_per_task",
-          "predictor_width", "predictor_bottleneck", "rule", "allocation", "dense_positions")
+          *OPTIONAL_DESIGN)
 
 
 def results_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -44,9 +45,22 @@ def load_rows(paths: Iterable[str | Path]) -> pd.DataFrame:
     return frame.drop_duplicates(subset=["job_key", "point"], keep="last").reset_index(drop=True)
 
 
+def design_value(row, field: str):
+    """A design field's value for a label: None where it is unset or its default (an option
+    left alone is not named: `teal` rather than `teal allocation=uniform dense_positions=0`);
+    whole floats as ints."""
+    value = row.get(field)
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return None
+    if field in OPTIONAL_DESIGN and value == OPTIONAL_DESIGN[field]:
+        return None
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def line_labels(frame: pd.DataFrame) -> pd.Series:
     """predictor x criterion (dense, and selectors that use no criterion: the predictor alone),
-    plus the design fields that vary."""
+    plus the design fields that vary (the optional ones only where set to another value than
+    their default)."""
     varying = [c for c in DESIGN if c in frame and frame[c].nunique(dropna=True) > 1]
 
     def label(row) -> str:
@@ -54,7 +68,8 @@ def line_labels(frame: pd.DataFrame) -> pd.Series:
             base = str(row["predictor"])
         else:
             base = f"{row['predictor']} x {row['criterion']}"
-        extra = [f"{c}={row[c]}" for c in varying if c == "model" or row["predictor"] != "dense"]
+        named = [c for c in varying if c == "model" or row["predictor"] != "dense"]
+        extra = [f"{c}={design_value(row, c)}" for c in named if design_value(row, c) is not None]
         return " ".join([base] + extra)
 
     return frame.apply(label, axis=1)
