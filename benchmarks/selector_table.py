@@ -5,7 +5,7 @@ fraction (p05-p95 over tokens); then paired differences for named pairs of point
 come from different configs (other widths, a sink) as long as they scored the same documents:
 
     .venv/bin/python benchmarks/selector_table.py outputs/sweeps/selectors_smollm2 \\
-        --pairs "teal@0.5=dejavu x l2_norm@0.5" "shadowllm x l2_norm@0.5=static x l2_norm@0.5"
+        --pairs "teal@0.5 vs dejavu x l2_norm@0.5" "shadowllm x l2_norm@0.5 vs static x l2_norm@0.5"
 """
 
 import argparse
@@ -52,7 +52,7 @@ def point_records(rows: pd.DataFrame, spec: str) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", help="sweep folders or results files")
-    parser.add_argument("--pairs", nargs="*", default=[], help='"<line>@<level>=<line>@<level>": a - b')
+    parser.add_argument("--pairs", nargs="*", default=[], help='"<line>@<level> vs <line>@<level>": a - b')
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rows = load_rows(args.paths)
@@ -61,7 +61,7 @@ def main() -> None:
     evaluated["line"] = distinct_lines(evaluated)
     results = []
     for pair in args.pairs:
-        a, b = pair.split("=")
+        a, b = pair.split(" vs ")
         row = compare_pair(point_records(evaluated, a), point_records(evaluated, b), args.seed)
         results.append({"a": a, "b": b, "log_ppl_diff": row["log_ppl_diff"],
                         "log_ppl_ci": f"[{row['log_ppl_low']:.3f}, {row['log_ppl_high']:.3f}]",
