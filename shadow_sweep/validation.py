@@ -5,7 +5,7 @@ from shadow_sweep.criteria.registry import per_token_criteria
 from shadow_sweep.config import Allocation, AppConfig, MaskUpdate, ModelSource, require
 from shadow_sweep.selectors.base import Need, Point
 from shadow_sweep.selectors.registry import (PointSelection, baseline_selections, decode_selectors, job_selection,
-                                             selector_class)
+                                             selection_of, selector_class)
 
 
 def check_selection(cfg: AppConfig, selection: PointSelection) -> None:
@@ -46,9 +46,13 @@ def check_selectors(cfg: AppConfig) -> None:
         require(cfg.sparsity.head_level is None and cfg.sparsity.neuron_level is None, "sparsity.head_level/neuron_level",
                 (cfg.sparsity.head_level, cfg.sparsity.neuron_level),
                 "null with sparsity.allocation=greedy (it spreads sparsity.level over a layer's inputs)")
+    updates = [MaskUpdate(u) for u in cfg.bench.updates] or [cfg.sparsity.update]
     for name in cfg.bench.predictors:
         require(name in decode_selectors(), "bench.predictors", name,
                  f"selectors the decode path runs: {decode_selectors()}")
+        require(any(selection_of(name).decodes(u) for u in updates), "bench.predictors", name,
+                 f"selectors the decode path runs under bench.updates {[u.value for u in updates]}: "
+                 f"{[n for n in decode_selectors() if any(selection_of(n).decodes(u) for u in updates)]}")
 
 
 def validate(cfg: AppConfig) -> None:

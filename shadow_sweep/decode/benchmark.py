@@ -19,6 +19,8 @@ drift of a shared machine during the run reaches every point alike; HF generate 
 """
 
 import statistics
+from dataclasses import dataclass
+from typing import Optional
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -28,12 +30,9 @@ from shadow_sweep.config import BenchConfig, MaskUpdate, Prefill
 from shadow_sweep.decode.engine import SparseDecoder
 from shadow_sweep.decode.fused import kernel_name
 from shadow_sweep.decode.generate import Generator, clock
+from shadow_sweep.decode.selection import DecodeSelection
 from shadow_sweep.decode.traffic import StepTraffic, read_bandwidth, tensors_read_bandwidth
-from shadow_sweep.predictors.inference import MaskPredictor
 from shadow_sweep.models.loading import LoadedModel
-from shadow_sweep.predictors.fit import FittedPredictor
-from shadow_sweep.selectors.registry import spec
-from shadow_sweep.sparsity.policy import SparsityPolicy
 
 
 def _median(runs: list, field: str) -> float:
@@ -76,16 +75,19 @@ def _hf_generate_ms_per_token(loaded: LoadedModel, prompt: torch.Tensor, cfg: Be
     return {**spread, "compile_s": compile_s} if static_cache else spread
 
 
-def _updates(cfg: BenchConfig, predictor: str) -> list[str]:
-    """The update policies timed for a selector: a fixed one's masks are the same either way."""
-    updates = [MaskUpdate(u).value for u in cfg.updates] or [MaskUpdate.per_token.value]
-    return updates if not spec(predictor).fixed else ["per_sequence"]
+@dataclass
+class BenchPoint:
+    """A sparse point of the table: a selection (decode.selection) at one level."""
+
+    selection: DecodeSelection
+    level: float
 
 
-def run_benchmark(loaded: LoadedModel, predictors: dict[str, FittedPredictor], policies: dict[float, SparsityPolicy],
-                  cfg: BenchConfig, kernels=None, prefill: Prefill = Prefill.sparse) -> pd.DataFrame:
-    """`kernels`: decode.fused.gather_kernels(...) for per_token rows, or None (eager);
-    `prefill`: how every sparse point runs its prompt (decode.generate)."""
+def run_benchmark(loaded: LoadedModel, points: list[BenchPoint], cfg: BenchConfig, kernels=None,
+                  prefill: Prefill = Prefill.sparse) -> pd.DataFrame:
+    """`points`: the sparse points to time beside HF generate and our dense path; `kernels`:
+    decode.fused.gather_kernels(...), or None (eager); `prefill`: how every sparse point runs its
+    prompt (decode.generate)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
@@ -97,23 +99,17 @@ def run_benchmark(loaded: LoadedModel, predictors: dict[str, FittedPredictor], p
         if cfg.hf_compiled and loaded.device.type == "cuda":
             rows.append({"path": "hf_generate_compiled", **hf,
                          **_hf_generate_ms_per_token(loaded, prompt, cfg, static_cache=True)})
-        points = [("dense", "dense", 0.0)] + [(p, u, level) for p in predictors for level in cfg.levels
-                                              for u in _updates(cfg, p)]
         graphs = [False, True] if cfg.cuda_graphs and loaded.device.type == "cuda" else [False]
-        points = [(p, u, level, graph) for p, u, level in points for graph in graphs
-                  if not (graph and u == "per_token")]
+        timed = [(point, graph) for point in [None] + points for graph in graphs
+                 if not (graph and point is not None and point.selection.update == MaskUpdate.per_token)]
         generators = []
-        for predictor, update, level, graph in points:
-            fitted = predictors.get(predictor)
-            masks = None
-            if fitted is not None:
-                masks = MaskPredictor(fitted, policies[level], loaded.device, MaskUpdate(update),
-                                      fixed=spec(predictor).fixed)
-            generators.append(Generator(decoder, masks, update, graphs=graph, prefill=prefill))
+        for point, graph in timed:
+            selection = None if point is None else point.selection
+            generators.append(Generator(decoder, selection, graphs=graph, prefill=prefill))
             for _ in range(cfg.warmup):
                 generators[-1].generate(prompt, 4)
         # repeats outermost: a machine's drift during the run reaches every point alike
-        runs = [[] for _ in points]
+        runs = [[] for _ in timed]
         bandwidths = []  # the probe after every round, for the same drift
         tensor_reads = []  # a bare read of the dense step's weight tensors, after every round
         for _ in tqdm(range(cfg.repeats), desc="decode benchmark repeats", leave=False):
@@ -122,32 +118,45 @@ def run_benchmark(loaded: LoadedModel, predictors: dict[str, FittedPredictor], p
             bandwidths.append(read_bandwidth(loaded.device))
             tensor_reads.append(tensors_read_bandwidth(decoder.dense_tensors()))
         steps = cfg.new_tokens - 1
-        for (predictor, update, level, graph), point_runs in zip(points, runs):
-            fitted = predictors.get(predictor)
-            rows.append({"path": "ours", "predictor": predictor, "update": update, "sparsity": level, "graph": graph,
-                         "prefill": prefill.value if fitted is not None else "dense",
-                         "kernel": _kernel(kernels, update, fitted),
+        for (point, graph), point_runs in zip(timed, runs):
+            rows.append({"path": "ours", **_point_fields(point, prefill), "graph": graph,
+                         "kernel": _kernel(kernels, point),
                          **_spread([1000 * r.decode_s / steps for r in point_runs]),
                          "prefill_ms": 1000 * _median(point_runs, "prefill_s"),
                          "prefill_capture_ms": 1000 * _median(point_runs, "prefill_capture_s"),
                          "predictor_ms_per_token": 1000 * _median(point_runs, "predictor_s") / steps,
                          "gather_ms_per_token": 1000 * _median(point_runs, "gather_s") / steps,
-                         "prefill_predictor_ms": 1000 * _median(point_runs, "prefill_predictor_s"),
                          "prefill_gather_ms": 1000 * _median(point_runs, "prefill_gather_s"),
                          "predictor_share": _median(point_runs, "predictor_s")
                          / max(_median(point_runs, "decode_s"), 1e-12),
                          **_traffic([t for r in point_runs for t in r.traffic])})
+        layouts = decoder.layout_bytes()
     finally:
         torch.set_num_threads(threads)
-    return _ratios(pd.DataFrame(rows), bandwidths, tensor_reads)
+    table = _ratios(pd.DataFrame(rows), bandwidths, tensor_reads)
+    table["layout_bytes"] = layouts
+    return table
 
 
-def _kernel(kernels, update: str, fitted) -> str:
+def _point_fields(point: Optional[BenchPoint], prefill: Prefill) -> dict:
+    """The row fields naming a timed point (None: our dense path)."""
+    if point is None:
+        return {"predictor": "dense", "update": "dense", "sparsity": 0.0, "prefill": "dense"}
+    selection = point.selection
+    attention, mlp = selection.runtime.selection.points()
+    return {"predictor": selection.label, "heads_selector": selection.runtime.selection.heads,
+            "neurons_selector": selection.runtime.selection.neurons, "heads_point": attention.value,
+            "neurons_point": mlp.value, "update": selection.update.value, "sparsity": point.level,
+            "prefill": prefill.value}
+
+
+def _kernel(kernels, point: Optional[BenchPoint]) -> str:
     """What ran the one-token steps: the kernels' name where they ran (whole layers: every
     step; row kernels: per_token rows), else sliced copies or the dense torch-ops step."""
-    if getattr(kernels, "whole_layers", False) or update == "per_token":
+    per_token = point is not None and point.selection.update == MaskUpdate.per_token
+    if getattr(kernels, "whole_layers", False) or per_token:
         return kernel_name(kernels)  # "eager" without kernels
-    return "sliced" if fitted else "dense"
+    return "dense" if point is None else "sliced"
 
 
 def _traffic(steps: list[StepTraffic]) -> dict:

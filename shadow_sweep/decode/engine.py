@@ -1,9 +1,13 @@
-"""Batch-1 decode that computes only kept heads and neurons.
+"""Batch-1 decode that computes only what a point's selection keeps.
 
-Per layer: q/k/v rows of the kept query heads and the K/V groups they read, attention over
-the cache, the output projection over the kept heads' rows of its transposed weight; the
-MLP over the kept neurons' up/gate rows and down rows (transposed). Norms, rotary
-embeddings and activations are the model's own modules.
+Per layer, in the layout of each block's selection point (decode.selection.LayerPlan): kept
+heads chosen ahead read the q rows of those heads and the K/V groups they read, attention over
+the cache, the output projection over the kept heads' rows of its transposed weight; kept
+neurons chosen ahead their up/gate rows and down rows (transposed); selections at the gate or
+at an input apply their rules to the layer's own tensors inside the step (the C++ layer reads
+only the kept rows of transposed copies, `weights.InputLayout` / `GateLayout`; torch ops apply
+the rules as masks). Norms, rotary embeddings and activations are the model's own modules.
+The prompt runs through the model itself (decode.selection.prefill); its K/V is copied in.
 
 KV-cache policy: with masks fixed for a sequence (`per_sequence`, the accuracy path's
 protocol), the prompt runs through the same sliced layers, so the cache holds only the kept
@@ -20,10 +24,15 @@ import torch
 import torch.nn.functional as F
 
 from shadow_sweep.decode.families import DECODE_FAMILIES, LlamaFamily, OPTFamily
-from shadow_sweep.decode.traffic import StepTraffic, kv_read_bytes, layer_sizes, layer_weight_bytes
-from shadow_sweep.decode.weights import IndexedLayer, LayerWeights, head_rows, linear, linear_transposed
+from shadow_sweep.decode.packs import COUNTED, PackCache, fused_layers
+from shadow_sweep.decode.selection import DENSE_PLAN, LayerPlan
+from shadow_sweep.decode.traffic import StepRecord, StepTraffic, kv_read_bytes, layer_sizes
+from shadow_sweep.decode.weights import (GateLayout, IndexedLayer, InputLayout, LayerWeights, layout_bytes, linear,
+                                         linear_transposed)
 from shadow_sweep.models.loading import LoadedModel
-from shadow_sweep.selectors.traffic import fixed_bytes
+from shadow_sweep.selectors.base import Point, Reads
+from shadow_sweep.selectors.rules import ChannelRule
+from shadow_sweep.selectors.traffic import LayerCounts, fixed_bytes, layer_bytes
 
 
 @dataclass
@@ -80,7 +89,8 @@ class SparseDecoder:
         family = loaded.adapter.family
         if family not in DECODE_FAMILIES:
             raise ValueError(f"the sparse decode path supports the families {DECODE_FAMILIES}, not {family!r}")
-        self.loaded, self.shape = loaded, loaded.shape
+        self.loaded = loaded
+        self.shape = loaded.shape
         self.family = LlamaFamily(loaded.model) if family == "llama" else OPTFamily(loaded.model)
         self.layers = list(loaded.adapter.decoder_layers(loaded.model))
         self.norms = [self.family.norms(layer) if self.whole_layers else None for layer in self.layers]
@@ -92,42 +102,64 @@ class SparseDecoder:
         self.fixed_bytes = fixed_bytes(loaded.model, loaded.model.get_output_embeddings(),
                                        loaded.model.get_input_embeddings())
         self.sizes = layer_sizes(self.dense[0], self.shape)
+        self.counts = torch.zeros(self.shape.num_layers, len(COUNTED), dtype=torch.long)  # the last step's
+        self.layouts: dict[tuple[Point, int], InputLayout | GateLayout] = {}
+        self.pack_rules = PackCache(kernels.module) if self.whole_layers else None
 
     def dense_tensors(self) -> list[torch.Tensor]:
         """Every weight tensor a dense one-token step reads: each layer's projections and lm_head."""
         layers = [t for w in self.dense for t in (w.q, w.k, w.v, w.o, w.mlp)]
         return layers + [self.family.lm_head.weight]
 
-    def step_traffic(self, weights: list, context: int, dense_kv: bool, predictor_bytes: int) -> StepTraffic:
-        """Bytes a one-token step with these layer weights reads at this context length (decode.traffic)."""
+    def layout(self, point: Point, index: int) -> InputLayout | GateLayout:
+        """Layer `index`'s weights laid out for selections at `point` (gate or input), made on first
+        use and kept (`layout_bytes` counts them)."""
+        key = (point, index)
+        if key not in self.layouts:
+            make = InputLayout if point == Point.input else GateLayout
+            self.layouts[key] = make.of(self.dense[index])
+        return self.layouts[key]
+
+    def layout_bytes(self) -> int:
+        """Memory of the extra weight layouts made so far (beyond the dense weights)."""
+        return sum(layout_bytes(layout) for layout in self.layouts.values())
+
+    def step_traffic(self, step: StepRecord, context: int, predictor_bytes: int) -> StepTraffic:
+        """Bytes a one-token step read at this context length (decode.traffic), from its record."""
         element_size = self.dense[0].q.element_size()
-        projections = sum(layer_weight_bytes(w, self.sizes, dense_kv) for w in weights)
-        cache = sum(kv_read_bytes(w.query_heads, self.shape.queries_per_kv, self.shape.head_dim, context, element_size)
-                    for w in weights)
+        projections = 0
+        cache = 0
+        for counts, plan, groups, heads in zip(step.counts.tolist(), step.plans, step.groups, step.query_heads):
+            kept = LayerCounts(counts[0], counts[1], groups, counts[2], counts[3])
+            projections += layer_bytes(self.sizes, kept, plan.attention, plan.mlp, dense_kv=False)
+            cache += kv_read_bytes(heads, self.shape.queries_per_kv, self.shape.head_dim, context, element_size)
         return StepTraffic(projections, self.fixed_bytes, cache, predictor_bytes)
 
-    def indexed(self, layer: int, heads: torch.Tensor, neurons: torch.Tensor) -> IndexedLayer:
-        """Rows of kept query heads [|Q|] and neurons [|N|] (ascending indices), read in place
-        by the fused kernels (no copy)."""
+    def record(self, weights: list, plans: list[LayerPlan], dense_kv: bool) -> StepRecord:
+        """What the last step kept (its counts), with the layers' weights and plans."""
+        groups = []
+        heads = []
+        for w, plan in zip(weights, plans):
+            attends_all = plan.attention == Point.input
+            heads.append(self.dense[0].query_heads if attends_all else w.query_heads)
+            computed = dense_kv or attends_all or isinstance(w, IndexedLayer)
+            groups.append(self.shape.num_kv_heads if computed else w.k.shape[0] // self.shape.head_dim)
+        return StepRecord(self.counts.clone(), plans, groups, heads)
+
+    def indexed(self, layer: int, heads: Optional[torch.Tensor], neurons: Optional[torch.Tensor]) -> IndexedLayer:
+        """Rows of kept query heads [|Q|] and neurons [|N|] (ascending indices; None: every one),
+        read in place by the fused kernels (no copy)."""
         return IndexedLayer.of(self.dense[layer], self.shape.head_dim, heads, neurons)
 
-    def indexed_from(self, first: int, heads: list[torch.Tensor], neurons: list[torch.Tensor]) -> list[IndexedLayer]:
-        """`indexed` for layers first.. from every layer's kept heads and neurons; the q/o rows of
-        equal head counts in one op (per-layer ranking)."""
-        heads, neurons = heads[first:], neurons[first:]
-        if len({len(kept) for kept in heads}) == 1:
-            q_rows = head_rows(torch.stack(heads), self.shape.head_dim).unbind(0)
-        else:
-            q_rows = [head_rows(kept, self.shape.head_dim) for kept in heads]
-        return [IndexedLayer(self.dense[first + i], rows, kept_neurons, kept_heads)
-                for i, (rows, kept_neurons, kept_heads) in enumerate(zip(q_rows, neurons, heads))]
-
-    def sliced(self, layer: int, heads: torch.Tensor, neurons: torch.Tensor) -> LayerWeights:
-        """Layer weights of kept query heads [|Q|] and neurons [|N|] (ascending indices)."""
-        return self.dense[layer].sliced(self.shape.head_dim, heads, neurons, self.shape.queries_per_kv)
+    def sliced(self, layer: int, heads: Optional[torch.Tensor], neurons: Optional[torch.Tensor]) -> LayerWeights:
+        """Layer weights of kept query heads [|Q|] and neurons [|N|] (ascending; None: every one)."""
+        dense = self.dense[layer]
+        heads = dense.query_heads if heads is None else heads
+        neurons = torch.arange(self.shape.num_neurons, device=self.device) if neurons is None else neurons
+        return dense.sliced(self.shape.head_dim, heads, neurons, self.shape.queries_per_kv)
 
     def kept_cache(self, cache: LayerCache, w: LayerWeights) -> LayerCache:
-        """A cache of every K/V group (a dense prompt) cut to the groups `w` keeps, in `w`'s order."""
+        """A cache of every K/V group cut to the groups `w` keeps, in `w`'s order."""
         groups = torch.unique(w.query_heads // self.shape.queries_per_kv)
         return LayerCache(cache.k[:, groups].contiguous(), cache.v[:, groups].contiguous(), cache.length)
 
@@ -136,24 +168,27 @@ class SparseDecoder:
         return [LayerCache.empty(max_len, w.k.shape[0] // self.shape.head_dim, self.shape.head_dim, like)
                 for w in weights]
 
-    def layer(self, index: int, x: torch.Tensor, positions: torch.Tensor, w: LayerWeights | IndexedLayer,
-              cache: LayerCache, rotation, kv: Optional[LayerWeights] = None, static: bool = False,
-              token_masks: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [T, D] -> (x [T, D], head context [T, |Q| d]). `rotation`: the family's rotary cos
-        and sin at `positions` (None: learned positions), one per step for every layer. `kv`
-        (the dense weights) supplies K/V for every group when masks change per token; else K/V
-        of `w`'s kept groups only. `static`: one token at positions [1], static shapes
-        (LayerCache.write_at). `token_masks` (dense `w` only): per-token masks [T, H], [T, I]
-        multiplied into the head context and the neuron activation, as the masked path does
-        (a sparse prefill). One-token dynamic steps go to the C++ layer when the kernels run
-        whole layers (bench.kernel=fused_layer) and the family's norms and activation allow."""
-        if not static and token_masks is None and self._fusable(index, index + 1, x):
-            return self._fused_layers(index, x, [w], [cache], rotation, kv is not None)
-        if isinstance(w, IndexedLayer):
-            return self._indexed_layer(index, x, positions, w, cache, rotation)
-        layer, d, f = self.layers[index], self.shape.head_dim, self.family
+    def caches_from(self, past, max_len: int) -> list[LayerCache]:
+        """HF's cache after a prompt (every K/V group; rotary applied) -> our caches of `max_len`."""
+        caches = self.new_cache(max_len, self.dense)
+        for cache, layer in zip(caches, past.layers):
+            keys = layer.keys[0].transpose(0, 1)  # [T, groups, d]
+            cache.append(keys, layer.values[0].transpose(0, 1))
+        return caches
+
+    def attention(self, index: int, x: torch.Tensor, positions: torch.Tensor, w: LayerWeights, cache: LayerCache,
+                  rotation, kv: Optional[LayerWeights] = None, static: bool = False, plan: LayerPlan = DENSE_PLAN
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [T, D] -> (x + attention [T, D], head context [T, |Q| d]) in torch ops. `rotation`:
+        the family's rotary cos and sin at `positions` (None: learned positions). `kv` (the
+        dense weights) supplies K/V for every group when masks change per token; else K/V of
+        `w`'s kept groups only. `static`: one token at positions [1], static shapes
+        (LayerCache.write_at). In-step rules of `plan` mask the input and the context."""
+        layer = self.layers[index]
+        d = self.shape.head_dim
+        f = self.family
         tokens = x.shape[0]
-        h = f.attention_input(layer, x)
+        h = self._masked(index, 0, f.attention_input(layer, x), plan.rules.get(Reads.attention_input))
         source = kv or w
         q = linear(h, w.q, w.q_bias).view(tokens, -1, d).transpose(0, 1)[None]  # [1, |Q|, T, d]
         k = linear(h, source.k, source.k_bias).view(tokens, -1, d).transpose(0, 1)[None]
@@ -163,29 +198,68 @@ class SparseDecoder:
         keys, values, valid = cache.write_at(positions, k, v) if static else cache.append(k, v)
         groups = w.kv_of_query if kv is None else w.query_heads // self.shape.queries_per_kv
         context = attend(q, keys, values, groups, f.scale, valid)
-        head_mask, neuron_mask = token_masks if token_masks is not None else (None, None)
-        if head_mask is not None:
-            context = context * head_mask.to(context.dtype).repeat_interleave(d, dim=-1)
-        x = x + linear_transposed(context, w.o, w.o_bias)
-        h = f.mlp_input(layer, x)
+        shown = self._masked(index, 1, context, plan.rules.get(Reads.head_context))
+        return x + linear_transposed(shown, w.o, w.o_bias), context
+
+    def mlp(self, index: int, x: torch.Tensor, w: LayerWeights, plan: LayerPlan = DENSE_PLAN) -> torch.Tensor:
+        """x [T, D] -> x + MLP(norm(x)) in torch ops, the in-step rules of `plan` as masks."""
+        layer = self.layers[index]
+        f = self.family
+        h = self._masked(index, 2, f.mlp_input(layer, x), plan.rules.get(Reads.mlp_input))
         gate = linear(h, w.gate, None) if w.gate is not None else None
-        hidden = f.activation(layer, gate, linear(h, w.up, w.up_bias))
-        if neuron_mask is not None:
-            hidden = hidden * neuron_mask.to(hidden.dtype)
-        x = x + linear_transposed(hidden, w.down, w.down_bias)
-        return x, context
+        up = linear(h, w.up, w.up_bias)
+        hidden = f.activation(layer, gate, up)
+        at_gate = plan.rules.get(Reads.gate_output)
+        if at_gate is not None:
+            mask = at_gate.mask(f.gate_activation(layer, gate, up))
+            self.counts[index, 3] = int(mask[-1].sum())
+            hidden = hidden * mask.to(hidden.dtype)
+        else:
+            hidden = self._masked(index, 3, hidden, plan.rules.get(Reads.neuron_activation))
+        return x + linear_transposed(hidden, w.down, w.down_bias)
+
+    def _masked(self, index: int, column: int, x: torch.Tensor, rule: Optional[ChannelRule]) -> torch.Tensor:
+        """x [T, U] with `rule`'s mask applied (None: x); records the kept count of one token."""
+        if rule is None:
+            self.counts[index, column] = x.shape[-1]
+            return x
+        mask = rule.mask(x)
+        self.counts[index, column] = int(mask[-1].sum())
+        return x * mask.to(x.dtype)
 
     def run_layers(self, first: int, last: int, x: torch.Tensor, positions: torch.Tensor, weights: list,
-                   caches: list[LayerCache], rotation, dense_kv: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layers first..last-1 (`weights`, `caches`: every layer's, by index) -> (x, the last
-        layer's head context). `dense_kv`: K/V of every group from the dense weights. One-token
-        steps with whole-layer kernels run the span as ONE C++ call (no Python per layer)."""
+                   caches: list[LayerCache], rotation, dense_kv: bool, plans: list[LayerPlan],
+                   start_at_mlp: bool = False, stop_before_mlp: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One token through layers first..last-1 (`weights`, `caches`, `plans`: every layer's, by
+        index) -> (x, the last attention's head context, the last MLP's input). `dense_kv`: K/V of
+        every group from the dense weights. `start_at_mlp`: layer `first`'s attention already
+        ran; `stop_before_mlp`: layer last-1 stops before its MLP. With whole-layer kernels the
+        span is ONE C++ call (no Python per layer)."""
         if self._fusable(first, last, x):
-            return self._fused_layers(first, x, weights[first:last], caches[first:last], rotation, dense_kv)
+            return fused_layers(self, first, x, weights[first:last], caches[first:last], plans[first:last],
+                                rotation, dense_kv, start_at_mlp, stop_before_mlp)
+        context = x.new_zeros(x.shape[0], 0)
         for index in range(first, last):
-            x, context = self.layer(index, x, positions, weights[index], caches[index], rotation,
-                                    self.dense[index] if dense_kv else None)
-        return x, context
+            w = weights[index]
+            plan = plans[index]
+            if not (index == first and start_at_mlp):
+                x, context = self._attention_of(index, x, positions, w, caches[index], rotation, dense_kv, plan)
+            if index == last - 1 and stop_before_mlp:
+                return x, context, self.family.mlp_input(self.layers[index], x)
+            x = self._mlp_of(index, x, w, plan)
+        return x, context, x
+
+    def _attention_of(self, index, x, positions, w, cache, rotation, dense_kv, plan):
+        if isinstance(w, IndexedLayer):
+            return self._indexed_attention(index, x, w, cache, rotation)
+        return self.attention(index, x, positions, w, cache, rotation, self.dense[index] if dense_kv else None,
+                              plan=plan)
+
+    def _mlp_of(self, index, x, w, plan):
+        if isinstance(w, IndexedLayer):
+            return self._indexed_mlp(index, x, w)
+        return self.mlp(index, x, w, plan)
 
     def _fusable(self, first: int, last: int, x: torch.Tensor) -> bool:
         """One token, and every layer of the span runnable by the C++ layer with one setting."""
@@ -194,53 +268,43 @@ class SparseDecoder:
             return False
         return len({(n.eps, n.kind, n.activation) for n in norms}) == 1
 
-    def _layer_pack(self, index: int, w: LayerWeights | IndexedLayer, cache: LayerCache, dense_kv: bool) -> list:
-        """One layer's tensors for decode_layers (kernels/decode_step.cpp: LAYER_PACK). Sliced
-        or dense weights read every row of theirs; an IndexedLayer its kept rows of the dense
-        weights, with K/V of every group."""
-        indexed = isinstance(w, IndexedLayer)
-        source = w.dense if indexed else w
-        kv_source = self.dense[index] if indexed or dense_kv else w
-        groups = w.query_heads // self.shape.queries_per_kv if indexed or dense_kv else w.kv_of_query
-        return [*self.norms[index].tensors, source.q, source.q_bias, kv_source.k, kv_source.k_bias, kv_source.v,
-                kv_source.v_bias, source.o, source.o_bias, source.mlp, source.up_bias, source.down_bias,
-                w.q_rows if indexed else None, w.neuron_rows if indexed else None, groups, cache.k, cache.v]
-
-    def _fused_layers(self, first: int, x: torch.Tensor, weights: list, caches: list[LayerCache], rotation,
-                      dense_kv: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """One token through the layers first.. that `weights` and `caches` belong to, in one
-        C++ call (decode_layers)."""
-        packs = [self._layer_pack(first + i, w, cache, dense_kv) for i, (w, cache) in enumerate(zip(weights, caches))]
-        cos, sin = (None, None) if rotation is None else (part.reshape(-1) for part in rotation)
-        norms = self.norms[first]
-        position = caches[0].length
-        x, context = self.kernels.module.decode_layers(x, packs, cos, sin, position, self.shape.head_dim,
-                                                       self.family.scale, norms.eps, norms.kind, norms.activation)
-        for cache in caches:
-            cache.length = position + 1
-        return x, context
-
-    def _indexed_layer(self, index: int, x: torch.Tensor, positions: torch.Tensor, w: IndexedLayer,
-                       cache: LayerCache, rotation) -> tuple[torch.Tensor, torch.Tensor]:
-        """One token through the row kernels: q, o, up, gate, down read only the kept rows
+    def _indexed_attention(self, index: int, x: torch.Tensor, w: IndexedLayer, cache: LayerCache, rotation
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token's attention through the row kernels: q and o read only the kept heads' rows
         in place; k and v stay dense (every group is cached under per-token masks)."""
         if x.shape[0] != 1:
             raise ValueError("the fused kernels decode one token at a time")
-        kernels, layer, d, f, full = self.kernels, self.layers[index], self.shape.head_dim, self.family, w.dense
+        kernels = self.kernels
+        layer = self.layers[index]
+        d = self.shape.head_dim
+        f = self.family
+        full = w.dense
+        rows = torch.arange(full.q.shape[0], device=self.device) if w.q_rows is None else w.q_rows
         h = f.attention_input(layer, x)
-        add = lambda y, b, rows=None: y if b is None else y + (b if rows is None else b[rows])  # noqa: E731
-        q = add(kernels.gather_gemv(full.q, w.q_rows, h[0]), full.q_bias, w.q_rows).view(1, -1, 1, d)
+        q = _add(kernels.gather_gemv(full.q, rows, h[0]), full.q_bias, rows).view(1, -1, 1, d)
         k = linear(h, full.k, full.k_bias).view(1, -1, d).transpose(0, 1)[None]
         v = linear(h, full.v, full.v_bias).view(1, -1, d)
         q, k = f.position_queries_keys(q, k, rotation)
         keys, values, _ = cache.append(k[0].transpose(0, 1), v)
         context = attend(q, keys, values, w.query_heads // self.shape.queries_per_kv, f.scale, None)
-        x = x + add(kernels.gather_transposed_gemv(full.o, w.q_rows, context[0]), full.o_bias)
-        h = f.mlp_input(layer, x)[0]
-        up = add(kernels.gather_gemv(full.up, w.neuron_rows, h), full.up_bias, w.neuron_rows)
-        gate = kernels.gather_gemv(full.gate, w.neuron_rows, h) if full.gate is not None else None
-        hidden = f.activation(layer, gate, up)
-        return x + add(kernels.gather_transposed_gemv(full.down, w.neuron_rows, hidden), full.down_bias), context
+        self.counts[index, 0] = self.shape.hidden_size
+        self.counts[index, 1] = len(rows)
+        return x + _add(kernels.gather_transposed_gemv(full.o, rows, context[0]), full.o_bias), context
+
+    def _indexed_mlp(self, index: int, x: torch.Tensor, w: IndexedLayer) -> torch.Tensor:
+        """One token's MLP through the row kernels: the kept neurons' rows, read in place."""
+        kernels = self.kernels
+        full = w.dense
+        neurons = w.neuron_rows
+        if neurons is None:
+            neurons = torch.arange(full.mlp.shape[0], device=self.device)
+        h = self.family.mlp_input(self.layers[index], x)[0]
+        up = _add(kernels.gather_gemv(full.up, neurons, h), full.up_bias, neurons)
+        gate = kernels.gather_gemv(full.gate, neurons, h) if full.gate is not None else None
+        hidden = self.family.activation(self.layers[index], gate, up)
+        self.counts[index, 2] = self.shape.hidden_size
+        self.counts[index, 3] = len(neurons)
+        return x + _add(kernels.gather_transposed_gemv(full.down, neurons, hidden), full.down_bias)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """The last position's logits [V]: lm_head by the C++ row kernel for whole-layer
@@ -260,5 +324,13 @@ class SparseDecoder:
         x = self.family.embed(token, position)
         rotation = self.family.rotation(position, x)
         for index, (w, cache) in enumerate(zip(weights, caches)):
-            x, _ = self.layer(index, x, position, w, cache, rotation, static=True)
+            x, _ = self.attention(index, x, position, w, cache, rotation, static=True)
+            x = self.mlp(index, x, w)
         return self.family.logits(x)[0]
+
+
+def _add(y: torch.Tensor, bias: Optional[torch.Tensor], rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """y + bias (or bias[rows]); y without a bias."""
+    if bias is None:
+        return y
+    return y + (bias if rows is None else bias[rows])

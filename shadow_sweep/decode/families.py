@@ -92,6 +92,10 @@ class LlamaFamily:
     def activation(self, layer: nn.Module, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         return layer.mlp.act_fn(gate) * up
 
+    def gate_activation(self, layer: nn.Module, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """What a selection at the gate scores: act(gate)."""
+        return layer.mlp.act_fn(gate)
+
     def final_hidden(self, x: torch.Tensor) -> torch.Tensor:
         """The last layer's output -> lm_head's input."""
         return self.base.norm(x)
@@ -139,6 +143,10 @@ class OPTFamily:
         return layer.final_layer_norm(x)
 
     def activation(self, layer: nn.Module, gate, up: torch.Tensor) -> torch.Tensor:
+        return layer.activation_fn(up)
+
+    def gate_activation(self, layer: nn.Module, gate, up: torch.Tensor) -> torch.Tensor:
+        """What a selection at the gate scores (no gate): the activation of fc1 itself."""
         return layer.activation_fn(up)
 
     def final_hidden(self, x: torch.Tensor) -> torch.Tensor:

@@ -2,10 +2,12 @@
 
 A one-token step is a chain of matrix-vector products, so it streams every weight row it
 touches once; its floor is bytes / read bandwidth. The bytes of one step (`StepTraffic`):
-- weights: per layer the rows the step computes: kept q and o rows (|Q| d each), kept up,
-  gate and down rows (|N| each), k and v rows of every K/V group where the cache keeps every
-  group (per_token) else of the kept groups, with their biases; a row is D elements (the
-  formula of selectors.traffic, which the accuracy path's rows use too);
+- weights: per layer what the step computes, from the kept counts it recorded
+  (`StepRecord`) by the formula of selectors.traffic, which the accuracy path's rows use too:
+  chosen ahead, kept q and o rows (|Q| d each), kept up, gate and down rows (|N| each), k and v
+  rows of every K/V group where the cache keeps every group (per_token) else of the kept
+  groups; at an input, the kept columns of every linear; at the gate, the gate dense and the
+  kept neurons' up and down rows; with their biases;
 - fixed: the token's embedding row, every norm, the final norm and lm_head (V x D);
 - kv_cache: K and V of the groups the kept query heads read, over the context so far
   (2 x context x groups x d per layer);
@@ -23,10 +25,9 @@ from dataclasses import dataclass
 
 import torch
 
-from shadow_sweep.decode.weights import IndexedLayer, LayerWeights
+from shadow_sweep.decode.weights import LayerWeights
 from shadow_sweep.models.adapters import ModelShape
-from shadow_sweep.selectors.base import Point
-from shadow_sweep.selectors.traffic import LayerCounts, LinearSizes, layer_bytes
+from shadow_sweep.selectors.traffic import LinearSizes
 
 PROBE_BYTES = 512 * 2**20
 
@@ -54,21 +55,16 @@ def layer_sizes(w: LayerWeights, shape: ModelShape) -> LinearSizes:
                        w.v_bias is not None, w.o_bias is not None, w.up_bias is not None, w.down_bias is not None)
 
 
-def layer_weight_bytes(w: LayerWeights | IndexedLayer, sizes: LinearSizes, dense_kv: bool) -> int:
-    """Projection bytes one step of this layer reads: the kept heads' q and o rows, the K/V
-    groups' k and v rows (every group with `dense_kv`, and always for an IndexedLayer: per-token
-    masks cache every group), the kept neurons' rows; by selectors.traffic's formula."""
-    if isinstance(w, IndexedLayer):
-        heads = len(w.q_rows) // sizes.head_dim
-        neurons = len(w.neuron_rows)
-        groups = sizes.kv_heads
-        dense_kv = True
-    else:
-        heads = w.q.shape[0] // sizes.head_dim
-        neurons = w.mlp.shape[0]
-        groups = w.k.shape[0] // sizes.head_dim
-    counts = LayerCounts(sizes.hidden, heads * sizes.head_dim, groups, sizes.hidden, neurons)
-    return layer_bytes(sizes, counts, Point.ahead, Point.ahead, dense_kv)
+@dataclass
+class StepRecord:
+    """What one decode step kept, per layer: the kept counts (attention-input channels,
+    head-context channels, MLP-input channels, neurons), the plan (its blocks' points), the
+    K/V groups computed, the query heads that attended."""
+
+    counts: torch.Tensor  # [L, 4]
+    plans: list
+    groups: list[int]
+    query_heads: list[torch.Tensor]
 
 
 def kv_read_bytes(query_heads: torch.Tensor, queries_per_kv: int, head_dim: int, context: int,

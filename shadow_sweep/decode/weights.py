@@ -80,17 +80,55 @@ class LayerWeights:
 class IndexedLayer:
     """A layer's dense weights plus the rows to read: the fused kernels compute only those
     rows without copying them (per-token masks); q_rows index q and o, neuron_rows up, gate
-    and down."""
+    and down (None: every row)."""
 
     dense: LayerWeights
-    q_rows: torch.Tensor
-    neuron_rows: torch.Tensor
+    q_rows: Optional[torch.Tensor]
+    neuron_rows: Optional[torch.Tensor]
     query_heads: torch.Tensor
 
     @classmethod
-    def of(cls, dense: LayerWeights, head_dim: int, keep_heads: torch.Tensor, keep_neurons: torch.Tensor
-           ) -> "IndexedLayer":
-        return cls(dense, head_rows(keep_heads, head_dim), keep_neurons, keep_heads)
+    def of(cls, dense: LayerWeights, head_dim: int, keep_heads: Optional[torch.Tensor],
+           keep_neurons: Optional[torch.Tensor]) -> "IndexedLayer":
+        """Kept query heads and neurons (ascending; None: every one)."""
+        rows = None if keep_heads is None else head_rows(keep_heads, head_dim)
+        heads = dense.query_heads if keep_heads is None else keep_heads
+        return cls(dense, rows, keep_neurons, heads)
+
+
+@dataclass
+class InputLayout:
+    """TEAL's layout for selections at a linear's input: every weight transposed, so that the
+    kept channels of its input are contiguous rows. q/k/v in one block, gate and up in one."""
+
+    qkv_t: torch.Tensor  # [D, (H + 2 KV) d]
+    gate_up_t: torch.Tensor  # [D, 2 I]: gate's columns, then up's (no gate: up's [D, I])
+    down_t: torch.Tensor  # [I, D]
+
+    @classmethod
+    def of(cls, w: LayerWeights) -> "InputLayout":
+        gate_up = torch.cat([w.gate, w.up]) if w.gate is not None else w.up
+        return cls(torch.cat([w.q, w.k, w.v]).t().contiguous(), gate_up.t().contiguous(), w.down.contiguous())
+
+
+@dataclass
+class GateLayout:
+    """The layout for selections at the gate (CATS): the gate's rows dense, then per neuron its
+    up row and down column adjacent (no gate: fc1's rows, then the down columns)."""
+
+    gate: torch.Tensor  # [I, D]
+    rest: torch.Tensor  # [I, 2, D] (up, down transposed); no gate: [I, 1, D]
+
+    @classmethod
+    def of(cls, w: LayerWeights) -> "GateLayout":
+        if w.gate is None:
+            return cls(w.up.contiguous(), w.mlp[:, 1:].contiguous())
+        return cls(w.gate.contiguous(), torch.stack([w.up, w.down], 1))
+
+
+def layout_bytes(layout) -> int:
+    """The bytes of a layout's tensors (InputLayout, GateLayout)."""
+    return sum(t.numel() * t.element_size() for t in vars(layout).values())
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:

@@ -116,7 +116,8 @@ class MaskPredictor:
         """A network per layer, one token: layer `layer`'s input [1, D] -> its kept query heads
         and neurons (`kernels`: as in `all_layers_kept`)."""
         heads, neurons = self.layer_network_scores(layer, x, kernels)
-        return self.policy.layer_kept(layer, heads[0], neurons[0], self.budgets, _top_k(kernels))
+        first = lambda scores: None if scores is None else scores[0]  # noqa: E731
+        return self.policy.layer_kept(layer, first(heads), first(neurons), self.budgets, _top_k(kernels))
 
 
 def _top_k(kernels):

@@ -118,7 +118,7 @@ def greedy_path(selector: TealSelector, encoded: list[EncodedExample], progress:
         def read(layer: int, x: torch.Tensor) -> None:
             level = trial.get(slot, 0.0)
             if level > 0.0:
-                masks.slots[slot][layer] = selector.mask(slot, layer, x, level, selector.threshold(slot, layer, level))
+                masks.slots[slot][layer] = selector.channel_rule(slot, layer, level).mask(x)
 
         return read
 

@@ -32,6 +32,8 @@ from shadow_sweep.predictors.layouts import NetworkLayout
 from shadow_sweep.sparsity.policy import SparsityPolicy
 
 if TYPE_CHECKING:
+    from shadow_sweep.selectors.kept import KeptUnits
+    from shadow_sweep.selectors.rules import ChannelRule
     from shadow_sweep.selectors.statistics import CalibrationStatistics
 
 
@@ -81,7 +83,7 @@ class SelectorSpec:
     needs_dense_first_layer: bool = False  # it reads layer 0 to choose the later layers
     fixed: bool = False  # one mask for every input (chosen from the calibration data)
     deployable: bool = True  # False: an analysis bound (the oracle)
-    decode: bool = False  # the sparse decode path runs it (bench.predictors)
+    decode: bool = False  # the sparse decode path runs it (bench.predictors; see Selector.step_rules)
     adds: str = "nothing"  # the work its selection adds to a decode step
     source: str = ""
 
@@ -187,6 +189,32 @@ class Selector:
     def read(self, where: Reads, layer: int, x: torch.Tensor) -> None:
         """x [B, T, U]: the input at `where` of layer `layer`, before any mask of that slot."""
         raise NotImplementedError
+
+    def step_rules(self) -> dict[Reads, list[Optional["ChannelRule"]]]:
+        """A selection at the gate or at an input: the rules a decode step applies inside each
+        layer to that layer's own tensors, one per layer (None: every entry kept), at
+        `attention_input`, `head_context`, `mlp_input`, `neuron_activation` or `gate_output`
+        (act(gate)). The selector's masks on the accuracy path come from the same rules."""
+        return {}
+
+    def decode_reads(self) -> dict[Reads, range]:
+        """A selection made ahead: where one-token decode steps hand this selector a state to
+        choose from (`layer_input` before a layer, `mlp_input` before its MLP, `head_context`
+        after the layer); by default where its forward reads."""
+        return self.reads() if self.spec.point == Point.ahead else {}
+
+    def decode_start(self, inputs: ForwardInputs, chosen: "KeptUnits") -> None:
+        """A decode step of one token begins: by default `start`, then the masks it set become
+        `chosen` units."""
+        self.start(inputs)
+        chosen.take(self.point.masks, Block.attention in self.blocks, Block.mlp in self.blocks)
+
+    def decode_read(self, where: Reads, layer: int, x: torch.Tensor, chosen: "KeptUnits", kernels=None) -> None:
+        """One token's state x [1, U] at `where` of `layer`: by default the forward's `read`, then
+        the masks it set at that layer become `chosen` units (a selector may choose directly;
+        `kernels`: the decode kernels for its network and top-k)."""
+        self.read(where, layer, x[None])
+        chosen.take(self.point.masks, Block.attention in self.blocks, Block.mlp in self.blocks, [layer])
 
     def predictor_bytes(self) -> int:
         """Bytes of predictor weights one decode step reads for this selector's blocks."""

@@ -12,7 +12,7 @@ class DejaVuMLPSelector(DejaVuSelector):
     spec = SelectorSpec(name="dejavu_mlp", blocks=(Block.mlp,), point=Point.ahead, updates=ALL_UPDATES,
                         network=NetworkLayout(width_cap=1000, one_network=False, input_field="mlp_input",
                                               heads=False),
-                        needs_dense_first_layer=True,
+                        needs_dense_first_layer=True, decode=True,
                         adds="one predictor network per layer, before the MLP",
                         source="Liu et al., Deja Vu, ICML 2023 (its MLP predictor's input)")
     reads_at = Reads.mlp_input

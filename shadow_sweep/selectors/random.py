@@ -34,7 +34,7 @@ def hashed_uniform(seed: int, ids: torch.Tensor, positions: torch.Tensor, layer:
 
 class RandomSelector(AheadSelector):
     spec = SelectorSpec(name="random", blocks=(Block.attention, Block.mlp), point=Point.ahead, updates=ALL_UPDATES,
-                        adds="a hash per unit", source="seeded uniform scores")
+                        decode=True, adds="a hash per unit", source="seeded uniform scores")
 
     @classmethod
     def key_fields(cls, cfg: AppConfig) -> dict:

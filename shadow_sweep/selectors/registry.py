@@ -9,7 +9,7 @@ A point's label is the selector's name, or `<heads>+<neurons>` when the blocks w
 from dataclasses import dataclass
 from typing import Optional
 
-from shadow_sweep.config import AppConfig, ConfigError
+from shadow_sweep.config import AppConfig, ConfigError, MaskUpdate
 from shadow_sweep.selectors.base import Block, Point, Selector, SelectorSpec
 from shadow_sweep.selectors.cats import CatsSelector
 from shadow_sweep.selectors.dejavu import DejaVuSelector
@@ -74,6 +74,13 @@ class PointSelection:
 
     def deployable(self) -> bool:
         return all(spec(name).deployable for name in self.names())
+
+    def decodes(self, update: MaskUpdate) -> bool:
+        """The decode path runs every selector of it under `update` (a fixed selection is timed
+        per_sequence only: its masks are the same either way)."""
+        specs = [spec(name) for name in self.names()]
+        fixed = any(s.fixed for s in specs)
+        return all(s.decode and update in s.updates for s in specs) and not (fixed and update == MaskUpdate.per_token)
 
 
 DENSE = PointSelection("dense", "dense", "dense")

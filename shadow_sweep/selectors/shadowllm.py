@@ -9,6 +9,7 @@ import torch
 from shadow_sweep.predictors.layouts import NetworkLayout
 from shadow_sweep.selectors.ahead import AheadSelector
 from shadow_sweep.selectors.base import ALL_UPDATES, Block, Point, Reads, SelectorSpec
+from shadow_sweep.selectors.kept import Kept
 
 
 class ShadowLLMSelector(AheadSelector):
@@ -33,3 +34,11 @@ class ShadowLLMSelector(AheadSelector):
             self.rows = x.shape[:2]
             return
         self.set_flat_scores(layer, *self.predictor.layer_scores_from_trunk(self.trunk, layer), self.rows)
+
+    def decode_reads(self) -> dict[Reads, range]:
+        """One network call per token, after layer 0: every later layer's units at once."""
+        return {Reads.head_context: range(1)}
+
+    def network_kept(self, layer: int, x: torch.Tensor, kernels) -> dict[int, tuple[Kept, Kept]]:
+        heads, neurons = self.predictor.all_layers_kept(x, kernels)
+        return {later: (heads[later], neurons[later]) for later in range(1, self.shape.num_layers)}

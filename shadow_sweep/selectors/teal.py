@@ -16,12 +16,14 @@ from shadow_sweep.config import AppConfig, Allocation, MaskUpdate, SelectionRule
 from shadow_sweep.models.masks import Slot
 from shadow_sweep.predictors.fit import FittedPredictor
 from shadow_sweep.selectors.base import BLOCK_SLOTS, Block, Need, Point, PointContext, Reads, Selector, SelectorSpec
-from shadow_sweep.sparsity.topk import keep_count, top_k_mask
+from shadow_sweep.selectors.rules import ChannelRule
+from shadow_sweep.sparsity.topk import keep_count
 
 
 class TealSelector(Selector):
     spec = SelectorSpec(name="teal", blocks=(Block.attention, Block.mlp), point=Point.input,
                         updates=(MaskUpdate.per_token,), rules=(SelectionRule.threshold, SelectionRule.top_k),
+                        decode=True,
                         adds="a comparison per entry of every linear's input (a top-k with rule=top_k)",
                         source="Liu et al., Training-Free Activation Sparsity in LLMs (TEAL), ICLR 2025")
     score = "magnitude"  # the calibration statistics' score this selector thresholds
@@ -35,8 +37,8 @@ class TealSelector(Selector):
         allocated = point.levels.get(self.spec.name, {})  # Slot -> [L], from an allocation
         self.levels = {slot: allocated.get(slot, torch.full((layers,), block_level[block]))
                        for block in blocks for slot in BLOCK_SLOTS[block]}
-        self.thresholds = {slot: [self.threshold(slot, layer, float(levels[layer])) for layer in range(layers)]
-                           for slot, levels in self.levels.items()}
+        self.rules = {slot: [self.channel_rule(slot, layer, float(levels[layer])) for layer in range(layers)]
+                      for slot, levels in self.levels.items()}
 
     @classmethod
     def needs(cls, cfg: AppConfig) -> frozenset:
@@ -55,26 +57,25 @@ class TealSelector(Selector):
     def reads(self) -> dict[Reads, range]:
         return {Reads(slot.value): range(self.first, self.shape.num_layers) for slot in self.levels}
 
-    def scores(self, slot: Slot, layer: int, x: torch.Tensor) -> torch.Tensor:
-        """x [B, T, U] -> the score of each entry, [B, T, U]."""
-        return x.float().abs()
+    def scale(self, slot: Slot, layer: int) -> Optional[torch.Tensor]:
+        """The factor of |x_i| in an entry's score (None: 1)."""
+        return None
 
-    def threshold(self, slot: Slot, layer: int, level: float) -> Optional[float]:
-        """The calibrated threshold of `level` (None under rule top_k)."""
-        if self.rule != SelectionRule.threshold:
+    def channel_rule(self, slot: Slot, layer: int, level: float) -> Optional[ChannelRule]:
+        """The rule keeping `level` of the slot's entries at `layer`: its calibrated threshold (rule
+        threshold) or each token's top round((1 - level) U); None where nothing is selected."""
+        if level == 0.0 or layer < self.first:
             return None
-        return self.point.statistics.threshold(self.score, slot, layer, level)
+        scale = self.scale(slot, layer)
+        if self.rule == SelectionRule.threshold:
+            return ChannelRule(threshold=self.point.statistics.threshold(self.score, slot, layer, level), scale=scale)
+        return ChannelRule(keep=keep_count(level, self.point.masks.width(slot)), scale=scale)
 
-    def mask(self, slot: Slot, layer: int, x: torch.Tensor, level: float, threshold: Optional[float]) -> torch.Tensor:
-        """The keep mask [B, T, U] of input x [B, T, U] at `level` (its `threshold` under rule
-        threshold, else each token's top round((1 - level) U))."""
-        scores = self.scores(slot, layer, x)
-        if threshold is not None:
-            return (scores > threshold).float()
-        return top_k_mask(scores, keep_count(level, scores.shape[-1]))
+    def step_rules(self) -> dict[Reads, list[Optional[ChannelRule]]]:
+        return {Reads(slot.value): rules for slot, rules in self.rules.items()}
 
     def read(self, where: Reads, layer: int, x: torch.Tensor) -> None:
         slot = Slot(where.value)
-        level = float(self.levels[slot][layer])
-        if level > 0.0:
-            self.set_slot(slot, layer, self.mask(slot, layer, x, level, self.thresholds[slot][layer]))
+        rule = self.rules[slot][layer]
+        if rule is not None:
+            self.set_slot(slot, layer, rule.mask(x))

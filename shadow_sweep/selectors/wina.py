@@ -17,14 +17,15 @@ from shadow_sweep.selectors.teal import TealSelector
 class WinaSelector(TealSelector):
     spec = SelectorSpec(name="wina", blocks=(Block.attention, Block.mlp), point=Point.input,
                         updates=(MaskUpdate.per_token,), rules=(SelectionRule.threshold, SelectionRule.top_k),
+                        decode=True,
                         adds="a product and a comparison per entry of every linear's input",
                         source="Chen et al., WINA: Weight Informed Neuron Activation (arXiv 2505.19427)")
     score = "weighted"
 
     def __init__(self, point: PointContext, blocks: tuple[Block, ...], fitted: Optional[FittedPredictor] = None):
-        super().__init__(point, blocks, fitted)
         norms = point.statistics.norms if point.statistics is not None else column_norms(point.loaded)
-        self.norms = {slot: n.to(point.loaded.device) for slot, n in norms.items()}
+        self.norms = {slot: n.to(point.loaded.device).float().contiguous() for slot, n in norms.items()}
+        super().__init__(point, blocks, fitted)
 
-    def scores(self, slot: Slot, layer: int, x: torch.Tensor) -> torch.Tensor:
-        return x.float().abs() * self.norms[slot][layer]
+    def scale(self, slot: Slot, layer: int) -> Optional[torch.Tensor]:
+        return self.norms[slot][layer]

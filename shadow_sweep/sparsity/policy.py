@@ -182,13 +182,19 @@ class SparsityPolicy:
         neurons = self.neurons.kept(neuron_scores, neuron_budget, select)
         return [self.expand_kept_heads(kept) for kept in groups], neurons
 
-    def layer_kept(self, layer: int, head_scores: torch.Tensor, neuron_scores: torch.Tensor,
+    def layer_kept(self, layer: int, head_scores: Optional[torch.Tensor], neuron_scores: Optional[torch.Tensor],
                    budgets: Optional[tuple[torch.Tensor, torch.Tensor]] = None, select: TopK = top_k_indices
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One token, one layer: scores [H], [I] -> kept query heads and neurons, ascending."""
+                   ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """One token, one layer: scores [H], [I] -> kept query heads and neurons, ascending
+        (None scores: None)."""
         head_budget, neuron_budget = budgets if budgets is not None else (None, None)
-        groups = self.heads.layer_kept(layer, self.group_heads(head_scores), head_budget, select)
-        return self.expand_kept_heads(groups), self.neurons.layer_kept(layer, neuron_scores, neuron_budget, select)
+        heads = neurons = None
+        if head_scores is not None:
+            groups = self.heads.layer_kept(layer, self.group_heads(head_scores), head_budget, select)
+            heads = self.expand_kept_heads(groups)
+        if neuron_scores is not None:
+            neurons = self.neurons.layer_kept(layer, neuron_scores, neuron_budget, select)
+        return heads, neurons
 
     def budgets_from(self, head_scores: torch.Tensor, neuron_scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-layer keep counts for per-layer decisions (DejaVu-style predictors, which see one

@@ -27,7 +27,8 @@ from shadow_sweep.results import (JOB_STAGE, QUALITY_FIELDS, RESULTS_NAME, Resul
 from shadow_sweep.selectors.base import Need
 from shadow_sweep.selectors.registry import PointSelection, baseline_selections, job_selection, selector_class
 from shadow_sweep.sweep.points import cached_point, evaluation_points, levels, needs_of, point_row, policy_at
-from shadow_sweep.sweep.stages import allocation_stage, bench_rows, fit_stage, statistics_stage, trace_stage
+from shadow_sweep.sweep.stages import (allocation_stage, bench_rows, bench_selections, fit_stage, statistics_stage,
+                                      trace_stage)
 from shadow_sweep.sweep.tracking import Tracker, open_tracker
 from shadow_sweep.validation import validate
 
@@ -138,7 +139,7 @@ class Job:
             policy_at(cfg, level, loaded)
         selections = [job_selection(cfg)] + baseline_selections(cfg)
         needs: dict[str, frozenset] = {}
-        for selection in selections:
+        for selection in selections + (bench_selections(cfg) if cfg.stages.bench else []):
             needs.update(needs_of(cfg, selection))
         fitted = self.fits(cfg, loaded, cache, [name for name, n in needs.items() if Need.traces in n])
         statistics = None
@@ -162,7 +163,7 @@ class Job:
                     row, outcomes = cached_point(cfg, loaded, point, tasks, documents, statistics, cache)
                     self.record([{**row, "outcomes": self.results.keep_outcomes(outcomes)}])
         if cfg.stages.bench and not any(p.startswith("bench:") for p in measured):
-            self.record(bench_rows(cfg, loaded, fitted))
+            self.record(bench_rows(cfg, loaded, fitted, statistics, paths))
         self.summary["job_seconds"] = time.perf_counter() - started
 
 

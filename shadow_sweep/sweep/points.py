@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from shadow_sweep.cache import StageCache, cache_key, plain
-from shadow_sweep.config import AppConfig
+from shadow_sweep.config import AppConfig, MaskUpdate
 from shadow_sweep.criteria.registry import get_criterion
 from shadow_sweep.data.task_sources import definitions_digest
 from shadow_sweep.evaluation.harness import task_accuracy
@@ -152,6 +152,18 @@ def cached_point(cfg: AppConfig, loaded: LoadedModel, point: EvaluationPoint, ta
     return {**row, "line_key": line_key(cfg, point), "cache_hit": not built}, folder / OUTCOMES_NAME
 
 
+def point_runtime(cfg: AppConfig, loaded: LoadedModel, point: EvaluationPoint,
+                  statistics: Optional[CalibrationStatistics] = None, update: Optional[MaskUpdate] = None
+                  ) -> SelectionRuntime:
+    """The point's selectors on the model (both measurement paths use it), under `update`
+    (default: sparsity.update)."""
+    sparsity = cfg.sparsity
+    criterion = (get_criterion(cfg.criterion.name.value), cfg.criterion)
+    return SelectionRuntime(loaded, point.selection, policy_at(cfg, point.level, loaded), point.fitted,
+                            update or sparsity.update, cfg.predictor.seed, criterion, statistics, sparsity.rule,
+                            point.levels, sparsity.dense_positions)
+
+
 def evaluate_point(cfg: AppConfig, loaded: LoadedModel, point: EvaluationPoint, tasks: list, documents: list[str],
                    statistics: Optional[CalibrationStatistics] = None) -> tuple[dict, dict]:
     """Task accuracy through lm-eval and WikiText-2 perplexity with the point's masks, chosen as
@@ -159,10 +171,7 @@ def evaluate_point(cfg: AppConfig, loaded: LoadedModel, point: EvaluationPoint, 
     realised: kept fractions, bytes per token) and the per-document outcomes."""
     started = time.perf_counter()
     sparsity = cfg.sparsity
-    criterion = (get_criterion(cfg.criterion.name.value), cfg.criterion)
-    runtime = SelectionRuntime(loaded, point.selection, policy_at(cfg, point.level, loaded), point.fitted,
-                               sparsity.update, cfg.predictor.seed, criterion, statistics, sparsity.rule,
-                               point.levels, sparsity.dense_positions)
+    runtime = point_runtime(cfg, loaded, point, statistics)
     row = {**point_row(cfg, point), "ranking_rule": runtime.ranking_rule}
     accuracy = ppl = None
     with runtime:

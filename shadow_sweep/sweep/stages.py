@@ -4,23 +4,26 @@ report fields; `sweep/job.py` records them. Evaluation points: `sweep/points.py`
 
 import time
 from dataclasses import asdict
+from typing import Optional
 
 import pandas as pd
 
 from shadow_sweep.cache import StageCache
-from shadow_sweep.config import AppConfig
-from shadow_sweep.decode.benchmark import run_benchmark
+from shadow_sweep.config import AppConfig, MaskUpdate
+from shadow_sweep.decode.benchmark import BenchPoint, run_benchmark
 from shadow_sweep.decode.fused import gather_kernels
+from shadow_sweep.decode.selection import DecodeSelection
 from shadow_sweep.models.loading import LoadedModel
 from shadow_sweep.predictors.cost import predictor_cost
 from shadow_sweep.predictors.fit import FittedPredictor, predictor_quality, validation_targets
 from shadow_sweep.predictors.stage import predictor_for, training_data
-from shadow_sweep.selectors.registry import decode_selectors, job_selection, selector_class
+from shadow_sweep.selectors.registry import (PointSelection, baseline_selections, job_selection, selection_of,
+                                             selector_class)
 from shadow_sweep.selectors.allocation import GreedyPath
 from shadow_sweep.selectors.stage import allocation_for, statistics_for
 from shadow_sweep.selectors.statistics import CalibrationStatistics
 from shadow_sweep.sparsity.topk import keep_count
-from shadow_sweep.sweep.points import levels, policy_at
+from shadow_sweep.sweep.points import evaluation_points, levels, point_runtime, policy_at
 from shadow_sweep.traces.stage import traces_for
 from shadow_sweep.traces.store import TraceSet
 
@@ -76,18 +79,28 @@ def allocation_stage(cfg: AppConfig, loaded: LoadedModel, cache: StageCache, nam
     return path, {"cache_hit": not built, "seconds": time.perf_counter() - started}
 
 
-def bench_rows(cfg: AppConfig, loaded: LoadedModel, fitted: dict[str, FittedPredictor]) -> list[dict]:
-    """Decode latency on the sparse path: HF generate and our dense path, then the job's selector
-    (when the decode path runs it: one selector for both blocks) at the job's levels under each
-    `bench.updates` policy."""
-    selection = job_selection(cfg)
-    name = selection.heads
-    timed = name == selection.neurons and name in decode_selectors() and name in fitted
-    bench = type(cfg.bench)(**{**asdict(cfg.bench), "levels": levels(cfg), "predictors": [name] if timed else [],
-                               "updates": list(cfg.bench.updates) or [cfg.sparsity.update]})
+def bench_selections(cfg: AppConfig) -> list[PointSelection]:
+    """The selections a job's bench times: the selectors `bench.predictors` names, each alone, or
+    the job's own selection and its eval.baseline_selectors."""
+    if cfg.bench.predictors:
+        return [selection_of(name) for name in cfg.bench.predictors]
+    return [job_selection(cfg)] + baseline_selections(cfg)
+
+
+def bench_rows(cfg: AppConfig, loaded: LoadedModel, fitted: dict[str, FittedPredictor],
+               statistics: Optional[CalibrationStatistics] = None, paths: Optional[dict] = None) -> list[dict]:
+    """Decode latency on the sparse path: HF generate and our dense path, then each of
+    `bench_selections` at the job's levels under each `bench.updates` policy (empty: the job's
+    sparsity.update) that the decode path runs it under."""
+    updates = [MaskUpdate(u) for u in cfg.bench.updates] or [cfg.sparsity.update]
+    bench = type(cfg.bench)(**{**asdict(cfg.bench), "levels": levels(cfg), "updates": updates})
+    points = []
+    for point in evaluation_points(cfg, bench_selections(cfg), fitted, statistics, paths):
+        for update in updates:
+            if not point.selection.dense and point.selection.decodes(update):
+                runtime = point_runtime(cfg, loaded, point, statistics, update)
+                points.append(BenchPoint(DecodeSelection(runtime), point.level))
     compiled = gather_kernels(bench.kernel, loaded.device, loaded.model.dtype, cfg.paths.cache_dir)
-    policies = {level: policy_at(cfg, level, loaded) for level in bench.levels}
-    table: pd.DataFrame = run_benchmark(loaded, {name: fitted[name]} if timed else {}, policies, bench,
-                                        compiled, cfg.sparsity.prefill)
+    table: pd.DataFrame = run_benchmark(loaded, points, bench, compiled, cfg.sparsity.prefill)
     table.insert(0, "stage", "bench")
     return table.to_dict("records")

@@ -1,4 +1,7 @@
-"""The sparse decode path gives the masked dense path's logits for the same masks."""
+"""The sparse decode path gives the masked dense path's logits and keeps what it keeps, for every
+selector the decode path runs, every update policy it serves and both prefills."""
+
+from typing import Optional
 
 import pytest
 import torch
@@ -8,10 +11,13 @@ from shadow_sweep.decode.engine import SparseDecoder
 from shadow_sweep.decode.families import ACTIVATIONS
 from shadow_sweep.decode.fused import gather_kernels
 from shadow_sweep.decode.generate import Generator
-from shadow_sweep.models.masks import LinearInputMasks
+from shadow_sweep.decode.selection import DecodeSelection
+from shadow_sweep.selectors.registry import SELECTORS, selection_of
+from shadow_sweep.selectors.runtime import SelectionRuntime
 from shadow_sweep.sparsity.policy import SparsityPolicy
 from tests.conftest import compose_app, load_tiny
-from tests.selectors.helpers import fitted_for, mask_predictor, runtime_of, synthetic_traces
+from tests.selectors.helpers import (fitted_for, mask_predictor, runtime_for, runtime_of, synthetic_traces,
+                                    tiny_statistics)
 
 STEPS = 32
 TOLERANCE = dict(rtol=1e-4, atol=1e-4)  # fp32: the sparse path sums fewer terms in another order
@@ -40,81 +46,133 @@ def _static(loaded, heads, neurons):
     return fitted
 
 
+def static_selection(loaded, heads, neurons, ranking: str = "per_layer") -> DecodeSelection:
+    """The decode view of a static selection whose masks are `heads` [L, H] / `neurons` [L, I]."""
+    policy = SparsityPolicy(SparsityConfig(level=0.5, ranking=Ranking[ranking]), loaded.shape)
+    return DecodeSelection(runtime_of(loaded, _static(loaded, heads, neurons), policy, MaskUpdate.per_sequence))
+
+
+@torch.no_grad()
+def masked_path(loaded, runtime: SelectionRuntime, prompt, tokens, prefill):
+    """The accuracy path for a generated sequence: one forward over prompt + tokens[:-1] with the
+    runtime's masks -> (logits at the positions that predict each new token, the kept counts
+    [T, L, 4] of every position: attention-input, head-context, MLP-input channels, neurons)."""
+    ids = torch.cat([prompt, torch.tensor(tokens[:-1])])[None]
+    counted = []
+    finish = runtime.account.finish
+
+    def keep_counts() -> None:
+        counted.append(runtime.account.counts[0, :, :, :4].clone())
+        finish()
+
+    with runtime:
+        runtime.account.finish = keep_counts
+        if prefill == Prefill.dense:
+            runtime.dense_prompt(torch.tensor([len(prompt)]))
+        runtime.choose_at(torch.tensor([len(prompt) - 1]))  # per_sequence: the last prompt token
+        logits = list(loaded.model(input_ids=ids).logits[0, len(prompt) - 1:])
+    return logits, counted[0]
+
+
+def masked_path_logits(loaded, runtime, prompt, tokens, prefill):
+    return masked_path(loaded, runtime, prompt, tokens, prefill)[0]
+
+
+def cases() -> list[tuple]:
+    """(predictor, neurons, update, rule) for every selector the decode path runs (the other
+    block dense where it selects one) under each update it serves (a fixed one per_sequence),
+    the mixes of heads and neurons from two selectors, and the top_k rules."""
+    found = []
+    for name, cls in SELECTORS.items():
+        spec = cls.spec
+        if spec.decode and name != "dense":
+            updates = [MaskUpdate.per_sequence] if spec.fixed else list(spec.updates)
+            found += [(name, None, update, None) for update in updates]
+    return found + [("shadowllm", "cats", MaskUpdate.per_token, None),
+                    ("dejavu", "dejavu_mlp", MaskUpdate.per_token, None),
+                    ("dejavu", "dejavu_mlp", MaskUpdate.per_sequence, None),
+                    ("teal", None, MaskUpdate.per_token, "top_k"), ("cats", None, MaskUpdate.per_token, "top_k")]
+
+
+@pytest.fixture(scope="module", params=["tiny-llama", "tiny-opt"])
+def model(request, tmp_path_factory):
+    """A tiny model, its calibration statistics and the fits shared by the cases."""
+    from shadow_sweep.cache import StageCache
+
+    loaded = load_tiny(request.param, StageCache(tmp_path_factory.mktemp("decode")))
+    return loaded, tiny_statistics(loaded), {}
+
+
+def point_runtime(model, predictor: str, neurons: Optional[str], update: MaskUpdate, rule: Optional[str],
+                  **sparsity) -> SelectionRuntime:
+    loaded, statistics, fits = model
+    extra = {"rule": rule} if rule else {}
+    return runtime_for(loaded, predictor, neurons=neurons, update=update, statistics=statistics, fits=fits,
+                       criterion="l2_norm", **extra, **sparsity)
+
+
+@pytest.mark.parametrize("case", cases(), ids=lambda c: "-".join(str(getattr(v, "value", v)) for v in c if v))
+@pytest.mark.parametrize("prefill", list(Prefill))
+@pytest.mark.parametrize("kernel", [BenchKernel.eager, BenchKernel.fused_layer])
+def test_decode_matches_the_masked_path_for_every_selector_update_and_prefill(model, case, prefill, kernel,
+                                                                             embedded_cache):
+    """32 generated tokens: the decode path's logits equal one masked forward of the accuracy path
+    over the same sequence (same selectors, policy, update and prefill), with torch ops and with
+    every one-token step in the C++ layer, and each decode step keeps, layer by layer, as many
+    channels, heads and neurons as the accuracy path kept at that token."""
+    loaded = model[0]
+    kernels = gather_kernels(kernel, loaded.device, torch.float32, embedded_cache.root)
+    selection = DecodeSelection(point_runtime(model, *case))
+    run = Generator(SparseDecoder(loaded, kernels), selection, prefill=prefill).generate(_prompt(5), STEPS)
+    expected, counts = masked_path(loaded, point_runtime(model, *case), _prompt(5), run.tokens, prefill)
+    assert len(run.logits) == len(expected) == STEPS
+    for ours, theirs in zip(run.logits, expected):
+        torch.testing.assert_close(ours, theirs, **TOLERANCE)
+    decoded = torch.stack([record.counts for record in run.records])
+    assert torch.equal(decoded, counts[len(_prompt(5)):len(_prompt(5)) + STEPS - 1])
+
+
+def test_a_sink_reaching_past_the_prompt_is_refused(model):
+    selection = DecodeSelection(point_runtime(model, "teal", None, MaskUpdate.per_token, None, dense_positions=12))
+    with pytest.raises(ValueError, match="dense_positions=12"):
+        Generator(SparseDecoder(model[0]), selection).generate(_prompt(5), 4)
+
+
+def test_a_sink_inside_the_prompt_decodes_as_the_masked_path(model, embedded_cache):
+    loaded = model[0]
+    kernels = gather_kernels(BenchKernel.fused_layer, loaded.device, torch.float32, embedded_cache.root)
+    case = ("teal", None, MaskUpdate.per_token, None)
+    run = Generator(SparseDecoder(loaded, kernels), DecodeSelection(point_runtime(model, *case, dense_positions=2))
+                    ).generate(_prompt(5), STEPS)
+    expected = masked_path_logits(loaded, point_runtime(model, *case, dense_positions=2), _prompt(5), run.tokens,
+                                  Prefill.sparse)
+    for ours, theirs in zip(run.logits, expected):
+        torch.testing.assert_close(ours, theirs, **TOLERANCE)
+
+
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-opt"])
 def test_fixed_masks_match_the_masked_path_over_32_tokens(name, session_cache):
     loaded = load_tiny(name, session_cache)
     s = loaded.shape
     policy = SparsityPolicy(SparsityConfig(level=0.5, ranking=Ranking["per_layer"]), s)
-    scores = torch.rand(1, s.num_layers, s.num_heads), torch.rand(1, s.num_layers, s.num_neurons)
-    heads, neurons = policy.masks(*scores)
-    generator = Generator(SparseDecoder(loaded), mask_predictor(_static(loaded, heads[0], neurons[0]), policy),
-                          "per_sequence")
-    run = generator.generate(_prompt(), STEPS)
-    with LinearInputMasks(loaded.model, loaded.adapter, s) as masks:
-        masks.set(heads, neurons)
+    heads, neurons = policy.masks(torch.rand(1, s.num_layers, s.num_heads), torch.rand(1, s.num_layers, s.num_neurons))
+    run = Generator(SparseDecoder(loaded), static_selection(loaded, heads[0], neurons[0])).generate(_prompt(), STEPS)
+    with runtime_of(loaded, _static(loaded, heads[0], neurons[0]), policy, MaskUpdate.per_sequence) as runtime:
+        runtime.masks.set(heads, neurons)
         expected = reference_logits(loaded, _prompt(), run.tokens)
     assert len(run.logits) == STEPS
     for ours, theirs in zip(run.logits, expected):
         torch.testing.assert_close(ours, theirs, **TOLERANCE)
 
 
-@pytest.mark.parametrize("kind", ["shadowllm", "dejavu"])
-def test_per_token_prediction_matches_masks_predicted_in_every_forward(kind, session_cache):
-    loaded = load_tiny("tiny-llama", session_cache)
-    fitted = fitted_for(kind, loaded.shape, synthetic_traces(loaded.shape, 64), epochs=3)
-    policy = SparsityPolicy(SparsityConfig(level=0.5), loaded.shape)
-    decoder = SparseDecoder(loaded)
-    run = Generator(decoder, mask_predictor(fitted, policy), "per_token").generate(_prompt(1), STEPS)
-    with runtime_of(loaded, fitted, policy):
-        expected = reference_logits(loaded, _prompt(1), run.tokens)
-    for ours, theirs in zip(run.logits, expected):
-        torch.testing.assert_close(ours, theirs, **TOLERANCE)
-
-
-@torch.no_grad()
-def masked_path_logits(loaded, runtime, prompt, tokens, prefill):
-    """The accuracy path's logits for a generated sequence: one forward over prompt + tokens[:-1]
-    with the runtime's masks, read at the positions that predict each new token."""
-    ids = torch.cat([prompt, torch.tensor(tokens[:-1])])[None]
-    if prefill == Prefill.dense:
-        runtime.dense_prompt(torch.tensor([len(prompt)]))
-    runtime.choose_at(torch.tensor([len(prompt) - 1]))  # per_sequence: the last prompt token
-    return list(loaded.model(input_ids=ids).logits[0, len(prompt) - 1:])
-
-
-@pytest.mark.parametrize("name", ["tiny-llama", "tiny-opt"])
-@pytest.mark.parametrize("kind", ["shadowllm", "dejavu", "static"])
-@pytest.mark.parametrize("update", list(MaskUpdate))
-@pytest.mark.parametrize("prefill", list(Prefill))
-@pytest.mark.parametrize("kernel", [BenchKernel.eager, BenchKernel.fused_layer])
-def test_decode_matches_the_masked_path_for_every_update_and_prefill(name, kind, update, prefill, kernel,
-                                                                     session_cache, embedded_cache):
-    """32 generated tokens: the sparse decode path's logits equal one masked forward of the
-    accuracy path over the same sequence (same predictor, policy, update and prefill), with
-    torch ops and with every one-token step in the C++ layer."""
-    loaded = load_tiny(name, session_cache)
-    fitted = fitted_for(kind, loaded.shape, synthetic_traces(loaded.shape, 64), epochs=3)
-    policy = SparsityPolicy(SparsityConfig(level=0.5), loaded.shape)
-    kernels = gather_kernels(kernel, loaded.device, torch.float32, embedded_cache.root)
-    generator = Generator(SparseDecoder(loaded, kernels), mask_predictor(fitted, policy, update=update), update.value,
-                          prefill=prefill)
-    run = generator.generate(_prompt(5), STEPS)
-    with runtime_of(loaded, fitted, policy, update) as runtime:
-        expected = masked_path_logits(loaded, runtime, _prompt(5), run.tokens, prefill)
-    assert len(run.logits) == len(expected) == STEPS
-    for ours, theirs in zip(run.logits, expected):
-        torch.testing.assert_close(ours, theirs, **TOLERANCE)
-
-
-@pytest.mark.parametrize("update", ["dense", "per_sequence"])
+@pytest.mark.parametrize("update", [MaskUpdate.per_sequence, MaskUpdate.per_token])
 def test_sparsity_zero_equals_dense(update, session_cache):
     loaded = load_tiny("tiny-opt", session_cache)
-    fitted = fitted_for("shadowllm", loaded.shape, synthetic_traces(loaded.shape, 32), epochs=2)
-    decoder = SparseDecoder(loaded)
-    policy = SparsityPolicy(SparsityConfig(level=0.0), loaded.shape)
-    run = Generator(decoder, mask_predictor(fitted, policy), update).generate(_prompt(2), STEPS)
-    for ours, theirs in zip(run.logits, reference_logits(loaded, _prompt(2), run.tokens)):
-        torch.testing.assert_close(ours, theirs, **TOLERANCE)
+    selection = DecodeSelection(runtime_for(loaded, "shadowllm", level=0.0, update=update))
+    for chosen in (selection, None):
+        run = Generator(SparseDecoder(loaded), chosen).generate(_prompt(2), STEPS)
+        for ours, theirs in zip(run.logits, reference_logits(loaded, _prompt(2), run.tokens)):
+            torch.testing.assert_close(ours, theirs, **TOLERANCE)
 
 
 def test_unsupported_family_is_named(session_cache):
@@ -122,66 +180,75 @@ def test_unsupported_family_is_named(session_cache):
         SparseDecoder(load_tiny("tiny-gemma3", session_cache))
 
 
-@pytest.mark.slow
-def test_smollm2_sparse_path_matches_the_masked_path(embedded_cache):
-    from shadow_sweep.models.loading import load_model
-
-    loaded = load_model(compose_app().model, embedded_cache)
-    s = loaded.shape
-    policy = SparsityPolicy(SparsityConfig(level=0.5), s)
-    g = torch.Generator().manual_seed(0)
-    heads, neurons = policy.masks(torch.rand(1, s.num_layers, s.num_heads, generator=g),
-                                  torch.rand(1, s.num_layers, s.num_neurons, generator=g))
-    decoder = SparseDecoder(loaded)
-    run = Generator(decoder, mask_predictor(_static(loaded, heads[0], neurons[0]), policy),
-                    "per_sequence").generate(_prompt(3, 16), STEPS)
-    with LinearInputMasks(loaded.model, loaded.adapter, s) as masks:
-        masks.set(heads, neurons)
-        expected = reference_logits(loaded, _prompt(3, 16), run.tokens)
-    for ours, theirs in zip(run.logits, expected):
-        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=2e-3)  # logits up to ~40: relative 5e-5
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("prefill", list(Prefill))
-def test_smollm2_per_token_decode_matches_the_masked_path(embedded_cache, prefill):
-    """SmolLM2 (GQA, 30 layers), a ShadowLLM network per token: decode == one masked forward."""
-    from shadow_sweep.models.loading import load_model
-
-    loaded = load_model(compose_app().model, embedded_cache)
-    fitted = fitted_for("shadowllm", loaded.shape, synthetic_traces(loaded.shape, 16), epochs=1)
-    policy = SparsityPolicy(SparsityConfig(level=0.5, ranking=Ranking["per_layer"]), loaded.shape)
-    update = MaskUpdate.per_token
-    run = Generator(SparseDecoder(loaded), mask_predictor(fitted, policy, update=update), update.value,
-                    prefill=prefill).generate(_prompt(3, 16), STEPS)
-    with runtime_of(loaded, fitted, policy, update) as runtime:
-        expected = masked_path_logits(loaded, runtime, _prompt(3, 16), run.tokens, prefill)
-    for ours, theirs in zip(run.logits, expected):
-        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=2e-3)  # logits up to ~40: relative 5e-5
-
-
-def test_benchmark_runs_end_to_end_on_a_tiny_model(session_cache):
-    from shadow_sweep.config import BenchConfig
-    from shadow_sweep.decode.benchmark import run_benchmark
-
+def test_a_selector_the_decode_path_does_not_run_is_named(session_cache):
     loaded = load_tiny("tiny-llama", session_cache)
-    predictors = {kind: fitted_for(kind, loaded.shape, synthetic_traces(loaded.shape, 16), epochs=1)
-                  for kind in ("shadowllm", "dejavu", "static")}
-    policies = {0.5: SparsityPolicy(SparsityConfig(level=0.5), loaded.shape)}
-    cfg = BenchConfig(prompt_length=8, new_tokens=4, repeats=3, warmup=0, threads=1,
-                      updates=[MaskUpdate.per_sequence, MaskUpdate.per_token])
-    table = run_benchmark(loaded, predictors, policies, cfg)
-    assert list(table.path) == ["hf_generate", "ours"] + ["ours"] * 5
-    assert set(zip(table["predictor"], table["update"])) >= {("shadowllm", "per_token"), ("dejavu", "per_sequence"),
-                                                        ("static", "per_sequence"), ("dense", "dense")}
+    with pytest.raises(ValueError, match="does not run selector 'oracle'"):
+        DecodeSelection(runtime_for(loaded, "oracle"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [("static", None, MaskUpdate.per_sequence, None),
+                                  ("shadowllm", None, MaskUpdate.per_token, None),
+                                  ("teal", None, MaskUpdate.per_token, None),
+                                  ("wina", None, MaskUpdate.per_token, None),
+                                  ("shadowllm", "cats", MaskUpdate.per_token, None)],
+                         ids=lambda c: "-".join(str(getattr(v, "value", v)) for v in c if v))
+def test_smollm2_decode_matches_the_masked_path(case, smollm2):
+    """SmolLM2 (GQA, 30 layers) in the C++ layer: decode == one masked forward, for a fixed,
+    a learned per-token and the at-input and at-gate selections."""
+    loaded, statistics, kernels = smollm2
+    prompt = _prompt(3, 16)
+    fits = {}
+    make = lambda: runtime_for(loaded, case[0], neurons=case[1], update=case[2], statistics=statistics,  # noqa: E731
+                               fits=fits, traces=synthetic_traces(loaded.shape, 16), criterion="l2_norm")
+    run = Generator(SparseDecoder(loaded, kernels), DecodeSelection(make())).generate(prompt, STEPS)
+    expected, counts = masked_path(loaded, make(), prompt, run.tokens, Prefill.sparse)
+    for ours, theirs in zip(run.logits, expected):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=2e-3)  # logits up to ~40: relative 5e-5
+    decoded = torch.stack([record.counts for record in run.records]).float()
+    realised = counts[len(prompt):len(prompt) + STEPS - 1].float()
+    assert (decoded.mean(0) - realised.mean(0)).abs().max() <= 0.01 * realised.mean(0).max()
+
+
+@pytest.fixture(scope="module")
+def smollm2(embedded_cache):
+    from shadow_sweep.data.calibration import EncodedExample
+    from shadow_sweep.models.loading import load_model
+    from shadow_sweep.selectors.statistics import collect_statistics
+
+    loaded = load_model(compose_app().model, embedded_cache)
+    g = torch.Generator().manual_seed(0)
+    encoded = [EncodedExample(torch.randint(3, 40000, (64,), generator=g).tolist(), 1) for _ in range(8)]
+    statistics = collect_statistics(loaded, encoded, batch_size=4, progress=False)
+    kernels = gather_kernels(BenchKernel.fused_layer, loaded.device, torch.float32, embedded_cache.root)
+    return loaded, statistics, kernels
+
+
+def test_benchmark_runs_every_point_kind_end_to_end_on_a_tiny_model(model, embedded_cache):
+    from shadow_sweep.config import BenchConfig
+    from shadow_sweep.decode.benchmark import BenchPoint, run_benchmark
+
+    cases = [("shadowllm", None, MaskUpdate.per_token), ("dejavu", None, MaskUpdate.per_sequence),
+             ("static", None, MaskUpdate.per_sequence), ("teal", None, MaskUpdate.per_token),
+             ("cats", None, MaskUpdate.per_token), ("shadowllm", "cats", MaskUpdate.per_token)]
+    points = [BenchPoint(DecodeSelection(point_runtime(model, name, neurons, update, None)), 0.5)
+              for name, neurons, update in cases]
+    cfg = BenchConfig(prompt_length=8, new_tokens=4, repeats=2, warmup=0, threads=1)
+    kernels = gather_kernels(BenchKernel.fused_layer, torch.device("cpu"), torch.float32, embedded_cache.root)
+    table = run_benchmark(model[0], points, cfg, kernels)
+    assert list(table.path) == ["hf_generate", "ours"] + ["ours"] * len(cases)
+    assert list(zip(table.predictor, table["update"]))[2:] == [
+        ("shadowllm", "per_token"), ("dejavu", "per_sequence"), ("static", "per_sequence"), ("teal", "per_token"),
+        ("cats", "per_token"), ("shadowllm+cats", "per_token")]
     assert (table.ms_per_token > 0).all() and table.speedup_vs_dense.notna().all()
+    assert table.set_index("predictor").loc["shadowllm+cats", ["heads_point", "neurons_point"]].tolist() == [
+        "ahead", "gate"]
+    assert (table.layout_bytes > 0).all()  # teal's and cats's layouts were made
 
 
 def _per_token_runs(loaded, decoders, seed=4, steps=16):
-    fitted = fitted_for("shadowllm", loaded.shape, synthetic_traces(loaded.shape, 32), epochs=2)
-    policy = SparsityPolicy(SparsityConfig(level=0.5), loaded.shape)
-    return [Generator(d, mask_predictor(fitted, policy, loaded.device), "per_token").generate(_prompt(seed), steps)
-            for d in decoders]
+    make = lambda: DecodeSelection(runtime_for(loaded, "shadowllm"))  # noqa: E731
+    return [Generator(d, make()).generate(_prompt(seed), steps) for d in decoders]
 
 
 def _assert_same_runs(runs):
@@ -266,26 +333,6 @@ def test_the_predictor_for_one_token_on_the_kernels_equals_its_batched_forward(n
                 assert torch.equal(heads, heads_torch) and torch.equal(neurons, neurons_torch)
 
 
-@pytest.mark.parametrize("equal_counts", [True, False])
-def test_indexed_layers_at_once_equal_one_layer_at_a_time(equal_counts, session_cache):
-    loaded = load_tiny("tiny-llama", session_cache)
-    s, decoder = loaded.shape, SparseDecoder(loaded)
-    g = torch.Generator().manual_seed(5)
-    count = s.num_heads // 2
-    heads = [torch.randperm(s.num_heads, generator=g)[:count if equal_counts else l].sort().values
-             for l in range(s.num_layers)]
-    neurons = [torch.randperm(s.num_neurons, generator=g)[:s.num_neurons // 2].sort().values
-               for _ in range(s.num_layers)]
-    together = decoder.indexed_from(1, heads, neurons)
-    assert len(together) == s.num_layers - 1
-    for l, layer in enumerate(together, start=1):
-        assert layer.dense is decoder.dense[l]
-        expected_rows = torch.cat([torch.arange(h * s.head_dim, (h + 1) * s.head_dim) for h in heads[l].tolist()]
-                                  + [torch.zeros(0, dtype=torch.long)])
-        assert torch.equal(layer.q_rows, expected_rows), l
-        assert torch.equal(layer.neuron_rows, neurons[l]) and torch.equal(layer.query_heads, heads[l])
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-opt"])
 def test_cuda_path_matches_the_cpu_path(name, session_cache):
@@ -301,23 +348,19 @@ def test_cuda_path_matches_the_cpu_path(name, session_cache):
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-opt"])
 def test_the_cpp_layer_equals_torch_ops_with_layers_that_keep_nothing(name, session_cache, embedded_cache):
-    """Fixed masks where one layer keeps no head and another no neuron: every one-token step
-    in the C++ layer (bench.kernel=fused_layer) gives the torch-ops path's tokens and logits."""
+    """Fixed masks (global ranking) where layer 1 keeps no head and layer 2 no neuron: every
+    one-token step in the C++ layer (bench.kernel=fused_layer) gives the torch-ops path's tokens
+    and logits."""
     loaded = load_tiny(name, session_cache)
     s = loaded.shape
     g = torch.Generator().manual_seed(3)
-    heads = torch.rand(s.num_layers, s.num_heads, generator=g) > 0.5
-    neurons = torch.rand(s.num_layers, s.num_neurons, generator=g) > 0.5
-    heads[1] = False
-    neurons[2] = False
-    policy = SparsityPolicy(SparsityConfig(level=0.5, ranking=Ranking["per_layer"]), s)
+    heads = torch.rand(s.num_layers, s.num_heads, generator=g) + 1
+    neurons = torch.rand(s.num_layers, s.num_neurons, generator=g) + 1
+    heads[1] = 0.0
+    neurons[2] = 0.0
     whole_layers = gather_kernels(BenchKernel.fused_layer, loaded.device, torch.float32, embedded_cache.root)
-    runs = []
-    for decoder in (SparseDecoder(loaded), SparseDecoder(loaded, whole_layers)):
-        generator = Generator(decoder, mask_predictor(_static(loaded, heads, neurons), policy), "per_sequence")
-        generator.static_weights = [decoder.dense[0]] + [
-            decoder.sliced(l, heads[l].nonzero().squeeze(1), neurons[l].nonzero().squeeze(1))
-            for l in range(1, s.num_layers)]
-        runs.append(generator.generate(_prompt(6), STEPS))
+    runs = [Generator(decoder, static_selection(loaded, heads, neurons, "global")).generate(_prompt(6), STEPS)
+            for decoder in (SparseDecoder(loaded), SparseDecoder(loaded, whole_layers))]
+    assert runs[1].records[0].counts[1, 1] == 0 and runs[1].records[0].counts[2, 3] == 0
     assert runs[1].logits[-1].abs().sum() > 0
     _assert_same_runs(runs)

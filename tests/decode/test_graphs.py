@@ -4,14 +4,13 @@ logits: on the CPU uncaptured, on CUDA (when present) captured and replayed."""
 import pytest
 import torch
 
-from shadow_sweep.config import Ranking, SparsityConfig
 from shadow_sweep.decode import generate
 from shadow_sweep.decode.engine import SparseDecoder
 from shadow_sweep.decode.generate import Generator
-from shadow_sweep.sparsity.policy import SparsityPolicy
+from shadow_sweep.decode.selection import DecodeSelection
 from tests.conftest import load_tiny
-from tests.decode.test_decode import STEPS, TOLERANCE, _prompt, _static
-from tests.selectors.helpers import mask_predictor
+from tests.decode.test_decode import STEPS, TOLERANCE, _prompt, static_selection
+from tests.selectors.helpers import runtime_for
 
 
 class UncapturedStep:
@@ -29,16 +28,19 @@ class UncapturedStep:
 def _runs(loaded, update: str, graphs: list[bool]):
     """Static masks at 50% (global ranking) under which the last layer keeps no head at all
     (CUDA's attention kernels fail on zero heads: the decoder must skip them), or dense."""
-    s, g = loaded.shape, torch.Generator().manual_seed(0)
-    policy = SparsityPolicy(SparsityConfig(level=0.5, ranking=Ranking["global"]), s)
-    head_scores, neuron_scores = torch.rand(s.num_layers, s.num_heads, generator=g), torch.rand(s.num_layers,
-                                                                                                s.num_neurons, generator=g)
+    s = loaded.shape
+    g = torch.Generator().manual_seed(0)
+    head_scores = torch.rand(s.num_layers, s.num_heads, generator=g)
+    neuron_scores = torch.rand(s.num_layers, s.num_neurons, generator=g)
     head_scores[-1] = 0.0  # the lowest scores of all: dropped first
-    masks = mask_predictor(_static(loaded, head_scores, neuron_scores), policy, loaded.device)
-    assert not masks.static[0][0, -1].any() and masks.static[0][0, :-1].any()
-    masks = masks if update != "dense" else None
     decoder = SparseDecoder(loaded)
-    return [Generator(decoder, masks, update, graphs=graph).generate(_prompt(5), STEPS) for graph in graphs]
+    runs = []
+    for graph in graphs:
+        selection = static_selection(loaded, head_scores, neuron_scores, "global") if update != "dense" else None
+        runs.append(Generator(decoder, selection, graphs=graph).generate(_prompt(5), STEPS))
+    if update != "dense":
+        assert runs[0].records[0].counts[-1, 1] == 0 and runs[0].records[0].counts[:-1, 1].all()
+    return runs
 
 
 def _assert_same(reference, other):
@@ -57,7 +59,8 @@ def test_static_shape_step_matches_the_eager_step(name, update, session_cache, m
 
 def test_per_token_masks_are_not_graphed(session_cache):
     with pytest.raises(ValueError, match="fixed for the sequence"):
-        Generator(SparseDecoder(load_tiny("tiny-llama", session_cache)), None, "per_token", graphs=True)
+        loaded = load_tiny("tiny-llama", session_cache)
+        Generator(SparseDecoder(loaded), DecodeSelection(runtime_for(loaded, "teal", rule="top_k")), graphs=True)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

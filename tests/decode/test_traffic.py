@@ -4,15 +4,17 @@ here from the tiny models' known shapes; the benchmark reports them with the flo
 import pytest
 import torch
 
-from shadow_sweep.config import BenchConfig, MaskUpdate, Ranking, SparsityConfig
-from shadow_sweep.decode.benchmark import _hf_generate_ms_per_token, run_benchmark
+from shadow_sweep.config import BenchConfig, BenchKernel, Prefill, Ranking, SparsityConfig
+from shadow_sweep.decode.benchmark import BenchPoint, _hf_generate_ms_per_token, run_benchmark
 from shadow_sweep.decode.engine import SparseDecoder
+from shadow_sweep.decode.fused import TorchGatherKernels, gather_kernels
 from shadow_sweep.decode.generate import Generator
-from shadow_sweep.decode.traffic import read_bandwidth, tensors_read_bandwidth
+from shadow_sweep.decode.selection import DENSE_PLAN, DecodeSelection
+from shadow_sweep.decode.traffic import StepRecord, read_bandwidth, tensors_read_bandwidth
 from shadow_sweep.sparsity.policy import SparsityPolicy
 from tests.conftest import load_tiny
-from tests.decode.test_decode import _prompt, _static
-from tests.selectors.helpers import fitted_for, mask_predictor, synthetic_traces
+from tests.decode.test_decode import _prompt, masked_path, static_selection
+from tests.selectors.helpers import runtime_for, tiny_statistics
 
 FP32 = 4
 
@@ -40,11 +42,25 @@ def expected_bytes(name: str, shape, heads: torch.Tensor, neurons: torch.Tensor,
     return total * FP32 + predictor
 
 
+def one_step(decoder: SparseDecoder, weights: list, dense_kv: bool, context: int) -> StepRecord:
+    """One token at position context - 1 through every layer with `weights` -> what it kept."""
+    s = decoder.shape
+    caches = decoder.new_cache(context, decoder.dense if dense_kv else weights)
+    for cache in caches:
+        cache.length = context - 1
+    positions = torch.tensor([context - 1])
+    x = decoder.family.embed(torch.tensor([5]), positions)
+    plans = [DENSE_PLAN] * s.num_layers
+    decoder.run_layers(0, s.num_layers, x, positions, weights, caches, decoder.family.rotation(positions, x), dense_kv,
+                       plans)
+    return decoder.record(weights, plans, dense_kv)
+
+
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-opt"])
 def test_a_sliced_or_indexed_step_reads_kept_rows_plus_the_fixed_parts(name, session_cache):
     loaded = load_tiny(name, session_cache)
     s = loaded.shape
-    decoder = SparseDecoder(loaded)
+    decoder = SparseDecoder(loaded, TorchGatherKernels())
     g = torch.Generator().manual_seed(3)
     heads = torch.rand(s.num_layers, s.num_heads, generator=g) > 0.5
     neurons = torch.rand(s.num_layers, s.num_neurons, generator=g) > 0.5
@@ -53,12 +69,11 @@ def test_a_sliced_or_indexed_step_reads_kept_rows_plus_the_fixed_parts(name, ses
     sliced = [decoder.sliced(layer, *kept[layer]) for layer in range(s.num_layers)]
     indexed = [decoder.indexed(layer, *kept[layer]) for layer in range(s.num_layers)]
     for weights, dense_kv in ((sliced, False), (sliced, True), (indexed, True)):
-        traffic = decoder.step_traffic(weights, 20, dense_kv, predictor_bytes=123)
+        traffic = decoder.step_traffic(one_step(decoder, weights, dense_kv, 20), 20, predictor_bytes=123)
         assert traffic.total == expected_bytes(name, s, heads, neurons, 20, dense_kv, 123)
-    everything = decoder.step_traffic(decoder.dense, 20, False, 0)
+    everything = decoder.step_traffic(one_step(decoder, decoder.dense, False, 20), 20, 0)
     all_heads = torch.ones_like(heads)
     assert everything.total == expected_bytes(name, s, all_heads, torch.ones_like(neurons), 20, False)
-    assert everything.total > decoder.step_traffic(sliced, 20, False, 0).total
 
 
 def test_a_decode_run_counts_every_step_at_its_context_length(session_cache):
@@ -66,23 +81,52 @@ def test_a_decode_run_counts_every_step_at_its_context_length(session_cache):
     s = loaded.shape
     policy = SparsityPolicy(SparsityConfig(level=0.5, ranking=Ranking.per_layer), s)
     heads, neurons = policy.masks(torch.rand(1, s.num_layers, s.num_heads), torch.rand(1, s.num_layers, s.num_neurons))
-    static = mask_predictor(_static(loaded, heads[0], neurons[0]), policy)
-    run = Generator(SparseDecoder(loaded), static, "per_sequence").generate(_prompt(length=10), 5)
+    run = Generator(SparseDecoder(loaded), static_selection(loaded, heads[0], neurons[0])).generate(_prompt(), 5)
     assert [t.total for t in run.traffic] == [expected_bytes("tiny-llama", s, heads[0], neurons[0], 11 + step, False)
                                               for step in range(4)]
-    fitted = fitted_for("shadowllm", s, synthetic_traces(s, 16), epochs=1)
-    predictor_bytes = sum(p.numel() * 4 for p in fitted.net.parameters())
-    per_token = Generator(SparseDecoder(loaded), mask_predictor(fitted, policy), "per_token").generate(_prompt(), 3)
-    assert all(t.predictor == predictor_bytes for t in per_token.traffic)
+    selection = DecodeSelection(runtime_for(loaded, "shadowllm"))
+    net = selection.runtime.selectors[0].fitted.net
+    per_token = Generator(SparseDecoder(loaded), selection).generate(_prompt(), 3)
+    assert all(t.predictor == sum(p.numel() * FP32 for p in net.parameters()) for t in per_token.traffic)
+
+
+@pytest.mark.parametrize("name", ["teal", "cats"])
+def test_a_step_at_the_input_or_the_gate_reads_what_its_point_keeps(name, session_cache, embedded_cache):
+    """tiny-llama (D 64, H 4 and KV 2 of d 16, I 96, no biases), per token: teal reads the kept
+    columns of every linear, (H + 2 KV) d a + D c + 2 I m + D n elements a layer; cats the
+    attention and the gate dense, then n up and n down rows; a and c, m and n the channels and
+    neurons the accuracy path kept at that token."""
+    loaded = load_tiny("tiny-llama", session_cache)
+    statistics = tiny_statistics(loaded)
+    kernels = gather_kernels(BenchKernel.fused_layer, loaded.device, torch.float32, embedded_cache.root)
+    run = Generator(SparseDecoder(loaded, kernels), DecodeSelection(runtime_for(loaded, name, statistics=statistics))
+                    ).generate(_prompt(), 6)
+    _, counts = masked_path(loaded, runtime_for(loaded, name, statistics=statistics), _prompt(), run.tokens,
+                            Prefill.sparse)
+    hidden, heads, groups, d, neurons = 64, 4, 2, 16, 96
+    fixed = hidden + 384 * hidden + (2 * loaded.shape.num_layers + 1) * hidden
+    for step, traffic in enumerate(run.traffic):
+        kept = counts[len(_prompt()) + step]  # [L, 4]
+        attention_input, head_context, mlp_input, neuron_activation = kept.unbind(1)
+        if name == "teal":
+            per_layer = ((heads + 2 * groups) * d * attention_input + hidden * head_context
+                         + 2 * neurons * mlp_input + hidden * neuron_activation)
+        else:
+            per_layer = (2 * heads * d * hidden + 2 * groups * d * hidden + neurons * hidden
+                         + 2 * neuron_activation * hidden)
+        assert traffic.weights == FP32 * int(per_layer.sum())
+        assert traffic.fixed == FP32 * fixed
+        assert traffic.kv_cache == FP32 * loaded.shape.num_layers * 2 * (len(_prompt()) + step + 1) * groups * d
 
 
 def test_the_benchmark_reports_bytes_floor_and_the_fastest_dense_path(session_cache):
     loaded = load_tiny("tiny-llama", session_cache)
-    predictors = {"static": fitted_for("static", loaded.shape, synthetic_traces(loaded.shape, 8))}
-    policies = {0.5: SparsityPolicy(SparsityConfig(level=0.5, ranking=Ranking.per_layer), loaded.shape)}
-    cfg = BenchConfig(prompt_length=8, new_tokens=4, repeats=2, warmup=0, threads=1, predictors=["static"],
-                      updates=[MaskUpdate.per_sequence])
-    table = run_benchmark(loaded, predictors, policies, cfg).set_index("predictor")
+    s = loaded.shape
+    heads = torch.rand(s.num_layers, s.num_heads)
+    neurons = torch.rand(s.num_layers, s.num_neurons)
+    cfg = BenchConfig(prompt_length=8, new_tokens=4, repeats=2, warmup=0, threads=1)
+    table = run_benchmark(loaded, [BenchPoint(static_selection(loaded, heads, neurons), 0.5)], cfg)
+    table = table.set_index("predictor")
     assert table.loc["static", "bytes_per_token"] < table.loc["dense", "bytes_per_token"].min()
     hf = table[table.path == "hf_generate"].iloc[0]
     assert hf.bytes_per_token == table[table.path == "ours"].loc["dense", "bytes_per_token"]

@@ -53,7 +53,8 @@ def test_a_selector_registered_from_a_test_module_runs_a_job(tmp_path, data_root
     (["predictor=shadowllm", "sparsity.rule=threshold"], r"sparsity.rule='threshold'.*with selector shadowllm"),
     (["predictor=shadowllm", "eval.baseline_selectors=[]", "sparsity.allocation=greedy"],
      r"sparsity.allocation='greedy'.*a selector at a linear's input"),
-    (["bench.predictors=[teal]"], r"bench.predictors='teal'.*selectors the decode path runs"),
+    (["bench.predictors=[oracle]"], r"bench.predictors='oracle'.*selectors the decode path runs"),
+        (["bench.predictors=[teal]", "bench.updates=[per_sequence]"], r"bench.predictors='teal'.*under bench.updates"),
     (["predictor=dejavu", "sparsity.keep_first_layer_dense=false"], r"keep_first_layer_dense.*with selector dejavu"),
     (["predictor=oracle", "criterion=plainact"], r"criterion.name='plainact'.*predictor=oracle"),
 ])

@@ -14,6 +14,7 @@ from shadow_sweep.selectors.base import Point
 from shadow_sweep.selectors.traffic import LinearSizes, fixed_bytes
 from shadow_sweep.sparsity.policy import SparsityPolicy
 from tests.conftest import load_tiny
+from tests.decode.test_traffic import one_step
 from tests.selectors.helpers import fitted_for, runtime_of, synthetic_traces
 
 
@@ -119,7 +120,7 @@ def test_a_fixed_selection_reads_on_the_accuracy_path_what_the_decode_path_reads
     decoder = SparseDecoder(loaded)
     sliced = [decoder.sliced(layer, heads[0, layer].nonzero().squeeze(1), neurons[0, layer].nonzero().squeeze(1))
               for layer in range(s.num_layers)]
-    traffic = decoder.step_traffic(sliced, 10, dense_kv=False, predictor_bytes=0)
+    traffic = decoder.step_traffic(one_step(decoder, sliced, False, 10), 10, predictor_bytes=0)
     row = runtime.account.summary()
     assert row["weight_bytes_per_token"] == traffic.weights
     assert row["fixed_bytes_per_token"] == traffic.fixed

@@ -2,14 +2,27 @@
 //   gather_gemv(W [R, D], rows [k] | None, x [D])             -> W[rows] @ x       [k]
 //   gather_transposed_gemv(Wt [R, D], rows [k] | None, a [k]) -> a @ Wt[rows]      [D]
 //   neuron_major_mlp(mlp [I, parts, D], rows [k] | None, h [D], activation) -> the MLP's output [D]
-//   decode_layers(x [1, D], packs, ...)                        -> (x' [1, D], last context [1, |Q| d])
+//   decode_layers(x [1, D], packs, ...)                        -> (x' [1, D], last context, MLP input)
 //   top_k_rows(scores [R, U], keep)                            -> each row's top-k positions [R, keep]
 // rows None reads every row; a weight's rows may be strided (views of the neuron-major MLP).
 // No kernel copies W[rows]: each kept row is streamed once, split between torch's intra-op
 // threads. decode_layers runs one token through consecutive Llama-family or pre-LayerNorm
-// OPT layers (norm, q/k/v, rotary, K/V written into the cache, attention, o, residual, norm,
-// then per kept neuron its up/gate dots, activation and down row in one pass over the
-// neuron-major MLP [N, parts, D], residual) without returning to Python.
+// OPT layers without returning to Python. Each block of a layer runs in the layout of the
+// point its selection is made at (a LayerPack says which):
+//   attention, rows: q rows of the kept heads (q_rows), k/v rows of every cached group,
+//     attention, o over the kept heads' rows of its transposed weight;
+//   attention, input: the attention input's kept channels (rule attention_input) select rows of
+//     the transposed [D, (H + 2 KV) d] q/k/v block; every head attends; the context's kept
+//     channels (rule head_context) select rows of o's transposed weight;
+//   MLP, rows: per kept neuron its up/gate dots, activation and down row in one pass over the
+//     neuron-major MLP [N, parts, D];
+//   MLP, gate: the gate [I, D] dense, act(gate), the kept neurons (rule neuron_activation on
+//     act(gate)), then their up and down rows [I, 2, D] (OPT: fc1 dense, then kept down rows);
+//   MLP, input: the MLP input's kept channels (rule mlp_input) select rows of the transposed
+//     [D, 2 I] gate/up block (OPT: fc1 [D, I]); the activation's kept entries (rule
+//     neuron_activation) select rows of down's transposed weight [I, D].
+// A rule keeps the entries whose score |x_i| * scale_i (scale: WINA's column norms, or 1)
+// exceeds its threshold, or each token's top `keep` scores; an inactive rule keeps every entry.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
@@ -22,9 +35,9 @@ namespace {
 
 using MaybeTensor = c10::optional<torch::Tensor>;
 
-// The rows a gather reads: index[j], or j itself when every row is read (no index).
+// The rows a gather reads: rows[j], or j itself when every row is read (no index).
 struct Gather {
-  torch::Tensor index;  // keeps `rows` alive
+  torch::Tensor index;  // keeps `rows` alive when they come from a tensor
   const int64_t* rows;
   int64_t count;
   int64_t operator()(int64_t j) const { return rows ? rows[j] : j; }
@@ -140,17 +153,29 @@ void sum_rows_by_thread(int64_t k, int64_t d, const float* bias, float* out, Add
     for (int64_t c = 0; c < d; ++c) out[c] += partial[t * d + c];
 }
 
-// out[D] = sum_j a[j] * Wt[rows(j)] (+ bias [D]).
+// out [D] = sum_j a_j * Wt[rows(j)] (+ bias [D]); a_j = a[j] (a compacted to the kept rows) or,
+// with `a_by_row`, a[rows(j)] (a over every row: an input whose kept channels pick the rows).
 void transposed_gemv(const float* w, int64_t d, int64_t stride, const Gather& rows, const float* a, const float* bias,
-                     float* out) {
+                     float* out, bool a_by_row = false) {
   const int64_t ahead = rows_ahead(d);
   sum_rows_by_thread(rows.count, d, bias, out, [&](int64_t j, int64_t end, float* acc) {
     const float* later = j + ahead < end ? w + rows(j + ahead) * stride : nullptr;
-    add_scaled(acc, a[j], w + rows(j) * stride, d, later);
+    add_scaled(acc, a_by_row ? a[rows(j)] : a[j], w + rows(j) * stride, d, later);
   });
 }
 
-float activate(float v, int64_t activation);
+// Activation codes (decode/families.py ACTIVATIONS): 0 silu, 1 relu, 2 gelu (erf), 3 gelu (tanh).
+float activate(float v, int64_t activation) {
+  switch (activation) {
+    case 0: return v / (1.f + std::exp(-v));
+    case 1: return v > 0.f ? v : 0.f;
+    case 2: return 0.5f * v * (1.f + std::erf(v * static_cast<float>(M_SQRT1_2)));
+    default: {
+      const float inner = 0.7978845608028654f * (v + 0.044715f * v * v * v);
+      return 0.5f * v * (1.f + std::tanh(inner));
+    }
+  }
+}
 
 // The MLP over kept neurons of a neuron-major mlp [I, parts, D] (parts: up, gate, down^T; or
 // up, down^T): out [D] = sum_j act(gate_j . h) (up_j . h + up_bias_j) down_j (+ down_bias),
@@ -201,20 +226,7 @@ void rotate(float* v, int64_t heads, int64_t d, const float* cos, const float* s
   }
 }
 
-// Activation codes (decode/families.py ACTIVATIONS): 0 silu, 1 relu, 2 gelu (erf), 3 gelu (tanh).
-float activate(float v, int64_t activation) {
-  switch (activation) {
-    case 0: return v / (1.f + std::exp(-v));
-    case 1: return v > 0.f ? v : 0.f;
-    case 2: return 0.5f * v * (1.f + std::erf(v * static_cast<float>(M_SQRT1_2)));
-    default: {
-      const float inner = 0.7978845608028654f * (v + 0.044715f * v * v * v);
-      return 0.5f * v * (1.f + std::tanh(inner));
-    }
-  }
-}
-
-// Softmax attention of each kept query head over its K/V group's first `length` cache slots.
+// Softmax attention of each query head over its K/V group's first `length` cache slots.
 void attend(const float* q, const int64_t* groups, int64_t heads, const float* keys, const float* values,
             int64_t kv_groups, int64_t length, int64_t d, float scale, float* context) {
   at::parallel_for(0, heads, 1, [&](int64_t first, int64_t last) {
@@ -248,6 +260,76 @@ void attend(const float* q, const int64_t* groups, int64_t heads, const float* k
   });
 }
 
+// An unsigned key with the order of the floats: NaN highest (as torch.topk ranks it), -0 as +0.
+uint32_t order_key(float v) {
+  if (std::isnan(v)) return UINT32_MAX;
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  if (v == 0.f) bits = 0;
+  return (bits & 0x80000000u) ? ~bits : bits | 0x80000000u;
+}
+
+// The `keep` highest of scores [units] -> their positions, ascending, into out [keep]. Ranked by
+// (score descending, position ascending): at the threshold equal scores go to lower positions.
+// Branch-free (scores are data the branch predictor cannot learn): the keep-th highest key bit
+// by bit from counts over the row, then one ascending pass. `keys`: scratch of `units`.
+void top_k_row(const float* scores, int64_t units, int64_t keep, int64_t* out, uint32_t* keys) {
+  if (keep == 0) return;
+  for (int64_t u = 0; u < units; ++u) keys[u] = order_key(scores[u]);
+  uint32_t threshold = 0;  // the largest key with at least `keep` keys >= it
+  for (int bit = 31; bit >= 0; --bit) {
+    const uint32_t candidate = threshold | (1u << bit);
+    int32_t at_least = 0;  // int32 lanes: the count vectorises
+#pragma omp simd reduction(+ : at_least)
+    for (int64_t u = 0; u < units; ++u) at_least += keys[u] >= candidate;
+    if (at_least >= keep) threshold = candidate;
+  }
+  int32_t above = 0;
+#pragma omp simd reduction(+ : above)
+  for (int64_t u = 0; u < units; ++u) above += keys[u] > threshold;
+  int64_t ties_left = keep - above;
+  int64_t written = 0;
+  for (int64_t u = 0; u < units && written < keep; ++u) {
+    const bool tie = keys[u] == threshold && ties_left > 0;
+    out[written] = u;
+    written += (keys[u] > threshold) | tie;
+    ties_left -= tie;
+  }
+}
+
+// How a step keeps the entries of one of its own tensors (selectors/rules.py ChannelRule).
+struct Rule {
+  bool active = false;  // false: every entry kept
+  double threshold = 0.0;  // kept: score > threshold (as float32, as the masked path compares)
+  int64_t keep = -1;  // >= 0: each token's top `keep` scores instead
+  MaybeTensor scale;  // [U]: score_i = |x_i| * scale_i; None: |x_i|
+};
+
+// The entries of x [n] a rule keeps, ascending, written into `kept` (a Gather over it); an
+// inactive rule gathers every entry.
+Gather select(const Rule& rule, const float* x, int64_t n, std::vector<int64_t>& kept) {
+  if (!rule.active) return {torch::Tensor(), nullptr, n};
+  const float* scale = maybe_data(rule.scale, "rule scale");
+  std::vector<float> scores(n);
+  for (int64_t i = 0; i < n; ++i) scores[i] = scale ? std::fabs(x[i]) * scale[i] : std::fabs(x[i]);
+  if (rule.keep >= 0) {
+    const int64_t keep = std::min(rule.keep, n);
+    kept.resize(keep);
+    std::vector<uint32_t> keys(n);
+    top_k_row(scores.data(), n, keep, kept.data(), keys.data());
+  } else {
+    const float threshold = static_cast<float>(rule.threshold);
+    kept.resize(n);
+    int64_t count = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      kept[count] = i;
+      count += scores[i] > threshold;
+    }
+    kept.resize(count);
+  }
+  return {torch::Tensor(), kept.data(), static_cast<int64_t>(kept.size())};
+}
+
 }  // namespace
 
 torch::Tensor gather_gemv(torch::Tensor weight, MaybeTensor rows, torch::Tensor x) {
@@ -268,19 +350,8 @@ torch::Tensor gather_transposed_gemv(torch::Tensor weight_t, MaybeTensor rows, t
   return out;
 }
 
-// An unsigned key with the order of the floats: NaN highest (as torch.topk ranks it), -0 as +0.
-static uint32_t order_key(float v) {
-  if (std::isnan(v)) return UINT32_MAX;
-  uint32_t bits;
-  std::memcpy(&bits, &v, sizeof bits);
-  if (v == 0.f) bits = 0;
-  return (bits & 0x80000000u) ? ~bits : bits | 0x80000000u;
-}
-
-// Each row's `keep` highest scores [R, U] -> their positions, ascending [R, keep]. Ranked by
-// (score descending, position ascending): at the threshold equal scores go to lower positions.
-// Per row, branch-free (scores are data the branch predictor cannot learn): the keep-th highest
-// key bit by bit from counts over the row, then one ascending pass. Rows split between threads.
+// Each row's `keep` highest scores [R, U] -> their positions, ascending [R, keep] (top_k_row;
+// rows split between threads).
 torch::Tensor top_k_rows(torch::Tensor scores, int64_t keep) {
   TORCH_CHECK(scores.dim() == 2, "top_k_rows: scores [R, U]");
   TORCH_CHECK(keep >= 0 && keep <= scores.size(1) && scores.size(1) < INT32_MAX, "top_k_rows: keep in [0, U]");
@@ -289,33 +360,9 @@ torch::Tensor top_k_rows(torch::Tensor scores, int64_t keep) {
   const int64_t units = sc.size(1);
   auto out = torch::empty({sc.size(0), keep}, sc.options().dtype(torch::kLong));
   int64_t* positions = out.data_ptr<int64_t>();
-  if (keep == 0) return out;
   at::parallel_for(0, sc.size(0), 1, [&](int64_t first, int64_t last) {
     std::vector<uint32_t> keys(units);
-    for (int64_t r = first; r < last; ++r) {
-      const float* row = data + r * units;
-      for (int64_t u = 0; u < units; ++u) keys[u] = order_key(row[u]);
-      uint32_t threshold = 0;  // the largest key with at least `keep` keys >= it
-      for (int bit = 31; bit >= 0; --bit) {
-        const uint32_t candidate = threshold | (1u << bit);
-        int32_t at_least = 0;  // int32 lanes: the count vectorises
-#pragma omp simd reduction(+ : at_least)
-        for (int64_t u = 0; u < units; ++u) at_least += keys[u] >= candidate;
-        if (at_least >= keep) threshold = candidate;
-      }
-      int32_t above = 0;
-#pragma omp simd reduction(+ : above)
-      for (int64_t u = 0; u < units; ++u) above += keys[u] > threshold;
-      int64_t ties_left = keep - above;
-      int64_t* out_row = positions + r * keep;
-      int64_t written = 0;
-      for (int64_t u = 0; u < units && written < keep; ++u) {
-        const bool tie = keys[u] == threshold && ties_left > 0;
-        out_row[written] = u;
-        written += (keys[u] > threshold) | tie;
-        ties_left -= tie;
-      }
-    }
+    for (int64_t r = first; r < last; ++r) top_k_row(data + r * units, units, keep, positions + r * keep, keys.data());
   });
   return out;
 }
@@ -330,6 +377,27 @@ torch::Tensor mlp_rows(torch::Tensor mlp, MaybeTensor rows, torch::Tensor h, int
   return out;
 }
 
+// One layer's tensors and selection for decode_layers (None where absent; the header says
+// which layout each block runs in). `counts` (int64 [4], optional) receives the kept counts of
+// the call: attention-input channels, head-context channels, MLP-input channels, neurons.
+struct LayerPack {
+  MaybeTensor attention_norm, attention_norm_bias, mlp_norm, mlp_norm_bias;
+  MaybeTensor q, q_bias, k, k_bias, v, v_bias;  // rows [R, D] (q: every head, or a sliced copy)
+  MaybeTensor o, o_bias;  // o transposed [H d, D]
+  MaybeTensor q_rows;  // rows of q and o the kept heads own (None: every row)
+  MaybeTensor kv_groups;  // [heads attending] each query head's K/V group in the cache
+  MaybeTensor qkv_t;  // input layout: [D, (H + 2 KV) d]
+  Rule attention_input, head_context;
+  MaybeTensor mlp, up_bias, down_bias, neuron_rows;  // rows layout: neuron-major [I, parts, D]
+  MaybeTensor gate, gate_rest;  // gate layout: [I, D] (OPT: fc1) and [I, parts - 1, D] (up, down^T)
+  MaybeTensor gate_up_t, down_t;  // input layout: [D, 2 I] (OPT: [D, I]) and [I, D]
+  Rule mlp_input, neuron_activation;
+  MaybeTensor cache_k, cache_v;  // [max_len, groups, d]
+  MaybeTensor counts;
+};
+
+namespace {
+
 // What one-token steps share across layers: rotary cos/sin [d] (or none), the position
 // written in every cache, the attention scale, the norms' epsilon and kind, the activation.
 struct StepSettings {
@@ -343,72 +411,172 @@ struct StepSettings {
   int64_t activation;
 };
 
-// One layer's tensors, a pack of LAYER_PACK (None where absent): the attention norm's weight
-// and bias, the MLP norm's weight and bias; q, q_bias, k, k_bias, v, v_bias, o (transposed),
-// o_bias, mlp [I, parts, D] (neuron-major: up, gate, down transposed; or up, down transposed),
-// up_bias, down_bias; q_rows (index q and o; None: every row), neuron_rows (the mlp's; None:
-// every row), kv_groups [|Q|] (each kept query head's K/V group in the cache), cache_k,
-// cache_v [max_len, groups, d]. k/v rows are all computed and written at the position.
-constexpr size_t LAYER_PACK = 20;
+const torch::Tensor& need(const MaybeTensor& t, const char* name) {
+  TORCH_CHECK(t.has_value(), "decode_layers: the pack has no ", name);
+  return *t;
+}
 
-// residual [D] -> y [D] through one layer; returns the kept heads' context [|Q| d].
-static torch::Tensor run_layer(const std::vector<MaybeTensor>& pack, const StepSettings& step, const float* residual,
-                        float* y, int64_t dim) {
-  TORCH_CHECK(pack.size() == LAYER_PACK, "decode_layers: ", LAYER_PACK, " tensors per layer");
-  const auto& q = *pack[4];
-  const auto& k = *pack[6];
-  const auto& mlp = *pack[12];
-  const auto& cache_k = *pack[18];
-  const auto& cache_v = *pack[19];
+void record(const LayerPack& pack, int slot, int64_t count) {
+  if (pack.counts.has_value()) pack.counts->data_ptr<int64_t>()[slot] = count;
+}
+
+// residual [D] -> y [D] = residual + attention(norm(residual)); returns the context [heads d].
+torch::Tensor attention_block(const LayerPack& pack, const StepSettings& step, const float* residual, float* y,
+                              int64_t dim) {
   const int64_t d = step.head_dim;
-  TORCH_CHECK(mlp.dim() == 3 && mlp.size(2) == dim, "decode_layers: mlp [I, parts, D]");
+  const auto& cache_k = need(pack.cache_k, "cache_k");
+  const auto& cache_v = need(pack.cache_v, "cache_v");
   TORCH_CHECK(step.position < cache_k.size(0), "decode_layers: position past the cache");
-  const auto q_gather = gather_of(pack[15], q.size(0));
-  const auto neuron_gather = gather_of(pack[16], mlp.size(0));
-  const auto kv_all = gather_of(c10::nullopt, k.size(0));
-  const int64_t heads = q_gather.count / d;
-  const int64_t groups = k.size(0) / d;
-  TORCH_CHECK(cache_k.size(1) == groups && cache_k.is_contiguous() && cache_v.is_contiguous(),
-              "decode_layers: cache [max_len, groups, d], contiguous");
-  auto groups_index = pack[17]->to(torch::kLong).contiguous();
-  TORCH_CHECK(groups_index.numel() == heads, "decode_layers: one K/V group per kept head");
-
+  TORCH_CHECK(cache_k.is_contiguous() && cache_v.is_contiguous(), "decode_layers: contiguous caches");
+  const int64_t groups = cache_k.size(1);
+  auto groups_index = need(pack.kv_groups, "kv_groups").to(torch::kLong).contiguous();
+  const int64_t heads = groups_index.numel();
   std::vector<float> h(dim);
-  normalize(residual, dim, float_data(*pack[0], "norm"), maybe_data(pack[1], "norm bias"), step.eps,
-            step.norm_kind, h.data());
-  auto context = torch::empty({1, heads * d}, cache_k.options());
+  normalize(residual, dim, float_data(need(pack.attention_norm, "attention_norm"), "norm"),
+            maybe_data(pack.attention_norm_bias, "norm bias"), step.eps, step.norm_kind, h.data());
   std::vector<float> query(heads * d);
   float* keys = cache_k.data_ptr<float>() + step.position * groups * d;
   float* values = cache_v.data_ptr<float>() + step.position * groups * d;
-  gemv({{float_data(q, "q"), dim, &q_gather, maybe_data(pack[5], "q bias"), query.data()},
-        {float_data(k, "k"), dim, &kv_all, maybe_data(pack[7], "k bias"), keys},
-        {float_data(*pack[8], "v"), dim, &kv_all, maybe_data(pack[9], "v bias"), values}},
-       dim, h.data());
+  const auto& o = need(pack.o, "o");
+  auto context = torch::empty({1, heads * d}, cache_k.options());
+  float* ctx = context.data_ptr<float>();
+  std::vector<int64_t> kept_input;
+  std::vector<int64_t> kept_context;
+  Gather q_gather = gather_of(pack.q_rows, heads * d);
+  if (pack.qkv_t.has_value()) {  // input layout: columns of the kept input channels
+    const auto& qkv_t = *pack.qkv_t;
+    const int64_t width = qkv_t.size(1);
+    TORCH_CHECK(width == (heads + 2 * groups) * d, "decode_layers: qkv_t [D, (H + 2 KV) d]");
+    const Gather inputs = select(pack.attention_input, h.data(), dim, kept_input);
+    record(pack, 0, inputs.count);
+    std::vector<float> qkv(width);
+    transposed_gemv(float_data(qkv_t, "qkv_t"), width, width, inputs, h.data(), nullptr, qkv.data(), true);
+    const float* biases[3] = {maybe_data(pack.q_bias, "q bias"), maybe_data(pack.k_bias, "k bias"),
+                              maybe_data(pack.v_bias, "v bias")};
+    float* parts[3] = {query.data(), keys, values};
+    const int64_t sizes[3] = {heads * d, groups * d, groups * d};
+    const float* source = qkv.data();
+    for (int p = 0; p < 3; ++p) {
+      for (int64_t i = 0; i < sizes[p]; ++i) parts[p][i] = source[i] + (biases[p] ? biases[p][i] : 0.f);
+      source += sizes[p];
+    }
+  } else {  // rows layout: the kept heads' q rows, k/v rows of every cached group
+    record(pack, 0, dim);
+    const auto kv_all = gather_of(c10::nullopt, need(pack.k, "k").size(0));
+    TORCH_CHECK(q_gather.count == heads * d && pack.k->size(0) == groups * d,
+                "decode_layers: q rows of the attending heads, k/v rows of the cached groups");
+    gemv({{float_data(need(pack.q, "q"), "q"), dim, &q_gather, maybe_data(pack.q_bias, "q bias"), query.data()},
+          {float_data(*pack.k, "k"), dim, &kv_all, maybe_data(pack.k_bias, "k bias"), keys},
+          {float_data(need(pack.v, "v"), "v"), dim, &kv_all, maybe_data(pack.v_bias, "v bias"), values}},
+         dim, h.data());
+  }
   if (step.cos) {
     rotate(query.data(), heads, d, step.cos, step.sin);
     rotate(keys, groups, d, step.cos, step.sin);
   }
-  attend(query.data(), groups_index.data_ptr<int64_t>(), heads, cache_k.data_ptr<float>(),
-         cache_v.data_ptr<float>(), groups, step.position + 1, d, step.scale, context.data_ptr<float>());
-
-  transposed_gemv(float_data(*pack[10], "o"), dim, dim, q_gather, context.data_ptr<float>(),
-                  maybe_data(pack[11], "o bias"), y);
+  attend(query.data(), groups_index.data_ptr<int64_t>(), heads, cache_k.data_ptr<float>(), cache_v.data_ptr<float>(),
+         groups, step.position + 1, d, step.scale, ctx);
+  const float* o_bias = maybe_data(pack.o_bias, "o bias");
+  if (pack.qkv_t.has_value()) {
+    const Gather channels = select(pack.head_context, ctx, heads * d, kept_context);
+    record(pack, 1, channels.count);
+    transposed_gemv(float_data(o, "o"), dim, dim, channels, ctx, o_bias, y, true);
+  } else {
+    record(pack, 1, q_gather.count);
+    transposed_gemv(float_data(o, "o"), dim, dim, q_gather, ctx, o_bias, y);
+  }
   for (int64_t i = 0; i < dim; ++i) y[i] += residual[i];
-
-  normalize(y, dim, float_data(*pack[2], "norm"), maybe_data(pack[3], "norm bias"), step.eps, step.norm_kind,
-            h.data());
-  std::vector<float> down(dim);
-  neuron_major_mlp(float_data(mlp, "mlp"), mlp.size(1), dim, neuron_gather, h.data(),
-                   maybe_data(pack[13], "up bias"), maybe_data(pack[14], "down bias"), step.activation, down.data());
-  for (int64_t i = 0; i < dim; ++i) y[i] += down[i];
   return context;
 }
 
+// The gate layout: gate [I, D] dense, act, the kept neurons, then their rest rows [I, parts, D]
+// (gated: up, down^T; OPT: down^T, the gate being fc1 with up_bias as its bias).
+void gate_mlp(const LayerPack& pack, const StepSettings& step, const float* h, float* out, int64_t dim) {
+  const auto& gate = need(pack.gate, "gate");
+  const auto& rest = need(pack.gate_rest, "gate_rest");
+  const int64_t neurons = gate.size(0);
+  const int64_t parts = rest.size(1);
+  const bool gated = parts == 2;
+  const float* up_bias = maybe_data(pack.up_bias, "up bias");
+  std::vector<float> act(neurons);
+  const auto all = gather_of(c10::nullopt, neurons);
+  gemv({{float_data(gate, "gate"), dim, &all, gated ? nullptr : up_bias, act.data()}}, dim, h);
+  for (int64_t j = 0; j < neurons; ++j) act[j] = activate(act[j], step.activation);
+  std::vector<int64_t> kept_storage;
+  const Gather kept = select(pack.neuron_activation, act.data(), neurons, kept_storage);
+  record(pack, 3, kept.count);
+  const float* rows = float_data(rest, "gate_rest");
+  const int64_t ahead = rows_ahead(parts * dim);
+  sum_rows_by_thread(kept.count, dim, maybe_data(pack.down_bias, "down bias"), out,
+                     [&](int64_t j, int64_t end, float* acc) {
+    const int64_t neuron = kept(j);
+    const float* own = rows + neuron * parts * dim;
+    const float* later = j + ahead < end ? rows + kept(j + ahead) * parts * dim : nullptr;
+    float a = act[neuron];
+    if (gated) a *= dot(own, h, dim, later) + (up_bias ? up_bias[neuron] : 0.f);
+    add_scaled(acc, a, own + (parts - 1) * dim, dim, later ? later + (parts - 1) * dim : nullptr);
+  });
+}
+
+// The input layout: the kept MLP-input channels' rows of gate/up transposed, the activation,
+// its kept entries' rows of down transposed.
+void input_mlp(const LayerPack& pack, const StepSettings& step, const float* h, float* out, int64_t dim) {
+  const auto& gate_up_t = need(pack.gate_up_t, "gate_up_t");
+  const auto& down_t = need(pack.down_t, "down_t");
+  const int64_t neurons = down_t.size(0);
+  const int64_t width = gate_up_t.size(1);
+  const bool gated = width == 2 * neurons;
+  std::vector<int64_t> kept_input;
+  const Gather inputs = select(pack.mlp_input, h, dim, kept_input);
+  record(pack, 2, inputs.count);
+  std::vector<float> products(width);
+  transposed_gemv(float_data(gate_up_t, "gate_up_t"), width, width, inputs, h, nullptr, products.data(), true);
+  const float* up_bias = maybe_data(pack.up_bias, "up bias");
+  std::vector<float> act(neurons);
+  for (int64_t j = 0; j < neurons; ++j) {
+    const float b = up_bias ? up_bias[j] : 0.f;
+    act[j] = gated ? activate(products[j], step.activation) * (products[neurons + j] + b)
+                   : activate(products[j] + b, step.activation);
+  }
+  std::vector<int64_t> kept_storage;
+  const Gather kept = select(pack.neuron_activation, act.data(), neurons, kept_storage);
+  record(pack, 3, kept.count);
+  transposed_gemv(float_data(down_t, "down_t"), dim, dim, kept, act.data(), maybe_data(pack.down_bias, "down bias"),
+                  out, true);
+}
+
+// y [D] += the MLP of norm(y), in the layout the pack holds.
+void mlp_block(const LayerPack& pack, const StepSettings& step, float* y, int64_t dim, float* h) {
+  normalize(y, dim, float_data(need(pack.mlp_norm, "mlp_norm"), "norm"), maybe_data(pack.mlp_norm_bias, "norm bias"),
+            step.eps, step.norm_kind, h);
+  std::vector<float> out(dim);
+  if (pack.gate.has_value()) {
+    record(pack, 2, dim);
+    gate_mlp(pack, step, h, out.data(), dim);
+  } else if (pack.gate_up_t.has_value()) {
+    input_mlp(pack, step, h, out.data(), dim);
+  } else {
+    const auto& mlp = need(pack.mlp, "mlp");
+    TORCH_CHECK(mlp.dim() == 3 && mlp.size(2) == dim, "decode_layers: mlp [I, parts, D]");
+    const auto neurons = gather_of(pack.neuron_rows, mlp.size(0));
+    record(pack, 2, dim);
+    record(pack, 3, neurons.count);
+    neuron_major_mlp(float_data(mlp, "mlp"), mlp.size(1), dim, neurons, h, maybe_data(pack.up_bias, "up bias"),
+                     maybe_data(pack.down_bias, "down bias"), step.activation, out.data());
+  }
+  for (int64_t i = 0; i < dim; ++i) y[i] += out[i];
+}
+
+}  // namespace
+
 // One token x [1, D] through consecutive layers (one pack each) without returning to Python:
-// (x' [1, D], the last layer's head context [1, |Q| d]).
-std::vector<torch::Tensor> decode_layers(torch::Tensor x, std::vector<std::vector<MaybeTensor>> layers,
-                                         MaybeTensor cos, MaybeTensor sin, int64_t position, int64_t head_dim,
-                                         double scale, double eps, int64_t norm_kind, int64_t activation) {
+// (x' [1, D], the last attention block's head context [1, heads d], the last MLP input [1, D]).
+// `start_at_mlp`: the first layer's attention block already ran (x is its output); `stop_before_mlp`:
+// the last layer stops after its attention block (the MLP input returned is the one it would read).
+std::vector<torch::Tensor> decode_layers(torch::Tensor x, std::vector<LayerPack> layers, MaybeTensor cos,
+                                         MaybeTensor sin, int64_t position, int64_t head_dim, double scale, double eps,
+                                         int64_t norm_kind, int64_t activation, bool start_at_mlp,
+                                         bool stop_before_mlp) {
   TORCH_CHECK(!layers.empty(), "decode_layers: no layer");
   TORCH_CHECK(cos.has_value() == sin.has_value(), "decode_layers: cos and sin together");
   const StepSettings step{maybe_data(cos, "cos"), maybe_data(sin, "sin"), position, head_dim,
@@ -417,18 +585,44 @@ std::vector<torch::Tensor> decode_layers(torch::Tensor x, std::vector<std::vecto
   auto current = x.contiguous().clone().view({1, dim});
   float_data(current, "x");
   auto next = torch::empty_like(current);
-  torch::Tensor context;
-  for (const auto& pack : layers) {
-    context = run_layer(pack, step, current.data_ptr<float>(), next.data_ptr<float>(), dim);
-    std::swap(current, next);
+  auto mlp_input = torch::empty_like(current);
+  torch::Tensor context = torch::empty({1, 0}, current.options());
+  const size_t count = layers.size();
+  for (size_t i = 0; i < count; ++i) {
+    const auto& pack = layers[i];
+    if (!(i == 0 && start_at_mlp)) {
+      context = attention_block(pack, step, current.data_ptr<float>(), next.data_ptr<float>(), dim);
+      std::swap(current, next);
+    }
+    if (i + 1 == count && stop_before_mlp) {
+      normalize(current.data_ptr<float>(), dim, float_data(need(pack.mlp_norm, "mlp_norm"), "norm"),
+                maybe_data(pack.mlp_norm_bias, "norm bias"), step.eps, step.norm_kind, mlp_input.data_ptr<float>());
+      break;
+    }
+    mlp_block(pack, step, current.data_ptr<float>(), dim, mlp_input.data_ptr<float>());
   }
-  return {current, context};
+  return {current, context, mlp_input};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  pybind11::class_<Rule>(m, "Rule")
+      .def(pybind11::init<>())
+      .def_readwrite("active", &Rule::active)
+      .def_readwrite("threshold", &Rule::threshold)
+      .def_readwrite("keep", &Rule::keep)
+      .def_readwrite("scale", &Rule::scale);
+  auto pack = pybind11::class_<LayerPack>(m, "LayerPack").def(pybind11::init<>());
+#define FIELD(name) pack.def_readwrite(#name, &LayerPack::name)
+  FIELD(attention_norm); FIELD(attention_norm_bias); FIELD(mlp_norm); FIELD(mlp_norm_bias);
+  FIELD(q); FIELD(q_bias); FIELD(k); FIELD(k_bias); FIELD(v); FIELD(v_bias); FIELD(o); FIELD(o_bias);
+  FIELD(q_rows); FIELD(kv_groups); FIELD(qkv_t); FIELD(attention_input); FIELD(head_context);
+  FIELD(mlp); FIELD(up_bias); FIELD(down_bias); FIELD(neuron_rows); FIELD(gate); FIELD(gate_rest);
+  FIELD(gate_up_t); FIELD(down_t); FIELD(mlp_input); FIELD(neuron_activation); FIELD(cache_k); FIELD(cache_v);
+  FIELD(counts);
+#undef FIELD
   m.def("gather_gemv", &gather_gemv, "y = W[rows] @ x without copying W[rows]");
   m.def("gather_transposed_gemv", &gather_transposed_gemv, "y = a @ Wt[rows] without copying Wt[rows]");
   m.def("neuron_major_mlp", &mlp_rows, "the MLP over kept neurons of a neuron-major [I, parts, D] weight");
   m.def("top_k_rows", &top_k_rows, "each row's keep highest scores' positions, ascending");
-  m.def("decode_layers", &decode_layers, "one token through consecutive decoder layers: (x', last head context)");
+  m.def("decode_layers", &decode_layers, "one token through consecutive decoder layers: (x', context, MLP input)");
 }
