@@ -19,7 +19,7 @@ drift of a shared machine during the run reaches every point alike; HF generate 
 """
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import pandas as pd
@@ -77,17 +77,19 @@ def _hf_generate_ms_per_token(loaded: LoadedModel, prompt: torch.Tensor, cfg: Be
 
 @dataclass
 class BenchPoint:
-    """A sparse point of the table: a selection (decode.selection) at one level."""
+    """A sparse point of the table: a selection (decode.selection) at one level; `fields` name it
+    in its row (a sweep's point fields, so that the report joins latency and quality)."""
 
     selection: DecodeSelection
     level: float
+    fields: dict = field(default_factory=dict)
 
 
 def run_benchmark(loaded: LoadedModel, points: list[BenchPoint], cfg: BenchConfig, kernels=None,
-                  prefill: Prefill = Prefill.sparse) -> pd.DataFrame:
-    """`points`: the sparse points to time beside HF generate and our dense path; `kernels`:
-    decode.fused.gather_kernels(...), or None (eager); `prefill`: how every sparse point runs its
-    prompt (decode.generate)."""
+                  prefill: Prefill = Prefill.sparse, dense_fields: Optional[dict] = None) -> pd.DataFrame:
+    """`points`: the sparse points to time beside HF generate and our dense path (`dense_fields`
+    name it); `kernels`: decode.fused.gather_kernels(...), or None (eager); `prefill`: how every
+    sparse point runs its prompt (decode.generate)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
@@ -119,7 +121,8 @@ def run_benchmark(loaded: LoadedModel, points: list[BenchPoint], cfg: BenchConfi
             tensor_reads.append(tensors_read_bandwidth(decoder.dense_tensors()))
         steps = cfg.new_tokens - 1
         for (point, graph), point_runs in zip(timed, runs):
-            rows.append({"path": "ours", **_point_fields(point, prefill), "graph": graph,
+            own = (dense_fields or {}) if point is None else point.fields
+            rows.append({"path": "ours", **_point_fields(point, prefill), **own, "graph": graph,
                          "kernel": _kernel(kernels, point),
                          **_spread([1000 * r.decode_s / steps for r in point_runs]),
                          "prefill_ms": 1000 * _median(point_runs, "prefill_s"),

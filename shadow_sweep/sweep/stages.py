@@ -3,7 +3,7 @@ statistics; and the decode-latency table of the job's selection (`bench`). Each 
 report fields; `sweep/job.py` records them. Evaluation points: `sweep/points.py`."""
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Optional
 
 import pandas as pd
@@ -17,13 +17,14 @@ from shadow_sweep.models.loading import LoadedModel
 from shadow_sweep.predictors.cost import predictor_cost
 from shadow_sweep.predictors.fit import FittedPredictor, predictor_quality, validation_targets
 from shadow_sweep.predictors.stage import predictor_for, training_data
-from shadow_sweep.selectors.registry import (PointSelection, baseline_selections, job_selection, selection_of,
-                                             selector_class)
+from shadow_sweep.selectors.registry import (DENSE, PointSelection, baseline_selections, job_selection,
+                                             selection_of, selector_class)
 from shadow_sweep.selectors.allocation import GreedyPath
 from shadow_sweep.selectors.stage import allocation_for, statistics_for
 from shadow_sweep.selectors.statistics import CalibrationStatistics
 from shadow_sweep.sparsity.topk import keep_count
-from shadow_sweep.sweep.points import evaluation_points, levels, point_runtime, policy_at
+from shadow_sweep.sweep.points import (EvaluationPoint, evaluation_points, levels, line_key, point_row,
+                                      point_runtime, policy_at)
 from shadow_sweep.traces.stage import traces_for
 from shadow_sweep.traces.store import TraceSet
 
@@ -87,6 +88,14 @@ def bench_selections(cfg: AppConfig) -> list[PointSelection]:
     return [job_selection(cfg)] + baseline_selections(cfg)
 
 
+def bench_fields(cfg: AppConfig, point: EvaluationPoint) -> dict:
+    """A timed point's naming fields: its evaluation row's, so that the report puts its latency
+    beside its quality (the same line)."""
+    fields = {**point_row(cfg, point), "line_key": line_key(cfg, point)}
+    fields.pop("stage")
+    return fields
+
+
 def bench_rows(cfg: AppConfig, loaded: LoadedModel, fitted: dict[str, FittedPredictor],
                statistics: Optional[CalibrationStatistics] = None, paths: Optional[dict] = None) -> list[dict]:
     """Decode latency on the sparse path: HF generate and our dense path, then each of
@@ -99,8 +108,10 @@ def bench_rows(cfg: AppConfig, loaded: LoadedModel, fitted: dict[str, FittedPred
         for update in updates:
             if not point.selection.dense and point.selection.decodes(update):
                 runtime = point_runtime(cfg, loaded, point, statistics, update)
-                points.append(BenchPoint(DecodeSelection(runtime), point.level))
+                timed = replace(cfg, sparsity=replace(cfg.sparsity, update=update))
+                points.append(BenchPoint(DecodeSelection(runtime), point.level, bench_fields(timed, point)))
     compiled = gather_kernels(bench.kernel, loaded.device, loaded.model.dtype, cfg.paths.cache_dir)
-    table: pd.DataFrame = run_benchmark(loaded, points, bench, compiled, cfg.sparsity.prefill)
+    table: pd.DataFrame = run_benchmark(loaded, points, bench, compiled, cfg.sparsity.prefill,
+                                        bench_fields(cfg, EvaluationPoint(DENSE, 0.0)))
     table.insert(0, "stage", "bench")
     return table.to_dict("records")

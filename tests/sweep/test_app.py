@@ -45,7 +45,11 @@ def test_bench_stage_adds_latency_rows(tmp_path, data_root):
     run_job(cfg, tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()][:-1]
     assert {(r["stage"], r["predictor"], r["update"]) for r in rows} == {
-        ("bench", "dense", "dense"), ("bench", "shadowllm", "per_sequence"), ("bench", "shadowllm", "per_token")}
+        ("bench", "dense", "dense"), ("bench", "shadowllm", "per_sequence"), ("bench", "shadowllm", "per_token"),
+        ("bench", "teal", "per_token")}  # teal: eval.baseline_selectors (per_token only)
+    teal = next(r for r in rows if r["predictor"] == "teal")
+    assert (teal["heads_point"], teal["neurons_point"], teal["uses_criterion"]) == ("input", "input", False)
+    assert all(r["line_key"] for r in rows if r["path"] == "ours")
     assert all(missing_fields(r, "bench") == [] for r in rows)
     # HF generate's figure is a difference of two timings: on a loaded machine 3 tokens can be < 0
     assert all(r["ms_per_token_min"] <= r["ms_per_token"] <= r["ms_per_token_max"] for r in rows)
@@ -83,7 +87,8 @@ def test_console_command_runs_the_default_job(tmp_path, data_root):
     assert 0.5 < teal["bytes_fraction"] < 0.75 and 0.5 < sparse["bytes_fraction"] < 0.8
     assert {"acc/copa", "acc/piqa", "acc/arc_easy"} <= set(dense)
     bench = {(r["predictor"], r["update"]) for r in rows if r["stage"] == "bench"}
-    assert bench == {("dense", "dense"), ("shadowllm", "per_token")}  # the job's own update policy
+    assert bench == {("dense", "dense"), ("shadowllm", "per_token"), ("teal", "per_token")}  # the job's update
+    assert "teal" in done.stdout and "speedup" in done.stdout
     assert sparse["update"] == "per_token" and rows[-1]["traces_positions"] > 0
     assert rows[-1]["stage"] == "job" and rows[-1]["status"] == "ok"
     assert done.stderr.count("\r") < 300, "progress bars flood a log that is not a terminal"
