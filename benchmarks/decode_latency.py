@@ -72,10 +72,7 @@ def main(overrides: list[str]) -> None:
     points = []
     for selection in timed:
         own = {name: fitted[name] for name in selection.names() if name in fitted}
-        served = [u for u in updates if selection.decodes(u)]
-        if not served and selection.decodes(MaskUpdate.per_sequence):  # a fixed selection: the same masks
-            served = [MaskUpdate.per_sequence]
-        for update in served:
+        for update in selection.decode_updates(updates):
             for level in cfg.bench.levels:
                 runtime = point_runtime(cfg, loaded, EvaluationPoint(selection, level, own), statistics, update)
                 points.append(BenchPoint(DecodeSelection(runtime), level))

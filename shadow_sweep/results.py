@@ -57,7 +57,10 @@ ROW_FIELDS = {
               "ms_per_token_max", "tokens_per_s", "speedup_vs_dense", "fastest_dense", "speedup_vs_fastest_dense",
               "bytes_per_token", "weight_bytes_per_token", "fixed_bytes_per_token", "kv_bytes_per_token",
               "predictor_bytes_per_token", "read_gb_per_s", "read_gb_per_s_min", "read_gb_per_s_max",
-              "floor_ms_per_token", "x_floor", "tensor_read_gb_per_s", "x_tensor_read"),
+              "floor_ms_per_token", "x_floor", "tensor_read_gb_per_s", "x_tensor_read", "layout_bytes",
+              "predictor_ms_per_token", "gather_ms_per_token", "lm_head_ms_per_token", "other_ms_per_token",
+              *(f"{part}_ms_per_token" for part in ("attention_weights", "attention", "mlp_weights", "gate", "norms"))),
+
     "job": ("stage", "status", "torch_threads", "load_seconds", "job_seconds"),
     "job+fit": ("traces_examples", "traces_positions", "traces_bytes", "traces_bytes_per_1000_positions",
                 "traces_cache_hit", "traces_seconds", "predictor_cache_hit", "fit_seconds", *QUALITY_FIELDS),

@@ -50,9 +50,9 @@ def check_selectors(cfg: AppConfig) -> None:
     for name in cfg.bench.predictors:
         require(name in decode_selectors(), "bench.predictors", name,
                  f"selectors the decode path runs: {decode_selectors()}")
-        require(any(selection_of(name).decodes(u) for u in updates), "bench.predictors", name,
+        require(bool(selection_of(name).decode_updates(updates)), "bench.predictors", name,
                  f"selectors the decode path runs under bench.updates {[u.value for u in updates]}: "
-                 f"{[n for n in decode_selectors() if any(selection_of(n).decodes(u) for u in updates)]}")
+                 f"{[n for n in decode_selectors() if selection_of(n).decode_updates(updates)]}")
 
 
 def validate(cfg: AppConfig) -> None:

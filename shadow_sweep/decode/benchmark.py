@@ -30,6 +30,7 @@ from shadow_sweep.config import BenchConfig, MaskUpdate, Prefill
 from shadow_sweep.decode.engine import SparseDecoder
 from shadow_sweep.decode.fused import kernel_name
 from shadow_sweep.decode.generate import Generator, clock
+from shadow_sweep.decode.packs import PARTS
 from shadow_sweep.decode.selection import DecodeSelection
 from shadow_sweep.decode.traffic import StepTraffic, read_bandwidth, tensors_read_bandwidth
 from shadow_sweep.models.loading import LoadedModel
@@ -132,6 +133,7 @@ def run_benchmark(loaded: LoadedModel, points: list[BenchPoint], cfg: BenchConfi
                          "prefill_gather_ms": 1000 * _median(point_runs, "prefill_gather_s"),
                          "predictor_share": _median(point_runs, "predictor_s")
                          / max(_median(point_runs, "decode_s"), 1e-12),
+                         **_parts(point_runs, steps),
                          **_traffic([t for r in point_runs for t in r.traffic])})
         layouts = decoder.layout_bytes()
     finally:
@@ -160,6 +162,18 @@ def _kernel(kernels, point: Optional[BenchPoint]) -> str:
     if getattr(kernels, "whole_layers", False) or per_token:
         return kernel_name(kernels)  # "eager" without kernels
     return "dense" if point is None else "sliced"
+
+
+def _parts(runs: list, steps: int) -> dict:
+    """Where a step's time goes, ms per token (medians over repeats): the C++ layer's parts
+    (decode.packs.PARTS: zero on other kernels), lm_head, and `other` (the rest: Python between
+    the calls, the embedding, building the calls' arguments, the top-k of ahead selections)."""
+    parts = {f"{part}_ms_per_token": 1000 * statistics.median(r.parts_s.get(part, 0.0) for r in runs) / steps
+             for part in PARTS}
+    parts["lm_head_ms_per_token"] = 1000 * _median(runs, "lm_head_s") / steps
+    accounted = [sum(r.parts_s.values()) + r.lm_head_s + r.predictor_s + r.gather_s for r in runs]
+    parts["other_ms_per_token"] = 1000 * statistics.median(r.decode_s - a for r, a in zip(runs, accounted)) / steps
+    return parts
 
 
 def _traffic(steps: list[StepTraffic]) -> dict:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from shadow_sweep.decode.families import DECODE_FAMILIES, LlamaFamily, OPTFamily
-from shadow_sweep.decode.packs import COUNTED, PackCache, fused_layers
+from shadow_sweep.decode.packs import COUNTED, PARTS, Packs, fused_layers
 from shadow_sweep.decode.selection import DENSE_PLAN, LayerPlan
 from shadow_sweep.decode.traffic import StepRecord, StepTraffic, kv_read_bytes, layer_sizes
 from shadow_sweep.decode.weights import (GateLayout, IndexedLayer, InputLayout, LayerWeights, layout_bytes, linear,
@@ -103,8 +103,9 @@ class SparseDecoder:
                                        loaded.model.get_input_embeddings())
         self.sizes = layer_sizes(self.dense[0], self.shape)
         self.counts = torch.zeros(self.shape.num_layers, len(COUNTED), dtype=torch.long)  # the last step's
+        self.timings = torch.zeros(len(PARTS), dtype=torch.float64)  # seconds per part in the C++ layer, summed
         self.layouts: dict[tuple[Point, int], InputLayout | GateLayout] = {}
-        self.pack_rules = PackCache(kernels.module) if self.whole_layers else None
+        self.packs = Packs(kernels.module) if self.whole_layers else None
 
     def dense_tensors(self) -> list[torch.Tensor]:
         """Every weight tensor a dense one-token step reads: each layer's projections and lm_head."""

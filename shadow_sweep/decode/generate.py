@@ -27,6 +27,7 @@ import torch
 from shadow_sweep.config import MaskUpdate, Prefill
 from shadow_sweep.decode.engine import SparseDecoder
 from shadow_sweep.decode.graphs import GraphedStep
+from shadow_sweep.decode.packs import PARTS
 from shadow_sweep.decode.selection import DENSE_PLAN, DecodeSelection
 from shadow_sweep.decode.traffic import StepRecord, StepTraffic
 from shadow_sweep.selectors.base import Reads
@@ -50,6 +51,8 @@ class DecodeRun:
     gather_s: float = 0.0  # inside decode_s
     prefill_gather_s: float = 0.0  # inside prefill_s
     prefill_capture_s: float = 0.0  # inside prefill_s: capturing the CUDA graph
+    lm_head_s: float = 0.0  # inside decode_s: the final norm and lm_head
+    parts_s: dict[str, float] = field(default_factory=dict)  # inside decode_s: the C++ layer's parts (PARTS)
     records: list[StepRecord] = field(default_factory=list)  # what each new token after the first kept
     traffic: list[StepTraffic] = field(default_factory=list)  # and the bytes it read
 
@@ -161,16 +164,24 @@ class Generator:
             self._read(Reads.head_context, end - 1, context[-1:], chosen, run)
             layer = end
             resume = False
-        return d.logits(x), weights
+        return self._logits(x, run), weights
 
-    def _fixed_step(self, token: torch.Tensor, position: int, weights: list, caches: list) -> torch.Tensor:
+    def _logits(self, x: torch.Tensor, run: DecodeRun) -> torch.Tensor:
+        """The final norm and lm_head (timed as lm_head)."""
+        began = self._now()
+        logits = self.decoder.logits(x)
+        run.lm_head_s += self._now() - began
+        return logits
+
+    def _fixed_step(self, token: torch.Tensor, position: int, weights: list, caches: list, run: DecodeRun
+                    ) -> torch.Tensor:
         """One step on weights fixed for the sequence (dense, per_sequence): one span."""
         d = self.decoder
         positions = torch.tensor([position], device=d.device)
         x = d.family.embed(token, positions)
         rotation = d.family.rotation(positions, x)
         x, _, _ = d.run_layers(0, d.shape.num_layers, x, positions, weights, caches, rotation, False, self.plans)
-        return d.logits(x)
+        return self._logits(x, run)
 
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, new_tokens: int) -> DecodeRun:
@@ -180,6 +191,8 @@ class Generator:
             raise ValueError(f"sparsity.dense_positions={self.selection.runtime.dense_positions} reaches past the "
                              f"{len(prompt)}-token prompt: decode steps would be kept dense")
         self.max_len = prompt.shape[0] + new_tokens
+        if d.packs is not None:
+            d.packs.clear()  # a new sequence: new caches
         run = DecodeRun([], [])
         began = self._now()
         logits, weights, caches = self._prefill(prompt, run)
@@ -189,6 +202,7 @@ class Generator:
             graphed = GraphedStep(d, weights, caches, start=prompt.shape[0])
             run.prefill_capture_s = self._now() - captured
         run.prefill_s = self._now() - began
+        d.timings.zero_()
         began = self._now()
         for step in range(new_tokens):
             token = int(logits.argmax())
@@ -203,9 +217,10 @@ class Generator:
             elif self.per_token:
                 logits, weights = self._chosen_step(ids, position, caches, run)
             else:
-                logits = self._fixed_step(ids, position, weights, caches)
+                logits = self._fixed_step(ids, position, weights, caches, run)
             run.records.append(d.record(weights, self.plans, self.per_token))
         run.decode_s = self._now() - began
+        run.parts_s = dict(zip(PARTS, d.timings.tolist()))
         predictor_bytes = 0 if self.dense else self.selection.predictor_bytes()
         run.traffic = [d.step_traffic(record, prompt.shape[0] + step + 1, predictor_bytes)
                        for step, record in enumerate(run.records)]

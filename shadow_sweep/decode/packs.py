@@ -21,6 +21,7 @@ from shadow_sweep.selectors.base import Point, Reads
 from shadow_sweep.selectors.rules import ChannelRule
 
 COUNTED = ("attention_input", "head_context", "mlp_input", "neuron_activation")  # kept counts per layer
+PARTS = ("attention_weights", "attention", "mlp_weights", "gate", "norms")  # the C++ layer's time parts
 
 
 def cpp_rule(module, rule: Optional[ChannelRule]):
@@ -37,12 +38,19 @@ def cpp_rule(module, rule: Optional[ChannelRule]):
     return converted
 
 
-class PackCache:
-    """The C++ rules of a decoder's plans, converted once (plans are fixed for a point)."""
+class Packs:
+    """A decoder's LayerPacks, built once per layer and sequence and reused by every step: a
+    step whose weights are fixed for the sequence finds its packs as they are; a per-token step
+    of kept rows (IndexedLayer) only sets the rows on its layer's pack. Rules are converted once
+    (a point's plans are fixed). `clear` at a new sequence (new caches)."""
 
     def __init__(self, module):
         self.module = module
-        self.rules: dict[int, object] = {}
+        self.rules: dict[int, tuple] = {}
+        self.packs: dict[tuple, object] = {}
+
+    def clear(self) -> None:
+        self.packs.clear()
 
     def rule(self, rule: Optional[ChannelRule]):
         key = id(rule)
@@ -50,12 +58,31 @@ class PackCache:
             self.rules[key] = (rule, cpp_rule(self.module, rule))  # the rule kept alive with its id
         return self.rules[key][1]
 
+    def pack(self, decoder, index: int, w, cache, dense_kv: bool, plan):
+        indexed = isinstance(w, IndexedLayer)
+        key = (index, id(w.dense) if indexed else id(w), indexed, id(cache), dense_kv, id(plan))
+        pack = self.packs.get(key)
+        if pack is None:
+            pack = self.packs[key] = layer_pack(decoder, index, w, cache, dense_kv, plan)
+        elif indexed:
+            set_rows(pack, decoder, w, plan)
+        return pack
+
+
+def set_rows(pack, decoder, w: IndexedLayer, plan) -> None:
+    """An IndexedLayer's kept rows on its layer's pack (blocks chosen ahead only)."""
+    if plan.attention != Point.input:
+        pack.q_rows = w.q_rows
+        pack.kv_groups = w.query_heads // decoder.shape.queries_per_kv
+    if plan.mlp == Point.ahead:
+        pack.neuron_rows = w.neuron_rows
+
 
 def layer_pack(decoder, index: int, w, cache, dense_kv: bool, plan):
     """Layer `index`'s LayerPack: weights `w` (LayerWeights, dense or sliced, or an IndexedLayer
     of kept rows), its cache, `dense_kv` (K/V of every group from the dense weights), its plan."""
     module = decoder.kernels.module
-    rules = decoder.pack_rules
+    rules = decoder.packs
     pack = module.LayerPack()
     norms = decoder.norms[index].tensors
     pack.attention_norm = norms[0]
@@ -113,14 +140,14 @@ def fused_layers(decoder, first: int, x: torch.Tensor, weights: list, caches: li
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One token through the layers first.. that `weights`, `caches` and `plans` belong to, in one
     C++ call -> (x, the last attention's head context, the last MLP input)."""
-    packs = [layer_pack(decoder, first + i, w, cache, dense_kv, plan)
+    packs = [decoder.packs.pack(decoder, first + i, w, cache, dense_kv, plan)
              for i, (w, cache, plan) in enumerate(zip(weights, caches, plans))]
     cos, sin = (None, None) if rotation is None else (part.reshape(-1) for part in rotation)
     norms = decoder.norms[first]
     position = caches[0].length - (1 if start_at_mlp else 0)  # the attention half wrote its K/V already
     x, context, mlp_input = decoder.kernels.module.decode_layers(
         x, packs, cos, sin, position, decoder.shape.head_dim, decoder.family.scale, norms.eps, norms.kind,
-        norms.activation, start_at_mlp, stop_before_mlp)
+        norms.activation, start_at_mlp, stop_before_mlp, decoder.timings)
     for i, cache in enumerate(caches):
         if not (i == 0 and start_at_mlp):
             cache.length = position + 1

@@ -70,18 +70,13 @@ class DecodeSelection:
     def label(self) -> str:
         return self.runtime.selection.label
 
-    @property
-    def chooses_per_step(self) -> bool:
-        """Some selector chooses ahead every step (per_token reads or starts)."""
-        ahead = any(s.spec.point == Point.ahead and s.spec.name != "dense" for s in self.runtime.selectors)
-        return self.update == MaskUpdate.per_token and ahead
-
     def reads(self, where: Reads, layer: int) -> list[Selector]:
         return self.readers.get((where, layer), [])
 
     def predictor_bytes(self) -> int:
-        """Predictor weights one step reads when the selectors choose every step."""
-        return sum(s.predictor_bytes() for s in self.runtime.selectors) if self.chooses_per_step else 0
+        """Predictor weights one step reads (its selectors choose every step under per_token)."""
+        per_token = self.update == MaskUpdate.per_token
+        return sum(s.predictor_bytes() for s in self.runtime.selectors) if per_token else 0
 
     def start_step(self, token: torch.Tensor, position: int) -> KeptUnits:
         """A one-token step (token [1]) begins: the units its selectors choose at its start."""

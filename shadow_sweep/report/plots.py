@@ -1,8 +1,9 @@
 """Curves against sparsity, one line per predictor x criterion (and varying design fields),
 with 95% CIs as error bars (accuracy: over documents; token perplexity: bootstrap; latency: min
 to max over repeats); dense is a dashed horizontal line. And the figure the sweeps exist for:
-quality (token perplexity, mean accuracy) against decode latency, one point per line x level
-x update policy, CIs in both directions; and quality against the bytes a decode step reads
+quality (token perplexity, mean accuracy) against the measured decode speed-up over the
+fastest dense path, one point per line x level (its own update policy), CIs of quality and
+the spread of the speed-up over repeats; and quality against the bytes a decode step reads
 (report.bytes), the comparison of selectors at matched bytes."""
 
 from pathlib import Path
@@ -59,34 +60,42 @@ def plot_curve(table: pd.DataFrame, name: str, axes) -> None:
     axes.legend(fontsize=7)
 
 
+SPEED = ("speedup_vs_fastest_dense", "speedup_vs_fastest_dense_min", "speedup_vs_fastest_dense_max")
+
+
 def quality_latency_points(table: pd.DataFrame) -> pd.DataFrame:
     """Rows of the summary table that have both an evaluation and the latency of their own
-    update policy: columns line, sparsity, update, ms_per_token (+ min / max) and the quality."""
+    update policy: columns line, sparsity, update, the measured speed-up over the fastest dense
+    path of its run (+ min / max over repeats) and the quality."""
     if "update" not in table:
         return pd.DataFrame()
     rows = []
     for row in table.to_dict("records"):
-        latency = f"ms_per_token/{row['update']}"
-        if pd.notna(row.get(latency)):
-            rows.append({**row, "ms_per_token": row[latency], "ms_per_token_min": row.get(latency.replace("/", "_min/")),
-                         "ms_per_token_max": row.get(latency.replace("/", "_max/"))})
+        mode = "dense" if row["sparsity"] == 0 else row["update"]
+        if pd.notna(row.get(f"{SPEED[0]}/{mode}")):
+            rows.append({**row, **{column: row.get(f"{column}/{mode}") for column in SPEED}})
     return pd.DataFrame(rows)
 
 
 def plot_quality_vs_latency(points: pd.DataFrame, figure) -> None:
-    """Token perplexity and mean accuracy against ms per generated token, one marker per line
-    x level x update policy, error bars of both quantities."""
+    """Token perplexity and mean accuracy against the measured decode speed-up over the fastest
+    dense path of the run, one line per selection through its levels, quality with its 95% CI,
+    speed-up from its slowest to its fastest repeat; dense at 1 (a dotted line)."""
     quality = [c for c in ("token_perplexity", "acc_mean") if c in points and points[c].notna().any()]
     for axes, column in zip(figure.subplots(1, len(quality), squeeze=False)[0], quality):
-        for line, group in points.dropna(subset=[column]).groupby("line"):
-            xerr = [(group["ms_per_token"] - group["ms_per_token_min"]).to_numpy(),
-                    (group["ms_per_token_max"] - group["ms_per_token"]).to_numpy()]
-            axes.errorbar(group["ms_per_token"], group[column], xerr=xerr, yerr=error_bars(group, column),
-                          marker="o", linestyle="", capsize=3, label=line)
-            for x, y, level in zip(group["ms_per_token"], group[column], group["sparsity"]):
+        for line, group in points.dropna(subset=[column]).sort_values("sparsity").groupby("line"):
+            if line == "dense":
+                axes.axhline(float(group[column].iloc[0]), color="black", linestyle=":", linewidth=1, label="dense")
+                continue
+            xerr = [(group[SPEED[0]] - group[SPEED[1]]).clip(lower=0).to_numpy(),
+                    (group[SPEED[2]] - group[SPEED[0]]).clip(lower=0).to_numpy()]
+            axes.errorbar(group[SPEED[0]], group[column], xerr=xerr, yerr=error_bars(group, column), marker="o",
+                          capsize=2, markersize=3, label=line)
+            for x, y, level in zip(group[SPEED[0]], group[column], group["sparsity"]):
                 axes.annotate(f"{level:g}", (x, y), fontsize=6, textcoords="offset points", xytext=(3, 3))
-        axes.set(xlabel="ms per generated token (batch 1)", ylabel=column.replace("_", " "),
-                 title=f"{column.replace('_', ' ')} vs latency")
+        axes.axvline(1.0, color="grey", linewidth=0.8)
+        axes.set(xlabel="decode speed-up over the fastest dense path (batch 1)", ylabel=column.replace("_", " "),
+                 title=f"{column.replace('_', ' ')} vs measured speed-up")
         if column == "token_perplexity":
             axes.set_yscale("log")
         axes.grid(alpha=0.3)

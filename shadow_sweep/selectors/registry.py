@@ -75,12 +75,16 @@ class PointSelection:
     def deployable(self) -> bool:
         return all(spec(name).deployable for name in self.names())
 
-    def decodes(self, update: MaskUpdate) -> bool:
-        """The decode path runs every selector of it under `update` (a fixed selection is timed
-        per_sequence only: its masks are the same either way)."""
+    def decode_updates(self, updates: list[MaskUpdate]) -> list[MaskUpdate]:
+        """Those of `updates` under which the decode path runs every selector of it; a fixed
+        selection (one mask for every input) is timed per_sequence only, whichever is asked for:
+        its masks are the same either way."""
         specs = [spec(name) for name in self.names()]
-        fixed = any(s.fixed for s in specs)
-        return all(s.decode and update in s.updates for s in specs) and not (fixed and update == MaskUpdate.per_token)
+        if not all(s.decode for s in specs):
+            return []
+        if any(s.fixed for s in specs):
+            return [MaskUpdate.per_sequence] if all(MaskUpdate.per_sequence in s.updates for s in specs) else []
+        return [u for u in updates if all(u in s.updates for s in specs)]
 
 
 DENSE = PointSelection("dense", "dense", "dense")

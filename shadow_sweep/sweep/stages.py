@@ -105,8 +105,8 @@ def bench_rows(cfg: AppConfig, loaded: LoadedModel, fitted: dict[str, FittedPred
     bench = type(cfg.bench)(**{**asdict(cfg.bench), "levels": levels(cfg), "updates": updates})
     points = []
     for point in evaluation_points(cfg, bench_selections(cfg), fitted, statistics, paths):
-        for update in updates:
-            if not point.selection.dense and point.selection.decodes(update):
+        for update in point.selection.decode_updates(updates):
+            if not point.selection.dense:
                 runtime = point_runtime(cfg, loaded, point, statistics, update)
                 timed = replace(cfg, sparsity=replace(cfg.sparsity, update=update))
                 points.append(BenchPoint(DecodeSelection(runtime), point.level, bench_fields(timed, point)))
