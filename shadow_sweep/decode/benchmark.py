@@ -10,7 +10,8 @@ floor `floor_ms_per_token` = bytes / bandwidth and `x_floor` = ms_per_token / fl
 
 ms/token counts the new tokens after the first (the first comes from the prompt pass,
 reported as prefill_ms); the predictor's and the gathers' times are inside ms/token and
-also reported alone (predictor_share = predictor time / decode time). On CUDA with
+also reported alone (predictor_share = predictor time / decode time; the predictor's time is
+where it ran: in Python, or as the step networks of the C++ layer). On CUDA with
 `bench.cuda_graphs`, every fixed-weight point (dense, per_sequence, static) is measured a
 second time replaying a CUDA graph (`graph` column; its capture is inside prefill_ms);
 speedup_vs_dense compares with our dense path in the same mode (eager or graph).
@@ -128,10 +129,10 @@ def run_benchmark(loaded: LoadedModel, points: list[BenchPoint], cfg: BenchConfi
                          **_spread([1000 * r.decode_s / steps for r in point_runs]),
                          "prefill_ms": 1000 * _median(point_runs, "prefill_s"),
                          "prefill_capture_ms": 1000 * _median(point_runs, "prefill_capture_s"),
-                         "predictor_ms_per_token": 1000 * _median(point_runs, "predictor_s") / steps,
+                         "predictor_ms_per_token": 1000 * _median(point_runs, "choosing_s") / steps,
                          "gather_ms_per_token": 1000 * _median(point_runs, "gather_s") / steps,
                          "prefill_gather_ms": 1000 * _median(point_runs, "prefill_gather_s"),
-                         "predictor_share": _median(point_runs, "predictor_s")
+                         "predictor_share": _median(point_runs, "choosing_s")
                          / max(_median(point_runs, "decode_s"), 1e-12),
                          **_parts(point_runs, steps),
                          **_traffic([t for r in point_runs for t in r.traffic])})

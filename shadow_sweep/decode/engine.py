@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from shadow_sweep.decode.families import DECODE_FAMILIES, LlamaFamily, OPTFamily
 from shadow_sweep.decode.packs import COUNTED, PARTS, Packs, fused_layers
 from shadow_sweep.decode.selection import DENSE_PLAN, LayerPlan
-from shadow_sweep.decode.traffic import StepRecord, StepTraffic, kv_read_bytes, layer_sizes
+from shadow_sweep.decode.traffic import StepRecord, StepTraffic, layer_sizes
 from shadow_sweep.decode.weights import (GateLayout, IndexedLayer, InputLayout, LayerWeights, layout_bytes, linear,
                                          linear_transposed)
 from shadow_sweep.models.loading import LoadedModel
@@ -130,22 +130,20 @@ class SparseDecoder:
         element_size = self.dense[0].q.element_size()
         projections = 0
         cache = 0
-        for counts, plan, groups, heads in zip(step.counts.tolist(), step.plans, step.groups, step.query_heads):
+        for counts, plan, groups in zip(step.counts.tolist(), step.plans, step.groups):
             kept = LayerCounts(counts[0], counts[1], groups, counts[2], counts[3])
             projections += layer_bytes(self.sizes, kept, plan.attention, plan.mlp, dense_kv=False)
-            cache += kv_read_bytes(heads, self.shape.queries_per_kv, self.shape.head_dim, context, element_size)
+            cache += 2 * context * counts[4] * self.shape.head_dim * element_size
         return StepTraffic(projections, self.fixed_bytes, cache, predictor_bytes)
 
     def record(self, weights: list, plans: list[LayerPlan], dense_kv: bool) -> StepRecord:
-        """What the last step kept (its counts), with the layers' weights and plans."""
+        """What the last step kept (its counts), with the layers' plans and the K/V groups each
+        computed (every group where the cache keeps them all, else the kept ones)."""
         groups = []
-        heads = []
         for w, plan in zip(weights, plans):
-            attends_all = plan.attention == Point.input
-            heads.append(self.dense[0].query_heads if attends_all else w.query_heads)
-            computed = dense_kv or attends_all or isinstance(w, IndexedLayer)
+            computed = dense_kv or plan.attention == Point.input or isinstance(w, IndexedLayer)
             groups.append(self.shape.num_kv_heads if computed else w.k.shape[0] // self.shape.head_dim)
-        return StepRecord(self.counts.clone(), plans, groups, heads)
+        return StepRecord(self.counts.clone(), plans, groups)
 
     def indexed(self, layer: int, heads: Optional[torch.Tensor], neurons: Optional[torch.Tensor]) -> IndexedLayer:
         """Rows of kept query heads [|Q|] and neurons [|N|] (ascending indices; None: every one),
@@ -198,6 +196,7 @@ class SparseDecoder:
         k = k[0].transpose(0, 1)  # [T, groups, d]
         keys, values, valid = cache.write_at(positions, k, v) if static else cache.append(k, v)
         groups = w.kv_of_query if kv is None else w.query_heads // self.shape.queries_per_kv
+        self.counts[index, 4] = len(torch.unique(w.query_heads // self.shape.queries_per_kv))
         context = attend(q, keys, values, groups, f.scale, valid)
         shown = self._masked(index, 1, context, plan.rules.get(Reads.head_context))
         return x + linear_transposed(shown, w.o, w.o_bias), context
@@ -290,6 +289,7 @@ class SparseDecoder:
         context = attend(q, keys, values, w.query_heads // self.shape.queries_per_kv, f.scale, None)
         self.counts[index, 0] = self.shape.hidden_size
         self.counts[index, 1] = len(rows)
+        self.counts[index, 4] = len(torch.unique(w.query_heads // self.shape.queries_per_kv))
         return x + _add(kernels.gather_transposed_gemv(full.o, rows, context[0]), full.o_bias), context
 
     def _indexed_mlp(self, index: int, x: torch.Tensor, w: IndexedLayer) -> torch.Tensor:

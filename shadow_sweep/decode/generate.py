@@ -56,6 +56,12 @@ class DecodeRun:
     records: list[StepRecord] = field(default_factory=list)  # what each new token after the first kept
     traffic: list[StepTraffic] = field(default_factory=list)  # and the bytes it read
 
+    @property
+    def choosing_s(self) -> float:
+        """The time the selections made ahead took in decode_s: in Python (`predictor_s`) and as
+        step networks inside the C++ layer."""
+        return self.predictor_s + self.parts_s.get("step_networks", 0.0)
+
 
 class Generator:
     def __init__(self, decoder: SparseDecoder, selection: Optional[DecodeSelection] = None, graphs: bool = False,
@@ -110,10 +116,16 @@ class Generator:
             run.prefill_gather_s = self._now() - began
         return logits, weights, caches
 
+    def _stops(self, where: Reads, layer: int) -> bool:
+        """A per_token step returns to Python there: a selector reads, or a step network runs
+        that the decoder's kernels do not run themselves (torch ops)."""
+        network = where in self.plans[layer].networks and not self.decoder.whole_layers
+        return network or bool(self.selection.reads(where, layer))
+
     def _span(self, first: int, resume: bool) -> tuple[int, bool]:
         """The layers one `run_layers` call runs from `first` in a per_token step -> (end, whether
-        it stops before layer end-1's MLP): up to the next place a selector reads."""
-        reads = self.selection.reads
+        it stops before layer end-1's MLP): up to the next place the step returns to Python."""
+        reads = self._stops
         for layer in range(first, self.decoder.shape.num_layers):
             if layer > first and reads(Reads.layer_input, layer):
                 return layer, False
@@ -124,13 +136,16 @@ class Generator:
         return self.decoder.shape.num_layers, False
 
     def _read(self, where: Reads, layer: int, x: torch.Tensor, chosen: KeptUnits, run: DecodeRun) -> None:
-        """Hand one token's state x [1, U] to the selectors reading there (timed as predictor)."""
-        selectors = self.selection.reads(where, layer)
-        if not selectors:
+        """Hand one token's state x [1, U] to the selectors reading there, and run the step
+        network there unless the kernels do (timed as predictor)."""
+        if not self._stops(where, layer):
             return
         began = self._now()
-        for selector in selectors:
+        for selector in self.selection.reads(where, layer):
             selector.decode_read(where, layer, x, chosen, self._kernels())
+        network = self.plans[layer].networks.get(where)
+        if network is not None and not self.decoder.whole_layers:
+            chosen.set(layer, *network.kept(x[-1]))
         run.predictor_s += self._now() - began
 
     def _chosen_step(self, token: torch.Tensor, position: int, caches: list, run: DecodeRun

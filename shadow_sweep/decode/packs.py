@@ -8,7 +8,9 @@ tensors and selection as a `LayerPack`, in the layout of its blocks' points:
 - MLP `ahead`: the neuron-major MLP and the kept neurons' `neuron_rows`;
 - MLP `gate`: the gate's rows and the per-neuron up/down rows, the rule on act(gate);
 - MLP `input`: the transposed gate/up block and down transposed, the rules on the MLP input and
-  on the activation.
+  on the activation;
+- step networks (selectors/rules.py StepNetwork) before the layer or its MLP: the units they
+  choose replace the kept rows of the blocks they choose.
 Every pack writes its kept counts (`COUNTED`) into the decoder's `counts` row of its layer.
 """
 
@@ -18,10 +20,10 @@ import torch
 
 from shadow_sweep.decode.weights import IndexedLayer
 from shadow_sweep.selectors.base import Point, Reads
-from shadow_sweep.selectors.rules import ChannelRule
+from shadow_sweep.selectors.rules import ChannelRule, StepNetwork
 
-COUNTED = ("attention_input", "head_context", "mlp_input", "neuron_activation")  # kept counts per layer
-PARTS = ("attention_weights", "attention", "mlp_weights", "gate", "norms")  # the C++ layer's time parts
+COUNTED = ("attention_input", "head_context", "mlp_input", "neuron_activation", "kv_groups")  # kept per layer
+PARTS = ("attention_weights", "attention", "mlp_weights", "gate", "norms", "step_networks")  # the C++ layer's time
 
 
 def cpp_rule(module, rule: Optional[ChannelRule]):
@@ -38,6 +40,23 @@ def cpp_rule(module, rule: Optional[ChannelRule]):
     return converted
 
 
+def cpp_network(module, network: Optional[StepNetwork]):
+    """A StepNetwork as the C++ `StepNetwork` (None: inactive)."""
+    converted = module.StepNetwork()
+    if network is None:
+        return converted
+    converted.active = True
+    converted.weights = [w.float().contiguous() for w in network.weights]
+    converted.biases = [b.float().contiguous() for b in network.biases]
+    converted.relu = list(network.relu)
+    converted.heads = network.heads
+    converted.neurons = network.neurons
+    converted.head_group = network.head_group
+    converted.head_keep = -1 if network.head_keep is None else network.head_keep
+    converted.neuron_keep = -1 if network.neuron_keep is None else network.neuron_keep
+    return converted
+
+
 class Packs:
     """A decoder's LayerPacks, built once per layer and sequence and reused by every step: a
     step whose weights are fixed for the sequence finds its packs as they are; a per-token step
@@ -46,16 +65,24 @@ class Packs:
 
     def __init__(self, module):
         self.module = module
-        self.rules: dict[int, tuple] = {}
+        self.rules: dict[tuple, tuple] = {}
         self.packs: dict[tuple, object] = {}
 
     def clear(self) -> None:
         self.packs.clear()
 
     def rule(self, rule: Optional[ChannelRule]):
-        key = id(rule)
+        """The C++ form of a rule, converted once."""
+        return self._converted(rule, cpp_rule)
+
+    def network(self, network: Optional[StepNetwork]):
+        """The C++ form of a step network, converted once."""
+        return self._converted(network, cpp_network)
+
+    def _converted(self, item, convert):
+        key = (convert.__name__, id(item))
         if key not in self.rules:
-            self.rules[key] = (rule, cpp_rule(self.module, rule))  # the rule kept alive with its id
+            self.rules[key] = (item, convert(self.module, item))  # the item kept alive with its id
         return self.rules[key][1]
 
     def pack(self, decoder, index: int, w, cache, dense_kv: bool, plan):
@@ -129,6 +156,9 @@ def layer_pack(decoder, index: int, w, cache, dense_kv: bool, plan):
     else:
         pack.mlp = source.mlp
         pack.neuron_rows = w.neuron_rows if indexed else None
+    pack.network_at_input = rules.network(plan.networks.get(Reads.layer_input))
+    pack.network_at_mlp = rules.network(plan.networks.get(Reads.mlp_input))
+    pack.queries_per_kv = decoder.shape.queries_per_kv
     pack.cache_k = cache.k
     pack.cache_v = cache.v
     pack.counts = decoder.counts[index]

@@ -5,7 +5,8 @@
   (`LayerPlan`): `ahead` reads the kept heads' / neurons' rows (every row when nothing is
   chosen), `gate` and `input` apply the selector's rules inside the step (`step_rules`);
 - where one-token steps hand a state to a selector that chooses ahead (`decode_reads`): before a
-  layer (`layer_input`), before its MLP (`mlp_input`), after it (`head_context`);
+  layer (`layer_input`), before its MLP (`mlp_input`), after it (`head_context`); or the
+  networks a selector that chooses ahead lets the step run itself there (`step_networks`);
 - the prompt (`prefill`): one forward of the accuracy path itself (the model with the point's
   runtime installed), so the prompt's K/V and, under per_sequence, the masks chosen at its last
   token are exactly the accuracy path's.
@@ -19,7 +20,7 @@ import torch
 from shadow_sweep.config import MaskUpdate
 from shadow_sweep.selectors.base import Block, ForwardInputs, Point, Reads, Selector
 from shadow_sweep.selectors.kept import KeptUnits
-from shadow_sweep.selectors.rules import ChannelRule
+from shadow_sweep.selectors.rules import ChannelRule, StepNetwork
 from shadow_sweep.selectors.runtime import SelectionRuntime
 
 STEP_READS = (Reads.layer_input, Reads.mlp_input, Reads.head_context)  # where a step can stop for a selector
@@ -30,11 +31,12 @@ class LayerPlan:
     attention: Point = Point.ahead  # ahead: rows of the kept (or every) head; input: kept channels
     mlp: Point = Point.ahead  # ahead: rows of the kept (or every) neuron; gate; input
     rules: dict[Reads, ChannelRule] = field(default_factory=dict)  # this layer's in-step rules
+    networks: dict[Reads, StepNetwork] = field(default_factory=dict)  # choices ahead made inside the step
 
     @property
     def in_step(self) -> bool:
         """Some selection of this layer is made inside the step."""
-        return bool(self.rules)
+        return bool(self.rules or self.networks)
 
 
 DENSE_PLAN = LayerPlan()
@@ -52,10 +54,12 @@ class DecodeSelection:
                 raise ValueError(f"the sparse decode path does not run selector {selector.spec.name!r}")
         attention, mlp = runtime.selection.points()
         rules: dict[Reads, list[Optional[ChannelRule]]] = {}
+        networks: dict[Reads, list[Optional[StepNetwork]]] = {}
         for selector in runtime.selectors:
             rules.update(selector.step_rules())
-        self.plans = [LayerPlan(attention, mlp, {where: r[layer] for where, r in rules.items() if r[layer] is not None})
-                      for layer in range(layers)]
+            networks.update(selector.step_networks() if self.update == MaskUpdate.per_token else {})
+        at = lambda per_place, layer: {where: p[layer] for where, p in per_place.items() if p[layer] is not None}  # noqa: E731
+        self.plans = [LayerPlan(attention, mlp, at(rules, layer), at(networks, layer)) for layer in range(layers)]
         self.readers: dict[tuple[Reads, int], list[Selector]] = {}
         if self.update == MaskUpdate.per_token:
             for selector in runtime.selectors:

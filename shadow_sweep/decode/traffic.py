@@ -58,20 +58,12 @@ def layer_sizes(w: LayerWeights, shape: ModelShape) -> LinearSizes:
 @dataclass
 class StepRecord:
     """What one decode step kept, per layer: the kept counts (attention-input channels,
-    head-context channels, MLP-input channels, neurons), the plan (its blocks' points), the
-    K/V groups computed, the query heads that attended."""
+    head-context channels, MLP-input channels, neurons, K/V groups read by the attending
+    heads), the plan (its blocks' points), the K/V groups computed."""
 
-    counts: torch.Tensor  # [L, 4]
+    counts: torch.Tensor  # [L, 5]
     plans: list
     groups: list[int]
-    query_heads: list[torch.Tensor]
-
-
-def kv_read_bytes(query_heads: torch.Tensor, queries_per_kv: int, head_dim: int, context: int,
-                  element_size: int) -> int:
-    """K and V of the groups these query heads read, over `context` positions."""
-    groups = len(torch.unique(query_heads // queries_per_kv))
-    return 2 * context * groups * head_dim * element_size
 
 
 def read_bandwidth(device: torch.device, repeats: int = 7, size: int = PROBE_BYTES) -> float:

@@ -15,8 +15,7 @@ from shadow_sweep.config import AppConfig, MaskUpdate, PredictorConfig
 from shadow_sweep.models.adapters import ModelShape
 from shadow_sweep.predictors.fit import FittedPredictor, network_predictions
 from shadow_sweep.predictors.inference import MaskPredictor
-from shadow_sweep.selectors.base import Block, Need, PointContext, Reads, Selector
-from shadow_sweep.selectors.kept import Kept, KeptUnits
+from shadow_sweep.selectors.base import Block, Need, PointContext, Selector
 
 
 class AheadSelector(Selector):
@@ -64,21 +63,6 @@ class AheadSelector(Selector):
         """Scores of flattened tokens [B*T', U] (`rows` = (B, T')) -> `set_layer_scores`."""
         unflatten = lambda s: None if s is None else s.unflatten(0, rows)  # noqa: E731
         self.set_layer_scores(layer, unflatten(heads), unflatten(neurons))
-
-    def decode_read(self, where: Reads, layer: int, x: torch.Tensor, chosen: KeptUnits, kernels=None) -> None:
-        """A network's one-token read: the kept units straight from the decode kernels (its
-        network as vector-matrix products, a C++ top-k), no masks in between."""
-        if self.fitted is None or self.fitted.net is None:
-            super().decode_read(where, layer, x, chosen, kernels)
-            return
-        for kept_layer, (heads, neurons) in self.network_kept(layer, x, kernels).items():
-            chosen.set(kept_layer, heads if Block.attention in self.blocks else None,
-                       neurons if Block.mlp in self.blocks else None)
-
-    def network_kept(self, layer: int, x: torch.Tensor, kernels) -> dict[int, tuple[Kept, Kept]]:
-        """The network on one token's state x [1, U] read at `layer` -> kept (heads, neurons) by
-        layer: one layer's network, that layer's (DejaVu; ShadowLLM overrides)."""
-        return {layer: self.predictor.one_layer_kept(layer, x, kernels)}
 
     def predictor_bytes(self) -> int:
         """The network's weights this selector's blocks need (its trunk and their output columns)."""

@@ -33,7 +33,7 @@ from shadow_sweep.sparsity.policy import SparsityPolicy
 
 if TYPE_CHECKING:
     from shadow_sweep.selectors.kept import KeptUnits
-    from shadow_sweep.selectors.rules import ChannelRule
+    from shadow_sweep.selectors.rules import ChannelRule, StepNetwork
     from shadow_sweep.selectors.statistics import CalibrationStatistics
 
 
@@ -195,6 +195,12 @@ class Selector:
         layer to that layer's own tensors, one per layer (None: every entry kept), at
         `attention_input`, `head_context`, `mlp_input`, `neuron_activation` or `gate_output`
         (act(gate)). The selector's masks on the accuracy path come from the same rules."""
+        return {}
+
+    def step_networks(self) -> dict[Reads, list[Optional["StepNetwork"]]]:
+        """A selection made ahead by a small network per layer: the networks a per_token decode
+        step runs itself at `layer_input` or `mlp_input`, one per layer (None: none there), so
+        that choosing costs no return to Python; in place of `decode_reads` there."""
         return {}
 
     def decode_reads(self) -> dict[Reads, range]:

@@ -1,10 +1,16 @@
-"""How a selection at the gate or at a linear's input keeps the entries of one tensor: one rule
-that both measurement paths apply, the accuracy path as a mask (`mask`) and the decode step
-inside its C++ layer (decode/kernels/decode_step.cpp, `Rule`), so that both choose alike.
+"""Selections a decode step makes itself, inside its C++ layer (decode/kernels/decode_step.cpp),
+described as data both measurement paths share.
+
+`ChannelRule`: how a selection at the gate or at a linear's input keeps the entries of one
+tensor; the accuracy path applies it as a mask (`mask`), the decode step as `Rule`, so that both
+choose alike.
 
     score_i = |x_i| * scale_i        (scale: WINA's column norms; None: 1)
     keep i  iff score_i > threshold  (a calibrated threshold), or
             i among each token's `keep` highest scores (rule top_k)
+
+`StepNetwork`: a learned selection ahead (DejaVu's network of one layer) that the step runs right
+before the computation it saves.
 """
 
 from dataclasses import dataclass
@@ -12,7 +18,8 @@ from typing import Optional
 
 import torch
 
-from shadow_sweep.sparsity.topk import top_k_mask
+from shadow_sweep.predictors.targets import normalise_inputs
+from shadow_sweep.sparsity.topk import expand_indices, top_k_indices, top_k_mask
 
 
 @dataclass(frozen=True)
@@ -36,3 +43,38 @@ class ChannelRule:
         if self.keep is None:
             return (scores > self.threshold).float()
         return top_k_mask(scores, self.keep)
+
+
+@dataclass(frozen=True)
+class StepNetwork:
+    """A selection ahead that the decode step runs itself, right before the computation it saves
+    (DejaVu's network of one layer), so that choosing costs no return to Python:
+
+        scores = MLP(min-max(x))   x: one token's state [U] (the layer's input, or its MLP's)
+        heads:   the first `heads` columns; summed per K/V group of `head_group` query heads,
+                 the `head_keep` highest groups (or heads) kept, every query head of a kept group;
+        neurons: the next `neurons` columns, the `neuron_keep` highest kept.
+    A keep of None leaves that block unchosen. `kept` is the reference the C++ layer follows."""
+
+    weights: tuple[torch.Tensor, ...]  # [in, out] per layer of the network
+    biases: tuple[torch.Tensor, ...]  # [out]
+    relu: tuple[bool, ...]
+    heads: int  # head score columns (first)
+    neurons: int  # neuron score columns (after them)
+    head_group: int = 1
+    head_keep: Optional[int] = None
+    neuron_keep: Optional[int] = None
+
+    def kept(self, x: torch.Tensor) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """One token's state x [U] -> kept query heads and neurons (ascending; None: not chosen)."""
+        z = normalise_inputs(x.float().reshape(1, -1))
+        for weight, bias, relu in zip(self.weights, self.biases, self.relu):
+            z = z @ weight + bias
+            z = torch.relu(z) if relu else z
+        heads = neurons = None
+        if self.head_keep is not None:
+            scores = z[0, :self.heads].unflatten(-1, (-1, self.head_group)).sum(-1)
+            heads = expand_indices(top_k_indices(scores, self.head_keep), self.head_group)
+        if self.neuron_keep is not None:
+            neurons = top_k_indices(z[0, self.heads:self.heads + self.neurons], self.neuron_keep)
+        return heads, neurons

@@ -9,7 +9,7 @@ import torch
 from shadow_sweep.predictors.layouts import NetworkLayout
 from shadow_sweep.selectors.ahead import AheadSelector
 from shadow_sweep.selectors.base import ALL_UPDATES, Block, Point, Reads, SelectorSpec
-from shadow_sweep.selectors.kept import Kept
+from shadow_sweep.selectors.kept import KeptUnits
 
 
 class ShadowLLMSelector(AheadSelector):
@@ -39,6 +39,10 @@ class ShadowLLMSelector(AheadSelector):
         """One network call per token, after layer 0: every later layer's units at once."""
         return {Reads.head_context: range(1)}
 
-    def network_kept(self, layer: int, x: torch.Tensor, kernels) -> dict[int, tuple[Kept, Kept]]:
+    def decode_read(self, where: Reads, layer: int, x: torch.Tensor, chosen: KeptUnits, kernels=None) -> None:
+        """Layer 0's head context of one token [1, H d] -> every later layer's kept units, straight
+        from the decode kernels (its network as vector-matrix products, a C++ top-k)."""
         heads, neurons = self.predictor.all_layers_kept(x, kernels)
-        return {later: (heads[later], neurons[later]) for later in range(1, self.shape.num_layers)}
+        for later in range(1, self.shape.num_layers):
+            chosen.set(later, heads[later] if Block.attention in self.blocks else None,
+                       neurons[later] if Block.mlp in self.blocks else None)

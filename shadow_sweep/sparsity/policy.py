@@ -90,13 +90,19 @@ class PoolPlan:
         keep = int(budgets[layer]) if budgets is not None else self.keep_per_layer()
         return top_k_mask(scores.float(), keep)
 
+    def layer_keep(self, layer: int, budgets: Optional[torch.Tensor]) -> Optional[int]:
+        """How many units one layer keeps per token in per-layer decisions (None: every one)."""
+        if self.level == 0.0 or layer < self.first_pooled_layer:
+            return None
+        return int(budgets[layer]) if budgets is not None else self.keep_per_layer()
+
     def layer_kept(self, layer: int, scores: torch.Tensor, budgets: Optional[torch.Tensor],
                    select: TopK = top_k_indices) -> torch.Tensor:
         """One token's units that `layer_masks` keeps, ascending: scores [U] -> indices [k]
         (the same top-k, without building and reading back a mask; `select`: its kernel)."""
-        if self.level == 0.0 or layer < self.first_pooled_layer:
+        keep = self.layer_keep(layer, budgets)
+        if keep is None:
             return torch.arange(scores.shape[-1], device=scores.device)
-        keep = int(budgets[layer]) if budgets is not None else self.keep_per_layer()
         return select(scores, keep)
 
     def kept(self, scores: torch.Tensor, budgets: Optional[torch.Tensor], select: TopK = top_k_indices

@@ -380,6 +380,80 @@ Gather select(const Rule& rule, const float* x, int64_t n, std::vector<int64_t>&
   return {torch::Tensor(), kept.data(), static_cast<int64_t>(kept.size())};
 }
 
+// A selection ahead that the step runs itself (selectors/rules.py StepNetwork): scores =
+// MLP(min-max(x)) of one token's state, head columns then neuron columns; heads summed per group
+// of `head_group` query heads and the `head_keep` highest groups kept whole, the `neuron_keep`
+// highest neurons kept (a keep < 0: that block not chosen).
+struct StepNetwork {
+  bool active = false;
+  std::vector<torch::Tensor> weights;  // [in, out] per network layer
+  std::vector<torch::Tensor> biases;  // [out]
+  std::vector<bool> relu;
+  int64_t heads = 0;
+  int64_t neurons = 0;
+  int64_t head_group = 1;
+  int64_t head_keep = -1;
+  int64_t neuron_keep = -1;
+};
+
+// The units a step chose itself (a StepNetwork), as the rows the kernels read.
+struct Chosen {
+  bool heads = false;
+  bool neurons = false;
+  std::vector<int64_t> q_rows;  // rows of q and o of the kept heads
+  std::vector<int64_t> kv_groups;  // each kept head's K/V group
+  std::vector<int64_t> neuron_rows;
+};
+
+// x [n] through the network -> the units it keeps, into `chosen`.
+void run_network(const StepNetwork& net, const float* x, int64_t n, int64_t head_dim, int64_t queries_per_kv,
+                 Chosen& chosen) {
+  float low = x[0];
+  float high = x[0];
+  for (int64_t i = 1; i < n; ++i) {
+    low = std::min(low, x[i]);
+    high = std::max(high, x[i]);
+  }
+  const float span = (high - low) + 1e-8f;
+  std::vector<float> z(n);
+  for (int64_t i = 0; i < n; ++i) z[i] = (x[i] - low) / span;
+  for (size_t k = 0; k < net.weights.size(); ++k) {
+    const auto& weight = net.weights[k];
+    TORCH_CHECK(weight.dim() == 2 && weight.size(0) == static_cast<int64_t>(z.size()), "network: weight [in, out]");
+    const int64_t width = weight.size(1);
+    std::vector<float> out(width);
+    const auto all = gather_of(c10::nullopt, weight.size(0));
+    transposed_gemv(float_data(weight, "network weight"), width, width, all, z.data(),
+                    float_data(net.biases[k], "network bias"), out.data());
+    if (net.relu[k])
+      for (auto& v : out) v = v > 0.f ? v : 0.f;
+    z.swap(out);
+  }
+  if (net.head_keep >= 0) {
+    const int64_t groups = net.heads / net.head_group;
+    std::vector<float> scores(groups, 0.f);
+    for (int64_t g = 0; g < groups; ++g)
+      for (int64_t q = 0; q < net.head_group; ++q) scores[g] += z[g * net.head_group + q];
+    std::vector<int64_t> kept(net.head_keep);
+    std::vector<uint32_t> keys(groups);
+    top_k_row(scores.data(), groups, net.head_keep, kept.data(), keys.data());
+    chosen.heads = true;
+    for (const int64_t g : kept) {
+      for (int64_t q = 0; q < net.head_group; ++q) {
+        const int64_t head = g * net.head_group + q;
+        chosen.kv_groups.push_back(head / queries_per_kv);
+        for (int64_t r = 0; r < head_dim; ++r) chosen.q_rows.push_back(head * head_dim + r);
+      }
+    }
+  }
+  if (net.neuron_keep >= 0) {
+    chosen.neurons = true;
+    chosen.neuron_rows.resize(net.neuron_keep);
+    std::vector<uint32_t> keys(net.neurons);
+    top_k_row(z.data() + net.heads, net.neurons, net.neuron_keep, chosen.neuron_rows.data(), keys.data());
+  }
+}
+
 }  // namespace
 
 torch::Tensor gather_gemv(torch::Tensor weight, MaybeTensor rows, torch::Tensor x) {
@@ -428,8 +502,9 @@ torch::Tensor mlp_rows(torch::Tensor mlp, MaybeTensor rows, torch::Tensor h, int
 }
 
 // One layer's tensors and selection for decode_layers (None where absent; the header says
-// which layout each block runs in). `counts` (int64 [4], optional) receives the kept counts of
-// the call: attention-input channels, head-context channels, MLP-input channels, neurons.
+// which layout each block runs in). `counts` (int64 [5], optional) receives the kept counts of
+// the call: attention-input channels, head-context channels, MLP-input channels, neurons, and
+// the K/V groups the attending heads read.
 struct LayerPack {
   MaybeTensor attention_norm, attention_norm_bias, mlp_norm, mlp_norm_bias;
   MaybeTensor q, q_bias, k, k_bias, v, v_bias;  // rows [R, D] (q: every head, or a sliced copy)
@@ -443,6 +518,8 @@ struct LayerPack {
   MaybeTensor gate_up_t, down_t;  // input layout: [D, 2 I] (OPT: [D, I]) and [I, D]
   Rule mlp_input, neuron_activation;
   MaybeTensor cache_k, cache_v;  // [max_len, groups, d]
+  StepNetwork network_at_input, network_at_mlp;  // chosen ahead inside the step: before the layer, its MLP
+  int64_t queries_per_kv = 1;
   MaybeTensor counts;
 };
 
@@ -451,8 +528,8 @@ namespace {
 // Seconds spent per part of a step, accumulated into timings [PARTS] (float64) when given:
 // 0 attention weights (q/k/v and o products, input selections), 1 attention over the cache
 // (rotary, softmax, values), 2 MLP weights (up/gate/down rows, input selections), 3 the dense
-// gate product and its selection (the gate point), 4 norms and residuals.
-constexpr int PARTS = 5;
+// gate product and its selection (the gate point), 4 norms and residuals, 5 step networks.
+constexpr int PARTS = 6;
 
 struct PartClock {
   double* seconds;
@@ -487,17 +564,27 @@ void record(const LayerPack& pack, int slot, int64_t count) {
   if (pack.counts.has_value()) pack.counts->data_ptr<int64_t>()[slot] = count;
 }
 
+// The K/V groups some attending head reads (counts' last column).
+int64_t distinct_groups(const int64_t* groups, int64_t heads, int64_t all) {
+  std::vector<char> read(all, 0);
+  for (int64_t h = 0; h < heads; ++h) read[groups[h]] = 1;
+  return std::count(read.begin(), read.end(), 1);
+}
+
 // residual [D] -> y [D] = residual + attention(norm(residual)); returns the context [heads d].
+// With `chosen.heads` (a network of the pack chose them) its rows replace the pack's q_rows.
 torch::Tensor attention_block(const LayerPack& pack, const StepSettings& step, const float* residual, float* y,
-                              int64_t dim, PartClock& clock) {
+                              int64_t dim, const Chosen& chosen, PartClock& clock) {
   const int64_t d = step.head_dim;
   const auto& cache_k = need(pack.cache_k, "cache_k");
   const auto& cache_v = need(pack.cache_v, "cache_v");
   TORCH_CHECK(step.position < cache_k.size(0), "decode_layers: position past the cache");
   TORCH_CHECK(cache_k.is_contiguous() && cache_v.is_contiguous(), "decode_layers: contiguous caches");
   const int64_t groups = cache_k.size(1);
-  auto groups_index = need(pack.kv_groups, "kv_groups").to(torch::kLong).contiguous();
-  const int64_t heads = groups_index.numel();
+  auto groups_index = chosen.heads ? torch::Tensor() : need(pack.kv_groups, "kv_groups").to(torch::kLong).contiguous();
+  const int64_t* head_groups = chosen.heads ? chosen.kv_groups.data() : groups_index.data_ptr<int64_t>();
+  const int64_t heads = chosen.heads ? static_cast<int64_t>(chosen.kv_groups.size()) : groups_index.numel();
+  record(pack, 4, distinct_groups(head_groups, heads, groups));
   std::vector<float> h(dim);
   normalize(residual, dim, float_data(need(pack.attention_norm, "attention_norm"), "norm"),
             maybe_data(pack.attention_norm_bias, "norm bias"), step.eps, step.norm_kind, h.data());
@@ -510,7 +597,8 @@ torch::Tensor attention_block(const LayerPack& pack, const StepSettings& step, c
   float* ctx = context.data_ptr<float>();
   std::vector<int64_t> kept_input;
   std::vector<int64_t> kept_context;
-  Gather q_gather = gather_of(pack.q_rows, heads * d);
+  Gather q_gather = chosen.heads ? Gather{torch::Tensor(), chosen.q_rows.data(), heads * d}
+                                 : gather_of(pack.q_rows, heads * d);
   if (pack.qkv_t.has_value()) {  // input layout: columns of the kept input channels
     const auto& qkv_t = *pack.qkv_t;
     const int64_t width = qkv_t.size(1);
@@ -543,8 +631,8 @@ torch::Tensor attention_block(const LayerPack& pack, const StepSettings& step, c
     rotate(query.data(), heads, d, step.cos, step.sin);
     rotate(keys, groups, d, step.cos, step.sin);
   }
-  attend(query.data(), groups_index.data_ptr<int64_t>(), heads, cache_k.data_ptr<float>(), cache_v.data_ptr<float>(),
-         groups, step.position + 1, d, step.scale, ctx);
+  attend(query.data(), head_groups, heads, cache_k.data_ptr<float>(), cache_v.data_ptr<float>(), groups,
+         step.position + 1, d, step.scale, ctx);
   clock.lap(1);
   const float* o_bias = maybe_data(pack.o_bias, "o bias");
   if (pack.qkv_t.has_value()) {
@@ -622,10 +710,17 @@ void input_mlp(const LayerPack& pack, const StepSettings& step, const float* h, 
 }
 
 // y [D] += the MLP of norm(y), in the layout the pack holds.
-void mlp_block(const LayerPack& pack, const StepSettings& step, float* y, int64_t dim, float* h, PartClock& clock) {
+// With `chosen.neurons` (a network of the pack chose them, before the layer or here on the MLP
+// input) their rows replace the pack's neuron_rows.
+void mlp_block(const LayerPack& pack, const StepSettings& step, float* y, int64_t dim, float* h, Chosen& chosen,
+               PartClock& clock) {
   normalize(y, dim, float_data(need(pack.mlp_norm, "mlp_norm"), "norm"), maybe_data(pack.mlp_norm_bias, "norm bias"),
             step.eps, step.norm_kind, h);
   clock.lap(4);
+  if (pack.network_at_mlp.active) {
+    run_network(pack.network_at_mlp, h, dim, step.head_dim, pack.queries_per_kv, chosen);
+    clock.lap(5);
+  }
   std::vector<float> out(dim);
   if (pack.gate.has_value()) {
     record(pack, 2, dim);
@@ -635,7 +730,10 @@ void mlp_block(const LayerPack& pack, const StepSettings& step, float* y, int64_
   } else {
     const auto& mlp = need(pack.mlp, "mlp");
     TORCH_CHECK(mlp.dim() == 3 && mlp.size(2) == dim, "decode_layers: mlp [I, parts, D]");
-    const auto neurons = gather_of(pack.neuron_rows, mlp.size(0));
+    const auto neurons = chosen.neurons
+                             ? Gather{torch::Tensor(), chosen.neuron_rows.data(),
+                                      static_cast<int64_t>(chosen.neuron_rows.size())}
+                             : gather_of(pack.neuron_rows, mlp.size(0));
     record(pack, 2, dim);
     record(pack, 3, neurons.count);
     neuron_major_mlp(float_data(mlp, "mlp"), mlp.size(1), dim, neurons, h, maybe_data(pack.up_bias, "up bias"),
@@ -673,8 +771,13 @@ std::vector<torch::Tensor> decode_layers(torch::Tensor x, std::vector<LayerPack>
   const size_t count = layers.size();
   for (size_t i = 0; i < count; ++i) {
     const auto& pack = layers[i];
+    Chosen chosen;
+    if (pack.network_at_input.active && !(i == 0 && start_at_mlp)) {
+      run_network(pack.network_at_input, current.data_ptr<float>(), dim, step.head_dim, pack.queries_per_kv, chosen);
+      clock.lap(5);
+    }
     if (!(i == 0 && start_at_mlp)) {
-      context = attention_block(pack, step, current.data_ptr<float>(), next.data_ptr<float>(), dim, clock);
+      context = attention_block(pack, step, current.data_ptr<float>(), next.data_ptr<float>(), dim, chosen, clock);
       std::swap(current, next);
     }
     if (i + 1 == count && stop_before_mlp) {
@@ -683,7 +786,7 @@ std::vector<torch::Tensor> decode_layers(torch::Tensor x, std::vector<LayerPack>
       clock.lap(4);
       break;
     }
-    mlp_block(pack, step, current.data_ptr<float>(), dim, mlp_input.data_ptr<float>(), clock);
+    mlp_block(pack, step, current.data_ptr<float>(), dim, mlp_input.data_ptr<float>(), chosen, clock);
   }
   return {current, context, mlp_input};
 }
@@ -695,6 +798,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readwrite("threshold", &Rule::threshold)
       .def_readwrite("keep", &Rule::keep)
       .def_readwrite("scale", &Rule::scale);
+  pybind11::class_<StepNetwork>(m, "StepNetwork")
+      .def(pybind11::init<>())
+      .def_readwrite("active", &StepNetwork::active)
+      .def_readwrite("weights", &StepNetwork::weights)
+      .def_readwrite("biases", &StepNetwork::biases)
+      .def_readwrite("relu", &StepNetwork::relu)
+      .def_readwrite("heads", &StepNetwork::heads)
+      .def_readwrite("neurons", &StepNetwork::neurons)
+      .def_readwrite("head_group", &StepNetwork::head_group)
+      .def_readwrite("head_keep", &StepNetwork::head_keep)
+      .def_readwrite("neuron_keep", &StepNetwork::neuron_keep);
   auto pack = pybind11::class_<LayerPack>(m, "LayerPack").def(pybind11::init<>());
 #define FIELD(name) pack.def_readwrite(#name, &LayerPack::name)
   FIELD(attention_norm); FIELD(attention_norm_bias); FIELD(mlp_norm); FIELD(mlp_norm_bias);
@@ -702,7 +816,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   FIELD(q_rows); FIELD(kv_groups); FIELD(qkv_t); FIELD(attention_input); FIELD(head_context);
   FIELD(mlp); FIELD(up_bias); FIELD(down_bias); FIELD(neuron_rows); FIELD(gate); FIELD(gate_rest);
   FIELD(gate_up_t); FIELD(down_t); FIELD(mlp_input); FIELD(neuron_activation); FIELD(cache_k); FIELD(cache_v);
-  FIELD(counts);
+  FIELD(network_at_input); FIELD(network_at_mlp); FIELD(queries_per_kv); FIELD(counts);
 #undef FIELD
   m.def("gather_gemv", &gather_gemv, "y = W[rows] @ x without copying W[rows]");
   m.def("gather_transposed_gemv", &gather_transposed_gemv, "y = a @ Wt[rows] without copying Wt[rows]");
