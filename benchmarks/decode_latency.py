@@ -16,6 +16,7 @@ extra weight layouts (input and gate points).
 """
 
 import sys
+import time
 from pathlib import Path
 
 from shadow_sweep.cache import StageCache
@@ -35,6 +36,8 @@ from shadow_sweep.traces.stage import traces_for
 from shadow_sweep.validation import validate
 
 MIXES = (("shadowllm", "cats"), ("dejavu", "dejavu_mlp"))
+PARTS_SHOWN = ("attention_weights", "attention", "mlp_weights", "gate", "norms", "lm_head", "predictor", "gather",
+               "other")
 COLUMNS = ["predictor", "update", "sparsity", "ms_per_token", "ms_per_token_min", "ms_per_token_max",
            "speedup_vs_fastest_dense", "predictor_share", "bytes_per_token", "floor_ms_per_token", "x_floor",
            "x_tensor_read"]
@@ -86,7 +89,16 @@ def main(overrides: list[str]) -> None:
     shown["bytes_per_token"] = shown["bytes_per_token"] / 1e6
     print(shown.rename(columns={"bytes_per_token": "MB_per_token"}).to_string(
         index=False, float_format=lambda v: f"{v:.3g}"))
+    parts = ["predictor", "update", "sparsity"] + [f"{part}_ms_per_token" for part in PARTS_SHOWN]
+    print("where a step's time goes, ms per token (the C++ layer's parts, then lm_head, the predictor in")
+    print("Python or as step networks, the gathers, and the rest):")
+    print(table[table.path == "ours"][parts].rename(columns=lambda c: c.replace("_ms_per_token", "")).to_string(
+        index=False, float_format=lambda v: f"{v:.2f}"))
     print(f"extra weight layouts (input and gate points): {first.layout_bytes / 1e6:.0f} MB")
+    out = Path(cfg.paths.cache_dir).parent / "bench" / f"decode_latency-{time.strftime('%Y%m%d-%H%M%S')}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, index=False)
+    print(f"every column: {out}")
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ LATER_DESIGN_DEFAULTS = {"rule": "default", "allocation": "uniform", "dense_posi
 
 ROW_FIELDS = {
     "evaluate": ("stage", "predictor", "heads_selector", "neurons_selector", "heads_point", "neurons_point",
-                 "deployable", "uses_criterion", "sparsity", "update", "prefill", "ranking_rule", "eval_seconds",
+                 "deployable", "fixed", "uses_criterion", "sparsity", "update", "prefill", "ranking_rule", "eval_seconds",
                  "peak_memory_mib", "predictor_network_calls", "cache_hit", "outcomes", "line_key",
                  *SELECTION_FIELDS),
     # and acc/<task>, acc_stderr/<task>, documents/<task>, acc_norm(_stderr)/<task> (tasks that have it)

@@ -117,6 +117,8 @@ def _evaluation(frame: pd.DataFrame) -> pd.DataFrame:
     table["seeds"] = groups.size()
     if "deployable" in evaluated:
         table["deployable"] = groups["deployable"].agg(lambda v: bool(v.fillna(True).all()))
+    if "fixed" in evaluated:
+        table["fixed"] = groups["fixed"].agg(lambda v: bool(v.fillna(False).astype(bool).any()))
     if "acc_mean" in table:
         table["acc_mean_seed_sd"] = groups["acc_mean"].std()
         table["acc_mean_ci95"] = Z95 * table.pop("acc_mean_stderr")

@@ -75,6 +75,10 @@ class PointSelection:
     def deployable(self) -> bool:
         return all(spec(name).deployable for name in self.names())
 
+    def fixed(self) -> bool:
+        """One mask for every input (its masks the same under every update policy)."""
+        return any(spec(name).fixed for name in self.names())
+
     def decode_updates(self, updates: list[MaskUpdate]) -> list[MaskUpdate]:
         """Those of `updates` under which the decode path runs every selector of it; a fixed
         selection (one mask for every input) is timed per_sequence only, whichever is asked for:
@@ -82,7 +86,7 @@ class PointSelection:
         specs = [spec(name) for name in self.names()]
         if not all(s.decode for s in specs):
             return []
-        if any(s.fixed for s in specs):
+        if self.fixed():
             return [MaskUpdate.per_sequence] if all(MaskUpdate.per_sequence in s.updates for s in specs) else []
         return [u for u in updates if all(u in s.updates for s in specs)]
 

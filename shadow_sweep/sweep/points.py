@@ -90,6 +90,7 @@ def point_row(cfg: AppConfig, point: EvaluationPoint) -> dict:
     return {"stage": "evaluate", "predictor": selection.label, "heads_selector": selection.heads,
             "neurons_selector": selection.neurons, "heads_point": heads_point.value,
             "neurons_point": neurons_point.value, "deployable": selection.deployable(),
+            "fixed": selection.fixed(),
             "uses_criterion": any(selector_class(name).uses_criterion(cfg) for name in selection.names()),
             "sparsity": point.level, "update": "dense" if dense else cfg.sparsity.update.value,
             "prefill": "dense" if dense else cfg.sparsity.prefill.value}

@@ -108,8 +108,10 @@ def bench_rows(cfg: AppConfig, loaded: LoadedModel, fitted: dict[str, FittedPred
         for update in point.selection.decode_updates(updates):
             if not point.selection.dense:
                 runtime = point_runtime(cfg, loaded, point, statistics, update)
-                timed = replace(cfg, sparsity=replace(cfg.sparsity, update=update))
-                points.append(BenchPoint(DecodeSelection(runtime), point.level, bench_fields(timed, point)))
+                # a fixed selection's masks are the same under every policy: its evaluation's line
+                named = cfg if point.selection.fixed() else replace(cfg, sparsity=replace(cfg.sparsity, update=update))
+                fields = {**bench_fields(named, point), "update": update.value}
+                points.append(BenchPoint(DecodeSelection(runtime), point.level, fields))
     compiled = gather_kernels(bench.kernel, loaded.device, loaded.model.dtype, cfg.paths.cache_dir)
     table: pd.DataFrame = run_benchmark(loaded, points, bench, compiled, cfg.sparsity.prefill,
                                         bench_fields(cfg, EvaluationPoint(DENSE, 0.0)))
