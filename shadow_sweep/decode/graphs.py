@@ -12,7 +12,8 @@ change from token to token, and so would the shapes.
 
 import torch
 
-from shadow_sweep.decode.engine import LayerCache, SparseDecoder
+from shadow_sweep.decode.cache import LayerCache
+from shadow_sweep.decode.engine import SparseDecoder
 from shadow_sweep.decode.weights import LayerWeights
 
 

@@ -42,33 +42,46 @@ class LayerPlan:
 DENSE_PLAN = LayerPlan()
 
 
+def _at_layer(per_place: dict[Reads, list], layer: int) -> dict:
+    """{place: one per layer} -> {place: this layer's} where there is one."""
+    return {where: items[layer] for where, items in per_place.items() if items[layer] is not None}
+
+
 class DecodeSelection:
     """The decode-time view of a point's `SelectionRuntime` (see the module docstring)."""
 
     def __init__(self, runtime: SelectionRuntime):
         self.runtime = runtime
         self.update = runtime.update
-        layers = runtime.loaded.shape.num_layers
         for selector in runtime.selectors:
             if not selector.spec.decode:
                 raise ValueError(f"the sparse decode path does not run selector {selector.spec.name!r}")
-        attention, mlp = runtime.selection.points()
+        self.plans = self._plans()
+        self.readers = self._readers() if self.update == MaskUpdate.per_token else {}
+
+    def _plans(self) -> list[LayerPlan]:
+        """Each layer's plan: its blocks' points, the selectors' rules and (per_token) networks."""
+        attention, mlp = self.runtime.selection.points()
         rules: dict[Reads, list[Optional[ChannelRule]]] = {}
         networks: dict[Reads, list[Optional[StepNetwork]]] = {}
-        for selector in runtime.selectors:
+        for selector in self.runtime.selectors:
             rules.update(selector.step_rules())
-            networks.update(selector.step_networks() if self.update == MaskUpdate.per_token else {})
-        at = lambda per_place, layer: {where: p[layer] for where, p in per_place.items() if p[layer] is not None}  # noqa: E731
-        self.plans = [LayerPlan(attention, mlp, at(rules, layer), at(networks, layer)) for layer in range(layers)]
-        self.readers: dict[tuple[Reads, int], list[Selector]] = {}
-        if self.update == MaskUpdate.per_token:
-            for selector in runtime.selectors:
-                for where, indices in selector.decode_reads().items():
-                    if where not in STEP_READS:
-                        raise ValueError(f"selector {selector.spec.name!r} reads at {where.value}; decode steps hand "
-                                         f"selectors chosen ahead only {[r.value for r in STEP_READS]}")
-                    for layer in indices:
-                        self.readers.setdefault((where, layer), []).append(selector)
+            if self.update == MaskUpdate.per_token:
+                networks.update(selector.step_networks())
+        return [LayerPlan(attention, mlp, _at_layer(rules, layer), _at_layer(networks, layer))
+                for layer in range(self.runtime.loaded.shape.num_layers)]
+
+    def _readers(self) -> dict[tuple[Reads, int], list[Selector]]:
+        """(place, layer) -> the selectors a per_token step hands its state to there."""
+        readers: dict[tuple[Reads, int], list[Selector]] = {}
+        for selector in self.runtime.selectors:
+            for where, indices in selector.decode_reads().items():
+                if where not in STEP_READS:
+                    raise ValueError(f"selector {selector.spec.name!r} reads at {where.value}; decode steps hand "
+                                     f"selectors chosen ahead only {[r.value for r in STEP_READS]}")
+                for layer in indices:
+                    readers.setdefault((where, layer), []).append(selector)
+        return readers
 
     @property
     def label(self) -> str:

@@ -101,7 +101,8 @@ def plot_quality_vs_latency(points: pd.DataFrame, figure) -> None:
         if column == "token_perplexity":
             axes.set_yscale("log")
         axes.grid(alpha=0.3)
-        axes.legend(fontsize=6)
+    handles, labels = figure.axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", ncol=5, fontsize=7)
 
 
 QUALITY = (("token_perplexity", "WikiText-2 token perplexity", True), ("acc_mean", "mean accuracy", False))
@@ -146,7 +147,7 @@ def draw_curves(table: pd.DataFrame, out: Path) -> list[Path]:
         written.append(out / "quality_vs_bytes.png")
     points = quality_latency_points(table)
     if not points.empty:
-        figure = Figure(figsize=(10, 4.5), layout="tight")
+        figure = Figure(figsize=(10, 5.2), layout="constrained")  # room for the legend below
         plot_quality_vs_latency(points, figure)
         figure.savefig(out / "quality_vs_latency.png", dpi=120)
         written.append(out / "quality_vs_latency.png")

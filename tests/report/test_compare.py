@@ -122,3 +122,19 @@ def test_perplexity_pairs_resample_documents_when_there_are_ten_or_more():
     nll_b = np.array([w["nll"] for w in b["perplexity_windows"]]).reshape(12, 2).sum(1)
     assert row["log_ppl_diff"] == pytest.approx((nll_a - nll_b).sum() / (24 * 64))
     assert row["log_ppl_low"] < 0.5 < row["log_ppl_high"]
+
+
+def test_a_fixed_selection_meets_the_latency_it_was_timed_at():
+    """A fixed selection (static) evaluated per_token is timed per_sequence (the same masks): its
+    quality point takes that latency; a contextual one only its own policy's."""
+    import pandas as pd
+
+    speed = {"speedup_vs_fastest_dense/per_sequence": 1.5, "speedup_vs_fastest_dense_min/per_sequence": 1.4,
+             "speedup_vs_fastest_dense_max/per_sequence": 1.6}
+    table = pd.DataFrame([{"line": "static", "sparsity": 0.5, "update": "per_token", "fixed": True,
+                           "token_perplexity": 30.0, **speed},
+                          {"line": "shadowllm", "sparsity": 0.5, "update": "per_token", "fixed": False,
+                           "token_perplexity": 25.0, **speed}])
+    points = quality_latency_points(table)
+    assert list(points["line"]) == ["static"]
+    assert (points.speedup_vs_fastest_dense_min[0], points.speedup_vs_fastest_dense_max[0]) == (1.4, 1.6)

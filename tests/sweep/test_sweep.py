@@ -77,9 +77,9 @@ def test_grid_sweep_computes_each_stage_once_and_records_every_point(grid_sweep)
     assert sum(not j.get("statistics_cache_hit", True) for j in jobs) == 1  # its statistics: once per sweep
     assert len({r["word_perplexity"] for r in dense}) == 1
     bench = [r for r in rows if r["stage"] == "bench"]
-    # the bench times each job's own update policy (per_token by default)
+    # the bench times each job's own update policy (per_token by default), its selection and TEAL
     assert {(r["predictor"], r["update"]) for r in bench} == {("dense", "dense"), ("shadowllm", "per_token"),
-                                                             ("dejavu", "per_token")}
+                                                             ("dejavu", "per_token"), ("teal", "per_token")}
     assert all(r["job_key"] in {j["job_key"] for j in jobs} for r in rows)
     assert_cache_is_whole(cache)
 
