@@ -8,16 +8,20 @@ A job ends with a `stage: job` row whose `status` is `ok` or `failed` (with the 
 """
 
 import json
+import logging
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Iterable, Optional
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from shadow_sweep.cache import cache_key, plain
 from shadow_sweep.config import AppConfig
+
+log = logging.getLogger(__name__)
 
 RESULTS_NAME = "results.jsonl"
 OUTCOMES_DIR = "outcomes"  # per-document outcomes of the evaluation rows, next to the results file
@@ -123,9 +127,20 @@ def latency_mode(row: dict) -> str:
 
 
 def finished_row(job_rows: list[dict]) -> Optional[dict]:
-    """A job's latest `ok` job row among its rows, when it has finished."""
+    """A job's latest `ok` job row among its rows, when it has finished: every point that row
+    lists (`points`) is among the intact rows (a line lost to damage makes the job unfinished,
+    so a relaunch measures that point again)."""
     done = [r for r in job_rows if r.get("stage") == JOB_STAGE and r.get("status") == "ok"]
-    return done[-1] if done else None
+    if not done:
+        return None
+    missing = set(done[-1].get("points", ())) - point_ids(job_rows)
+    return None if missing else done[-1]
+
+
+def missing_points(job_rows: list[dict]) -> set[str]:
+    """Points a job's latest `ok` row lists that no intact row holds."""
+    done = [r for r in job_rows if r.get("stage") == JOB_STAGE and r.get("status") == "ok"]
+    return set(done[-1].get("points", ())) - point_ids(job_rows) if done else set()
 
 
 def point_ids(job_rows: list[dict]) -> set[str]:
@@ -133,9 +148,52 @@ def point_ids(job_rows: list[dict]) -> set[str]:
     return {point_id(r) for r in job_rows if r.get("stage") != JOB_STAGE}
 
 
+class ResultsError(Exception):
+    """The results file cannot be written or locked: nothing measured could be kept, so the job
+    (and a sweep) fails at once."""
+
+
+LOCK_TIMEOUT_S = 120.0  # longer than any append holds the lock: a stuck or foreign lock
+
+
 class ResultsFile:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, lock_timeout: float = LOCK_TIMEOUT_S):
         self.path = Path(path)
+        self.lock_timeout = lock_timeout
+        self.malformed: list[int] = []  # line numbers of lines that did not parse, at the last read
+
+    @property
+    def lock_path(self) -> Path:
+        return Path(str(self.path) + ".lock")
+
+    @contextmanager
+    def _locked(self):
+        """The results file's lock, within `lock_timeout` (a ResultsError naming it otherwise)."""
+        try:
+            with FileLock(str(self.lock_path), timeout=self.lock_timeout):
+                yield
+        except Timeout as error:
+            raise ResultsError(f"sweep.results_file: its lock {self.lock_path} was not released within "
+                               f"{self.lock_timeout:g} s (another process holds it; delete it if none does)") from error
+
+    def check_writable(self) -> None:
+        """Before any work: the folder, the outcomes folder, the lock and the file itself can be
+        created and written (a ResultsError naming `sweep.results_file` and why, in seconds)."""
+        above = next(folder for folder in self.path.absolute().parents if folder.exists())
+        if not above.is_dir():
+            raise ResultsError(f"sweep.results_file={str(self.path)!r} cannot be written: {above} is a file, "
+                               "not a folder")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            (self.path.parent / OUTCOMES_DIR).mkdir(exist_ok=True)
+            with open(self.lock_path, "a"):
+                pass
+            with self._locked(), open(self.path, "ab") as sink:
+                sink.flush()
+                os.fsync(sink.fileno())
+        except OSError as error:
+            raise ResultsError(f"sweep.results_file={str(self.path)!r} cannot be written: "
+                               f"{error.strerror or error} ({error.filename or self.path})") from error
 
     @classmethod
     def of_sweep(cls, results_file: Optional[str], sweep_dir: Path) -> "ResultsFile":
@@ -143,28 +201,43 @@ class ResultsFile:
         return cls(Path(results_file) if results_file else Path(sweep_dir) / RESULTS_NAME)
 
     def rows(self) -> list[dict]:
-        """Every complete row; a line cut short by a killed writer is skipped."""
+        """Every intact row. A line that does not parse (cut short by a killed writer, damaged)
+        is left out, named in a warning with its line number, and kept in `malformed`."""
+        self.malformed = []
         if not self.path.is_file():
             return []
         rows = []
-        for line in self.path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
+        for number, line in enumerate(self.path.read_text(errors="replace").splitlines(), start=1):
+            if not line.strip():
                 continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                self.malformed.append(number)
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+            else:
+                self.malformed.append(number)
+        if self.malformed:
+            log.warning("%s: %d malformed line(s) left out (line %s); their points count as not measured",
+                        self.path, len(self.malformed), ", ".join(map(str, self.malformed[:20])))
         return rows
 
     def append(self, rows: Iterable[dict]) -> None:
         text = "".join(json.dumps(row, default=str) + "\n" for row in rows)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.path) + ".lock"):
-            with open(self.path, "a+b") as sink:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._locked(), open(self.path, "a+b") as sink:
                 size = sink.seek(0, os.SEEK_END)
                 if size and sink.seek(size - 1) is not None and sink.read(1) != b"\n":
                     text = "\n" + text  # end a line cut short by a killed writer first
                 sink.write(text.encode())
                 sink.flush()
                 os.fsync(sink.fileno())
+        except OSError as error:
+            raise ResultsError(f"sweep.results_file={str(self.path)!r} cannot be written: "
+                               f"{error.strerror or error}") from error
 
     def keep_outcomes(self, source: Path) -> str:
         """Copy a point's outcomes file (named by its cache entry) next to the results file,
@@ -194,8 +267,27 @@ class ResultsFile:
         return point_ids(self.job_rows(key))
 
     def finished_keys(self) -> set[str]:
-        """Job keys with an `ok` job row (finished jobs)."""
-        return {r["job_key"] for r in self.rows() if r.get("stage") == JOB_STAGE and r.get("status") == "ok"}
+        """Job keys of finished jobs (finished_row: an `ok` row whose points are all intact)."""
+        by_job: dict[str, list[dict]] = {}
+        for row in self.rows():
+            by_job.setdefault(row.get("job_key"), []).append(row)
+        return {key for key, rows in by_job.items() if finished_row(rows) is not None}
+
+    def problems(self) -> list[str]:
+        """What a report must not hide: malformed lines, jobs whose latest row is `failed`,
+        points a finished job listed that no intact row holds (each a line naming file and job)."""
+        rows = self.rows()
+        found = [f"{self.path}:{number}: malformed line (left out)" for number in self.malformed]
+        found += [f"{self.path}: failed point {row.get('job')}: {row.get('error', '')}" for row in self.failed_jobs()]
+        by_job: dict[str, list[dict]] = {}
+        for row in rows:
+            by_job.setdefault(row.get("job_key"), []).append(row)
+        for job_rows in by_job.values():
+            missing = missing_points(job_rows)
+            if missing:
+                found.append(f"{self.path}: point(s) of job {job_rows[-1].get('job')} missing: {sorted(missing)} "
+                             "(a relaunch measures them again)")
+        return found
 
     def failed_jobs(self) -> list[dict]:
         """The latest job row of every job whose latest job row is `failed`."""

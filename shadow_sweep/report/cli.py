@@ -9,9 +9,9 @@ from pathlib import Path
 from shadow_sweep.report.bytes import best_at_bytes, bytes_points, matched_summary
 from shadow_sweep.report.compare import comparison_table, matched_bytes_table
 from shadow_sweep.report.plots import draw_curves
-from shadow_sweep.report.table import load_rows, summary_table
+from shadow_sweep.report.table import load_rows, results_files, summary_table
 from shadow_sweep.report.tracking import log_report
-from shadow_sweep.results import COMPARISON_AXES
+from shadow_sweep.results import COMPARISON_AXES, ResultsFile
 
 
 def main(argv: list[str]) -> None:
@@ -56,3 +56,7 @@ def main(argv: list[str]) -> None:
     if args.wandb_project:
         print(f"W&B run: {log_report(args.wandb_project, out, table, comparisons, figures)}")
     print(f"wrote {out / 'report.csv'}")
+    problems = [line for file in results_files(args.paths) for line in ResultsFile(file).problems()]
+    if problems:
+        print(f"\n{len(problems)} problem(s) in the results (their points are not in the table):")
+        print("\n".join(f"  {line}" for line in problems))

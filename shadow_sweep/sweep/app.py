@@ -22,7 +22,7 @@ from shadow_sweep.config import AppConfig, ConfigError, register_configs
 from shadow_sweep.report.table import summary_table
 from shadow_sweep.sweep.compose import CONF_DIR
 from shadow_sweep.sweep.job import JobIdentity, run_job
-from shadow_sweep.results import ResultsFile, job_key
+from shadow_sweep.results import ResultsError, ResultsFile, job_key
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,11 @@ def _hydra_entry(cfg: DictConfig) -> None:
     torch.set_num_threads(job_threads(app_cfg, hydra_cfg.launcher))
     try:
         run_job(app_cfg, output_dir, results, JobIdentity(f"{sweep_dir.parent.name}/{sweep_dir.name}", name))
+    except ResultsError as error:  # nothing could be recorded: the whole command fails (SystemExit ends a sweep)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"shadow-sweep: {error}", file=sys.stderr)
+        sys.exit(2)
     except ConfigError as error:  # a value the schema allows but the rules reject: one line, no traceback
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

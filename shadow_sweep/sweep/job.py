@@ -22,8 +22,8 @@ from shadow_sweep.data.wikitext import load_wikitext
 from shadow_sweep.data.task_sources import TaskSource
 from shadow_sweep.evaluation.harness import build_tasks, check_tasks
 from shadow_sweep.models.loading import check_model_files, load_model
-from shadow_sweep.results import (JOB_STAGE, QUALITY_FIELDS, RESULTS_NAME, ResultsFile, comparison_keys,
-                                  finished_row, job_key, point_id, point_ids)
+from shadow_sweep.results import (JOB_STAGE, QUALITY_FIELDS, RESULTS_NAME, ResultsError, ResultsFile,
+                                  comparison_keys, finished_row, job_key, point_id, point_ids)
 from shadow_sweep.selectors.base import Need
 from shadow_sweep.selectors.registry import PointSelection, baseline_selections, job_selection, selector_class
 from shadow_sweep.sweep.points import cached_point, evaluation_points, levels, needs_of, point_row, policy_at
@@ -173,6 +173,7 @@ def run_job(cfg: AppConfig, output_dir: Path, results: Optional[ResultsFile] = N
     (default: results.jsonl in output_dir); summary.json to output_dir. Anything that raises,
     bad config values included, leaves a `failed` job row with the error, then propagates."""
     results = results or ResultsFile(output_dir / RESULTS_NAME)
+    results.check_writable()  # before anything: work that cannot be recorded is not started
     key = job_key(cfg)
     earlier = results.job_rows(key)
     if cfg.sweep.skip_finished and finished_row(earlier):
@@ -191,12 +192,15 @@ def run_job(cfg: AppConfig, output_dir: Path, results: Optional[ResultsFile] = N
         job = Job(cfg, context, results, tracker, point_ids(earlier) if cfg.sweep.skip_finished else set(), sources)
         job.run()
     except BaseException as error:
+        if isinstance(error, ResultsError):
+            raise
         summary = job.summary if job else {}
         results.append([{**context, "stage": JOB_STAGE, "status": "failed", "error": repr(error)[:2000], **summary}])
         if job:
             job.tracker.finish(job.rows, summary, None, failed=True)
         raise
-    results.append([{**context, "stage": JOB_STAGE, "status": "ok", **job.summary}])
+    points = sorted(job.measured | point_ids(job.rows))  # a relaunch checks each is still intact
+    results.append([{**context, "stage": JOB_STAGE, "status": "ok", "points": points, **job.summary}])
     (output_dir / "summary.json").write_text(json.dumps({**context, **job.summary}, indent=2, default=str))
     job.tracker.finish(job.rows, job.summary, job.predictor_folder, failed=False)
     return pd.DataFrame(job.rows)

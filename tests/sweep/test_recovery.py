@@ -1,0 +1,81 @@
+"""Nothing measured is lost or silently wrong: a results file that cannot be written stops a job
+(and a sweep) before any work; a held lock fails in bounded time naming it; a damaged line is
+named, and the point it held counts as not measured, so a relaunch measures it again."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+from filelock import FileLock
+
+from shadow_sweep.results import ResultsError, ResultsFile
+from shadow_sweep.sweep import job as job_module
+from shadow_sweep.sweep.job import run_job
+from tests.conftest import REPO, compose_app
+
+
+def quick_job(tmp_path, data_root, *overrides):
+    """A job of a few seconds on a tiny model: teal at 50%, no fit, one WikiText-2 article."""
+    return compose_app(["model=tiny-llama", f"paths.data_root={data_root}", f"paths.cache_dir={tmp_path / 'cache'}",
+                        "logger=none", "predictor=teal", "sparsity.rule=top_k", "eval.baseline_selectors=[]",
+                        "stages.accuracy=false", "stages.bench=false", "perplexity.max_documents=1",
+                        "perplexity.window=64", *overrides])
+
+
+def test_an_unwritable_results_file_stops_the_job_before_any_work(tmp_path, data_root, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setattr(job_module, "load_model", lambda *a, **k: pytest.fail("the model must not load"))
+    cfg = quick_job(tmp_path, data_root)
+    began = time.perf_counter()
+    with pytest.raises(ResultsError, match=r"sweep.results_file=.*a_file/x.jsonl.*cannot be written: .*a_file is a file, not a folder"):
+        run_job(cfg, tmp_path, ResultsFile(blocker / "x.jsonl"))
+    with pytest.raises(ResultsError, match="cannot be written"):
+        run_job(cfg, tmp_path, ResultsFile("/proc/shadow-sweep-x.jsonl"))
+    assert time.perf_counter() - began < 5
+
+
+@pytest.mark.parametrize("multirun", [False, True])
+def test_the_command_exits_non_zero_naming_the_results_file(tmp_path, data_root, multirun):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    command = [sys.executable, "-m", "shadow_sweep", *(["-m"] if multirun else []), "model=tiny-llama",
+               "logger=none", f"paths.data_root={data_root}", f"sweep.results_file={blocker / 'x.jsonl'}",
+               f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    if multirun:
+        command.append("sparsity.level=0.3,0.5")
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "sweep.results_file=" in done.stderr and "is a file, not a folder" in done.stderr
+    assert "Traceback" not in done.stderr and "recorded in" not in done.stderr + done.stdout
+
+
+def test_a_held_lock_fails_in_bounded_time_naming_it(tmp_path):
+    results = ResultsFile(tmp_path / "results.jsonl", lock_timeout=0.5)
+    with FileLock(str(results.lock_path)):
+        began = time.perf_counter()
+        with pytest.raises(ResultsError, match=r"results.jsonl.lock was not released within 0.5 s"):
+            results.append([{"stage": "job"}])
+        assert time.perf_counter() - began < 5
+
+
+def test_a_damaged_line_is_named_and_its_point_measured_again(tmp_path, data_root, caplog):
+    cfg = quick_job(tmp_path, data_root, "sparsity.levels=[0.3,0.5]")
+    results = ResultsFile(tmp_path / "results.jsonl")
+    run_job(cfg, tmp_path, results)
+    lines = results.path.read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if '"sparsity": 0.5' in line and '"evaluate"' in line)
+    lines[at] = lines[at][:len(lines[at]) // 2]  # half a line, as damage or a lost write leaves it
+    results.path.write_text("\n".join(lines) + "\n")
+    assert results.finished_keys() == set()  # its ok row lists a point no intact row holds
+    assert f"line {at + 1}" in caplog.text
+    problems = results.problems()
+    assert any(f"results.jsonl:{at + 1}: malformed" in p for p in problems)
+    assert any("missing" in p and "evaluate:teal:0.5:per_token" in p for p in problems)
+    run_job(cfg, tmp_path, results)  # the relaunch: only the lost point, from the stage cache
+    rows = results.rows()
+    again = [r for r in rows[len(lines) - 1:] if r.get("stage") == "evaluate"]
+    assert [(r["predictor"], r["sparsity"], r["cache_hit"]) for r in again] == [("teal", 0.5, True)]
+    assert results.problems() == [f"{results.path}:{at + 1}: malformed line (left out)"]
+    assert rows[-1]["status"] == "ok" and results.finished_keys()
