@@ -11,23 +11,33 @@ An entry is complete when its manifest exists: it is built in a temporary folder
 its final place and renamed into place, so a killed job never leaves a half entry (its
 temporary folder is removed by the next writer of that key, under the lock), and
 parallel jobs that need the same entry build it once (the second waits on the lock).
+The manifest records every file's size and sha256. Reading an entry verifies it once per
+StageCache (sizes always; checksums of every JSON file and of files up to CHECKSUM_BYTES):
+a damaged entry is moved aside (`<key>.corrupt-<time>`), a warning names it, and the stage
+computes it again; `shadow-sweep cache verify [--repair]` checks every checksum of a cache.
+Entries made before files were recorded are read as they are (`cache verify` names them).
 """
 
 import hashlib
 import json
+import logging
 import os
 import shutil
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 from filelock import FileLock
 
+log = logging.getLogger(__name__)
+
 MANIFEST = "manifest.json"
+CHECKSUM_BYTES = 100 * 2**20  # files up to this size (and every JSON file) are checksummed on read
 _VERSIONED_LIBRARIES = ("shadow-sweep", "torch", "transformers", "lm_eval")
 
 
@@ -94,10 +104,85 @@ def cache_key(stage: str, fields: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as source:
+        for chunk in iter(lambda: source.read(2**22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_records(folder: Path) -> dict[str, dict]:
+    """Every file of an entry but its manifest: relative path -> size and sha256."""
+    return {path.relative_to(folder).as_posix(): {"size": path.stat().st_size, "sha256": sha256_of(path)}
+            for path in sorted(folder.rglob("*")) if path.is_file() and path.name != MANIFEST}
+
+
+def entry_problem(folder: Path, every_checksum: bool = False) -> Optional[str]:
+    """What is wrong with a complete entry, or None: an unreadable manifest, a missing file, a
+    size or (JSON files, files up to CHECKSUM_BYTES, or all with `every_checksum`) a checksum
+    that differs from the manifest's record."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError) as error:
+        return f"its manifest cannot be read ({error})"
+    for name, record in (manifest.get("files") or {}).items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        size = path.stat().st_size
+        if size != record["size"]:
+            return f"{name} has {size} bytes, {record['size']} when written"
+        if (every_checksum or name.endswith(".json") or size <= CHECKSUM_BYTES) and sha256_of(path) != record["sha256"]:
+            return f"{name} differs from what was written (sha256)"
+    return None
+
+
+def set_aside(folder: Path, problem: str) -> Path:
+    """Move a damaged entry out of the way (`<key>.corrupt-<time>`), with a warning naming it."""
+    aside = folder.with_name(f"{folder.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}")
+    os.replace(folder, aside)
+    log.warning("cache entry %s is damaged (%s): moved to %s; it is computed again", folder, problem, aside.name)
+    return aside
+
+
+def verify_cache(root: Path, repair: bool = False) -> list[str]:
+    """Every complete entry under `root` checked with every checksum: one line per damaged
+    entry (moved aside with `repair`) and per entry without file records (written before they
+    were kept)."""
+    found = []
+    for manifest in sorted(Path(root).glob(f"*/*/{MANIFEST}")):
+        folder = manifest.parent
+        if ".corrupt-" in folder.name or folder.name.startswith(".tmp-"):
+            continue
+        problem = entry_problem(folder, every_checksum=True)
+        if problem is None and "files" not in json.loads(manifest.read_text()):
+            found.append(f"{folder}: no file records (written by an older version): not verifiable")
+        elif problem is not None:
+            moved = f"; moved to {set_aside(folder, problem).name}" if repair else ""
+            found.append(f"{folder}: damaged: {problem}{moved}")
+    return found
+
+
 @dataclass
 class StageCache:
     root: Path
     builds: Counter = field(default_factory=Counter)  # entries this instance built, per stage
+    verified: set = field(default_factory=set)  # entries this instance read and found whole
+
+    def intact(self, final: Path) -> bool:
+        """A complete entry whose files are as written (verified once per instance); a damaged
+        one is moved aside and reads as missing."""
+        if final in self.verified:
+            return True
+        if not (final / MANIFEST).is_file():
+            return False
+        problem = entry_problem(final)
+        if problem is not None:
+            set_aside(final, problem)
+            return False
+        self.verified.add(final)
+        return True
 
     def built(self, stage: str, action: Callable[[], Any]) -> tuple[Any, bool]:
         """(action's result, whether it built a `stage` entry rather than finding one)."""
@@ -110,11 +195,11 @@ class StageCache:
     def get_or_build(self, stage: str, fields: Mapping[str, Any], build: Callable[[Path], None]) -> Path:
         """The entry's folder; `build(tmp_dir)` fills a fresh folder when it is missing."""
         final = self.entry(stage, fields)
-        if (final / MANIFEST).is_file():
+        if (final / MANIFEST).is_file() and final in self.verified:
             return final
         final.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(final) + ".lock"):
-            if (final / MANIFEST).is_file():
+            if self.intact(final):
                 return final
             for stale in final.parent.glob(f".tmp-{final.name}-*"):  # left by a killed writer
                 shutil.rmtree(stale, ignore_errors=True)
@@ -123,11 +208,12 @@ class StageCache:
             try:
                 build(tmp)
                 manifest = {"stage": stage, "key": final.name, **stage_format(stage), "fields": dict(fields),
-                            "versions": library_versions()}
+                            "versions": library_versions(), "files": file_records(tmp)}
                 (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
                 if final.exists():  # a folder without manifest: left by an older, broken writer
                     shutil.rmtree(final)
                 os.replace(tmp, final)
+                self.verified.add(final)
                 self.builds[stage] += 1
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -95,5 +95,10 @@ def main() -> None:
 
         report(sys.argv[2:])
         return
+    if sys.argv[1:2] == ["cache"]:
+        from shadow_sweep.cache_cli import main as cache
+
+        cache(sys.argv[2:])
+        return
     register_configs()
     _hydra_entry()

@@ -111,3 +111,16 @@ def test_embedded_gguf_by_path_equals_the_packaged_route(embedded_cache):
     entries = len(model_entries(embedded_cache))
     load_model(local_model(path), embedded_cache)  # the converted copy is reused
     assert len(model_entries(embedded_cache)) == entries
+
+
+def test_a_damaged_converted_model_is_set_aside_and_converted_again(tiny_gguf, tmp_path, caplog):
+    source, path = tiny_gguf
+    cache = StageCache(tmp_path / "cache")
+    load_model(local_model(path), cache)
+    [entry] = model_entries(cache)
+    weights = sorted(entry.glob("*.safetensors"))[0]
+    weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
+    loaded = load_model(local_model(path), StageCache(tmp_path / "cache"))  # a new job reads the cache
+    ids = torch.tensor([[5, 17, 256, 9]])
+    torch.testing.assert_close(loaded.model(ids).logits, source(ids).logits, rtol=0, atol=1e-6)
+    assert len(list((cache.root / "model").glob("*.corrupt-*"))) == 1 and "is damaged" in caplog.text

@@ -79,3 +79,47 @@ def test_a_damaged_line_is_named_and_its_point_measured_again(tmp_path, data_roo
     assert [(r["predictor"], r["sparsity"], r["cache_hit"]) for r in again] == [("teal", 0.5, True)]
     assert results.problems() == [f"{results.path}:{at + 1}: malformed line (left out)"]
     assert rows[-1]["status"] == "ok" and results.finished_keys()
+
+
+def learned_job(tmp_path, data_root, results_name: str):
+    cfg = quick_job(tmp_path, data_root, "predictor=shadowllm", "predictor.epochs=1", "calibration.examples_per_task=1",
+                    "calibration.max_length=32", "sweep.skip_finished=false")
+    results = ResultsFile(tmp_path / results_name)
+    run_job(cfg, tmp_path, results)
+    return {(r["predictor"], r["sparsity"]): r["token_perplexity"] for r in results.rows() if r["stage"] == "evaluate"}
+
+
+@pytest.mark.parametrize("damaged", ["traces/*/*.safetensors", "predictor/*/*.safetensors", "evaluation/*/row.json",
+                                     "evaluation/*/outcomes.json"])
+def test_a_damaged_cache_entry_is_set_aside_and_computed_again(tmp_path, data_root, damaged, caplog):
+    clean = learned_job(tmp_path, data_root, "clean.jsonl")
+    cache = tmp_path / "cache"
+    victim = sorted(cache.glob(damaged))[0]
+    victim.write_bytes(victim.read_bytes()[:victim.stat().st_size // 2])  # truncated, as a full disk leaves it
+    again = learned_job(tmp_path, data_root, "again.jsonl")
+    assert again == clean  # the entry was computed again, the same
+    stage = damaged.split("/")[0]
+    assert len(list((cache / stage).glob("*.corrupt-*"))) == 1
+    assert f"cache entry {victim.parent}" in caplog.text and "is damaged" in caplog.text
+
+
+def test_cache_verify_checks_every_checksum_and_repairs(tmp_path, data_root, capsys):
+    from shadow_sweep.cache_cli import main
+
+    learned_job(tmp_path, data_root, "clean.jsonl")
+    cache = tmp_path / "cache"
+    victim = sorted(cache.glob("predictor/*/*.safetensors"))[0]
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF  # same size, one byte flipped
+    victim.write_bytes(bytes(data))
+    with pytest.raises(SystemExit) as exit_code:
+        main(["verify", str(cache)])
+    assert exit_code.value.code == 1
+    assert f"{victim.parent}: damaged: {victim.name} differs from what was written" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_code:
+        main(["verify", str(cache), "--repair"])
+    assert exit_code.value.code == 0 and not victim.parent.exists()
+    assert len(list((cache / "predictor").glob("*.corrupt-*"))) == 1
+    with pytest.raises(SystemExit) as exit_code:
+        main(["verify", str(cache)])
+    assert exit_code.value.code == 0 and "0 damaged" in capsys.readouterr().out
