@@ -212,7 +212,7 @@ class EvalConfig:
     """Zero-/few-shot accuracy through lm-evaluation-harness, masks predicted per request."""
 
     tasks: list[str] = field(default_factory=lambda: ["copa", "piqa", "arc_easy"])
-    include_path: list[str] = field(default_factory=list)  # folders of your own lm-eval task YAMLs
+    include_path: Any = field(default_factory=list)  # a folder, or a list of folders, of your own lm-eval task YAMLs
     num_fewshot: int = 0
     limit: Optional[int] = 40  # documents per task; null = the whole evaluation part
     batch_size: int = 8  # requests per forward; the scores equal batch size 1 (tested)
@@ -220,6 +220,11 @@ class EvalConfig:
     fewshot_seed: int = 1234  # lm-eval's default
     dense_baseline: bool = True  # also evaluate without masks (sparsity 0) in this job
     baseline_selectors: list[str] = field(default_factory=list)  # also evaluated at the job's levels
+
+    def __post_init__(self) -> None:
+        if isinstance(self.include_path, str):  # one folder, as lm-eval's own --include_path takes it
+            self.include_path = [self.include_path]
+        self.include_path = [str(folder) for folder in self.include_path]
 
 
 class BenchKernel(str, Enum):
@@ -324,7 +329,12 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="app_schema", node=AppConfig)
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """A mistake in what the user gave (a value, a file, a task, a model): the command prints its
+    one-line message, no traceback, and exits 2 (HYDRA_FULL_ERROR=1 shows the traceback)."""
+
+
+class ConfigError(UserError, ValueError):
     """A config value outside its allowed range; the message names the field."""
 
 

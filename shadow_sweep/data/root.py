@@ -2,8 +2,10 @@
 
 from pathlib import Path
 
+from shadow_sweep.config import UserError
 
-class DataRootError(FileNotFoundError):
+
+class DataRootError(FileNotFoundError, UserError):
     pass
 
 

@@ -62,11 +62,33 @@ def task_entry(name: str, include_path: list[str]):
         if entry is not None:
             break
     if entry is None:
+        broken = "".join(f"; {problem}" for problem in unreadable_yamls(folders))
         raise UnknownTaskError(f"task {name!r} is neither an offline task ({', '.join(sorted(TASK_FILES))}) nor an "
-                               f"lm-eval task in eval.include_path={include_path} or lm-eval's built-in tasks")
+                               f"lm-eval task in eval.include_path={include_path} or lm-eval's built-in tasks{broken}")
     if entry.kind != Kind.TASK or entry.yaml_path is None:
         raise UnknownTaskError(f"{name!r} is an lm-eval {entry.kind.name.lower()}, not a YAML task: name its tasks")
     return entry
+
+
+def unreadable_yamls(folders: list[str]) -> list[str]:
+    """The task YAMLs in these folders that do not parse (lm-eval's index skips them silently),
+    each with its parser's error."""
+    found = []
+    for path in sorted(p for folder in folders for p in Path(folder).rglob("*.y*ml")):
+        try:
+            load_yaml(path, resolve_func=False)
+        except Exception as error:  # yaml's many error types, with line and column
+            found.append(f"{path} does not parse: {' '.join(str(error).split())}")
+    return found
+
+
+def load_task_yaml(path: Path) -> dict:
+    """A task YAML with its `!function`s resolved; a function that cannot be imported is named."""
+    try:
+        return load_yaml(path, resolve_func=True)
+    except (ImportError, AttributeError, FileNotFoundError) as error:
+        raise UnknownTaskError(f"task YAML {path}: a `!function` cannot be loaded ({type(error).__name__}: "
+                               f"{error})") from error
 
 
 def dataset_arguments(config: dict, data_root: str | Path) -> dict:
@@ -94,7 +116,7 @@ def indexed_source(name: str, data_root: str | Path, include_path: list[str]) ->
     import datasets
 
     entry = task_entry(name, include_path)
-    config = load_yaml(entry.yaml_path, resolve_func=True)
+    config = load_task_yaml(Path(entry.yaml_path))
     split = config.get("test_split") or config.get("validation_split")
     if not split:
         raise UnknownTaskError(f"task {name!r} ({entry.yaml_path}) has neither a test_split nor a validation_split")

@@ -31,9 +31,14 @@ def check_tasks(evaluated: list[str], calibrating: list[str], data_root: str | P
     for field_name, names in (("eval.tasks", evaluated), ("calibration.tasks", calibrating)):
         for name in names:
             try:
-                sources[name] = sources.get(name) or task_source(name, data_root, include_path)
+                if name not in sources:
+                    sources[name] = task_source(name, data_root, include_path)
+                    sources[name].documents()  # the files exist and parse (an indexed source has read them)
             except UnknownTaskError as error:
                 raise ConfigError(f"{field_name}: {error}") from error
+            except (ValueError, KeyError, IndexError, UnicodeDecodeError) as error:  # a converter's parse error
+                raise ConfigError(f"{field_name}: task {name!r}: its files under paths.data_root={str(data_root)!r} "
+                                  f"do not parse ({type(error).__name__}: {error})") from error
             if field_name == "calibration.tasks" and not sources[name].multiple_choice:
                 raise ConfigError(f"calibration.tasks: task {name!r} has output_type "
                                   f"{sources[name].config.get('output_type')!r}; calibration needs multiple_choice tasks")

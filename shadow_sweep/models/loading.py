@@ -17,12 +17,12 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, ByT5T
                           PreTrainedTokenizerBase)
 
 from shadow_sweep.cache import StageCache
-from shadow_sweep.config import Device, DType, ModelConfig, ModelSource
+from shadow_sweep.config import Device, DType, ModelConfig, ModelSource, UserError
 from shadow_sweep.models.adapters import ArchitectureAdapter, ModelShape, adapter_for
 from shadow_sweep.models.gguf import gguf_identity, inspect_gguf, resolve_gguf_path
 
 
-class ModelUnavailableError(RuntimeError):
+class ModelUnavailableError(UserError, RuntimeError):
     pass
 
 
@@ -52,8 +52,28 @@ def check_model_files(cfg: ModelConfig) -> None:
     local folder exists (errors name the file and what is supported)."""
     if cfg.source == ModelSource.gguf_file:
         inspect_gguf(cfg.gguf_path)
-    if cfg.source == ModelSource.hub and cfg.local_path and not Path(cfg.local_path).is_dir():
+    if cfg.source == ModelSource.hub and cfg.local_path:
+        check_model_folder(cfg)
+
+
+WEIGHTS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+TOKENIZERS = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def check_model_folder(cfg: ModelConfig) -> None:
+    """model.local_path holds a model: its config.json, weights and a tokenizer (the error names
+    what is missing)."""
+    folder = Path(cfg.local_path)
+    if not folder.is_dir():
         raise ModelUnavailableError(f"model.local_path={cfg.local_path!r} for model {cfg.name!r} is not a folder")
+    missing = [what for what, found in (
+        ("config.json", (folder / "config.json").is_file()),
+        ("weights (*.safetensors or *.bin)", any(any(folder.glob(pattern)) for pattern in WEIGHTS)),
+        (f"a tokenizer ({' or '.join(TOKENIZERS)})", any((folder / name).is_file() for name in TOKENIZERS)))
+        if not found]
+    if missing:
+        raise ModelUnavailableError(f"model.local_path={cfg.local_path!r} is not a complete model folder: it has no "
+                                    f"{', no '.join(missing)}")
 
 
 def requested_dtype(cfg: ModelConfig) -> torch.dtype | None:

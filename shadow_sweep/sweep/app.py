@@ -1,4 +1,8 @@
-"""`shadow-sweep`: the Hydra app (and `shadow-sweep report <dirs>`).
+"""`shadow-sweep`: the Hydra app (and `shadow-sweep report <dirs>`, `shadow-sweep cache verify`).
+
+Only Hydra and the config schema load before Hydra parses the command line: `--help`, `--cfg`
+and a field's error take about a second; the job's libraries (torch, transformers, lm-eval)
+are imported once the config is known good.
 
 A job runs load -> trace -> fit -> evaluate (-> bench) for one config (sweep/job.py). Under
 `-m`, every job appends its rows to one results file in the sweep folder, so a relaunch of
@@ -11,18 +15,15 @@ import sys
 from pathlib import Path
 
 import hydra
-import pandas as pd
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from shadow_sweep.config import AppConfig, ConfigError, register_configs
-from shadow_sweep.report.table import summary_table
+from shadow_sweep.config import AppConfig, ConfigError, UserError, register_configs
 from shadow_sweep.sweep.compose import CONF_DIR
-from shadow_sweep.sweep.job import JobIdentity, run_job
 from shadow_sweep.results import ResultsError, ResultsFile, job_key
+from shadow_sweep.validation import check_fields
 
 log = logging.getLogger(__name__)
 
@@ -63,27 +64,38 @@ def _hydra_entry(cfg: DictConfig) -> None:
     sweep_dir = Path(hydra_cfg.sweep.dir) if multirun else output_dir
     results = ResultsFile.of_sweep(app_cfg.sweep.results_file, sweep_dir)
     name = job_name(hydra_cfg, sweep_dir)
-    torch.set_num_threads(job_threads(app_cfg, hydra_cfg.launcher))
     try:
+        if not multirun:  # before the job's imports (torch, transformers, lm-eval: seconds)
+            check_fields(app_cfg)
+        import torch  # noqa: PLC0415 (the job's libraries load once the config is known good)
+
+        from shadow_sweep.sweep.job import JobIdentity, run_job  # noqa: PLC0415
+
+        torch.set_num_threads(job_threads(app_cfg, hydra_cfg.launcher))
         run_job(app_cfg, output_dir, results, JobIdentity(f"{sweep_dir.parent.name}/{sweep_dir.name}", name))
     except ResultsError as error:  # nothing could be recorded: the whole command fails (SystemExit ends a sweep)
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"shadow-sweep: {error}", file=sys.stderr)
         sys.exit(2)
-    except ConfigError as error:  # a value the schema allows but the rules reject: one line, no traceback
+    except UserError as error:  # a value, file, task or model the user gave: one line, no traceback
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
+        kind = "config error" if isinstance(error, ConfigError) else "error"
         if multirun:
-            log.error("sweep point %s: config error: %s (recorded in %s)", name, error, results.path)
+            log.error("sweep point %s: %s: %s (recorded in %s)", name, kind, error, results.path)
             return
-        print(f"shadow-sweep: config error: {error}", file=sys.stderr)
+        print(f"shadow-sweep: {kind}: {error}", file=sys.stderr)
         sys.exit(2)
     except Exception:
         if not multirun:
             raise
         log.exception("sweep point %s failed (recorded in %s); the sweep goes on", name, results.path)
         return
+    import pandas as pd  # noqa: PLC0415
+
+    from shadow_sweep.report.table import summary_table  # noqa: PLC0415
+
     rows = pd.DataFrame(results.job_rows(job_key(app_cfg)))
     print(summary_table(rows).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"results: {results.path}")
