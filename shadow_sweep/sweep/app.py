@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from shadow_sweep.config import AppConfig, ConfigError, UserError, register_configs
 from shadow_sweep.sweep.compose import CONF_DIR
+from shadow_sweep.sweep.signals import Terminated
 from shadow_sweep.results import ResultsError, ResultsFile, job_key
 from shadow_sweep.validation import check_fields
 
@@ -73,6 +74,9 @@ def _hydra_entry(cfg: DictConfig) -> None:
 
         torch.set_num_threads(job_threads(app_cfg, hydra_cfg.launcher))
         run_job(app_cfg, output_dir, results, JobIdentity(f"{sweep_dir.parent.name}/{sweep_dir.name}", name))
+    except Terminated:  # the failed row is written; a relaunch reruns this point
+        print(f"shadow-sweep: terminated (SIGTERM); point {name} recorded as failed in {results.path}", file=sys.stderr)
+        sys.exit(143)
     except ResultsError as error:  # nothing could be recorded: the whole command fails (SystemExit ends a sweep)
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

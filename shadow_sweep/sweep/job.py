@@ -27,6 +27,7 @@ from shadow_sweep.results import (JOB_STAGE, QUALITY_FIELDS, RESULTS_NAME, Resul
 from shadow_sweep.selectors.base import Need
 from shadow_sweep.selectors.registry import PointSelection, baseline_selections, job_selection, selector_class
 from shadow_sweep.sweep.points import cached_point, evaluation_points, levels, needs_of, point_row, policy_at
+from shadow_sweep.sweep.signals import Terminated, terminated_as_error
 from shadow_sweep.sweep.stages import (allocation_stage, bench_rows, bench_selections, fit_stage, statistics_stage,
                                       trace_stage)
 from shadow_sweep.sweep.tracking import Tracker, open_tracker
@@ -190,12 +191,14 @@ def run_job(cfg: AppConfig, output_dir: Path, results: Optional[ResultsFile] = N
         output_dir.mkdir(parents=True, exist_ok=True)
         tracker = open_tracker(cfg, plain(asdict(cfg)), output_dir, identity.name, identity.sweep_id)
         job = Job(cfg, context, results, tracker, point_ids(earlier) if cfg.sweep.skip_finished else set(), sources)
-        job.run()
+        with terminated_as_error():
+            job.run()
     except BaseException as error:
         if isinstance(error, ResultsError):
             raise
         summary = job.summary if job else {}
-        results.append([{**context, "stage": JOB_STAGE, "status": "failed", "error": repr(error)[:2000], **summary}])
+        reason = "terminated" if isinstance(error, Terminated) else repr(error)[:2000]
+        results.append([{**context, "stage": JOB_STAGE, "status": "failed", "error": reason, **summary}])
         if job:
             job.tracker.finish(job.rows, summary, None, failed=True)
         raise

@@ -123,3 +123,29 @@ def test_cache_verify_checks_every_checksum_and_repairs(tmp_path, data_root, cap
     with pytest.raises(SystemExit) as exit_code:
         main(["verify", str(cache)])
     assert exit_code.value.code == 0 and "0 damaged" in capsys.readouterr().out
+
+
+def test_sigterm_records_a_failed_point_and_a_relaunch_reruns_it(tmp_path, data_root):
+    import json
+    import signal
+
+    command = [sys.executable, "-m", "shadow_sweep", "model=tiny-llama", "logger=none", f"paths.data_root={data_root}",
+               f"paths.cache_dir={tmp_path / 'cache'}", "predictor=teal", "sparsity.rule=top_k",
+               "eval.baseline_selectors=[]", "stages.accuracy=false", "stages.bench=false", "perplexity.window=64",
+               "perplexity.max_documents=6", "sparsity.levels=[0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8]",
+               f"hydra.run.dir={tmp_path / 'run'}"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    results = tmp_path / "run" / "results.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (results.is_file() and results.read_text().count("\n") >= 1):
+        time.sleep(0.1)  # the dense point is in: the job is mid-way
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-2000:]
+    assert "terminated (SIGTERM)" in stderr and "Traceback" not in stderr
+    last = json.loads(results.read_text().splitlines()[-1])
+    assert (last["stage"], last["status"], last["error"]) == ("job", "failed", "terminated")
+    assert not list((tmp_path / "cache").rglob(".tmp-*")) and not ResultsFile(results).finished_keys()
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)  # the relaunch
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert ResultsFile(results).finished_keys()
