@@ -56,18 +56,30 @@ SCORED = ("acc", "acc_norm")  # lm-eval's metrics a row keeps, with their stderr
 
 @dataclass
 class TaskResults:
-    """metrics: {task: {acc, acc_stderr, acc_norm, acc_norm_stderr (when the task has it),
-    documents}}; outcomes: {task: [{doc_id, acc, acc_norm, loglikelihoods (one per choice),
-    target (lm-eval's: the gold index, or the gold text for copa-like tasks)}]}, lm-eval's
-    per-sample results in the order of its documents."""
+    """metrics: {task: {every metric of its metric_list and its stderr where lm-eval gives one
+    (acc, acc_stderr, acc_norm, perplexity, ...; `<metric>:<filter>` for filters other than
+    none), documents}}; outcomes: {task: [{doc_id, each metric's per-document value, loglikelihoods
+    (one per choice), target (lm-eval's: the gold index, or the gold text for copa-like
+    tasks)}]}, lm-eval's per-sample results in the order of its documents."""
 
     metrics: dict[str, dict[str, float]]
     outcomes: dict[str, list[dict]]
 
 
-def _outcome(sample: dict) -> dict:
-    kept = {metric: float(sample[metric]) for metric in SCORED if metric in sample}
-    loglikelihoods = [float(response[0]) for response in sample["filtered_resps"]]
+def metric_name(key: str) -> str:
+    """lm-eval's "<metric>,<filter>" -> the row's name: the metric, with `:<filter>` unless the
+    filter is "none" (a task with several filters keeps each)."""
+    metric, _, kind = key.partition(",")
+    return metric if kind in ("", "none") else f"{metric}:{kind}"
+
+
+def _outcome(sample: dict, metrics: set[str]) -> dict:
+    """One document's per-sample values of the task's metrics, and its choices' log-likelihoods
+    (loglikelihood tasks)."""
+    kept = {name: float(sample[name]) for name in sorted(metrics) if isinstance(sample.get(name), (int, float))}
+    responses = sample.get("filtered_resps") or []
+    scored = all(isinstance(r, (list, tuple)) and isinstance(r[0], (int, float)) for r in responses)
+    loglikelihoods = [float(response[0]) for response in responses] if scored else []
     return {"doc_id": int(sample["doc_id"]), **kept, "loglikelihoods": loglikelihoods, "target": sample["target"]}
 
 
@@ -83,9 +95,9 @@ def task_accuracy(lm: SparseLM, tasks: list[Task], cfg: EvalConfig) -> TaskResul
                                     torch_random_seed=cfg.fewshot_seed)
     metrics = {}
     for task, values in out["results"].items():
-        named = {key.split(",")[0]: value for key, value in values.items() if isinstance(value, float)}
-        metrics[task] = {name: named[name] for metric in SCORED for name in (metric, f"{metric}_stderr")
-                         if name in named}
+        metrics[task] = {metric_name(key): float(value) for key, value in values.items()
+                         if "," in key and isinstance(value, (int, float)) and not isinstance(value, bool)}
         metrics[task]["documents"] = len(out["samples"][task])
-    outcomes = {task: [_outcome(sample) for sample in samples] for task, samples in out["samples"].items()}
+    outcomes = {task: [_outcome(sample, {k.split(":")[0] for k in metrics[task]}) for sample in samples]
+                for task, samples in out["samples"].items()}
     return TaskResults(metrics, outcomes)

@@ -1,8 +1,8 @@
 """One evaluation point's numbers with their errors, and the per-document outcomes behind them.
 
-Row fields (docs/sweeps.md, "Row fields"): per task `acc/<task>`, `acc_stderr/<task>` (and
-`acc_norm...` where the task has it), `documents/<task>`; `acc_mean` (unweighted mean over
-tasks) and `acc_mean_stderr` = sqrt(sum se^2) / K; `token_perplexity_low/high`, the 95% CI
+Row fields (docs/sweeps.md, "Row fields"): per task every metric of its metric_list
+`<metric>/<task>` and `<metric>_stderr/<task>` (acc, acc_norm, perplexity, ...), `documents/<task>`;
+`acc_mean` (unweighted mean over the tasks that have acc) and `acc_mean_stderr` = sqrt(sum se^2) / K; `token_perplexity_low/high`, the 95% CI
 of the token perplexity, `perplexity_ci_unit` (documents or windows) and `perplexity_units`.
 The outcomes file (`outcomes.json`, in the point's cache entry and copied into the sweep
 folder) holds lm-eval's per-document results and every perplexity window's NLL, so two points
@@ -22,9 +22,12 @@ OUTCOMES_NAME = "outcomes.json"
 
 
 def accuracy_fields(results: TaskResults) -> dict:
+    """`<metric>/<task>` for every metric of every task; acc_mean over the tasks that have acc."""
     row = {f"{name}/{task}": value for task, metrics in results.metrics.items() for name, value in metrics.items()}
-    row["acc_mean"] = sum(m["acc"] for m in results.metrics.values()) / len(results.metrics)
-    row["acc_mean_stderr"] = stderr_of_mean_of_means([m["acc_stderr"] for m in results.metrics.values()])
+    scored = [m for m in results.metrics.values() if "acc" in m]
+    if scored:
+        row["acc_mean"] = sum(m["acc"] for m in scored) / len(scored)
+        row["acc_mean_stderr"] = stderr_of_mean_of_means([m["acc_stderr"] for m in scored])
     return row
 
 

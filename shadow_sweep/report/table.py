@@ -17,6 +17,7 @@ import pandas as pd
 from shadow_sweep.results import (JOB_STAGE, LATER_DESIGN_DEFAULTS, QUALITY_FIELDS, RESULTS_NAME, ResultsFile,
                                   latency_mode, point_id)
 
+NOT_TABLED = ("kept", "documents/", "pair_key/")  # per-task metrics are tabled (their stderr not), not these
 BYTES_COLUMNS = ("bytes_fraction", "bytes_fraction_p05", "bytes_fraction_p95")  # selectors.accounting
 OPTIONAL_DESIGN = {"predictor_width": None, "predictor_bottleneck": None, **LATER_DESIGN_DEFAULTS}  # field: default
 DESIGN = ("model", "ranking", "job_update", "job_prefill", "target_norm", "shots", "calibration_examples_per_task",
@@ -108,7 +109,9 @@ def _evaluation(frame: pd.DataFrame) -> pd.DataFrame:
     evaluated["update"] = evaluated["update"].fillna("unknown") if "update" in evaluated else "unknown"
     if "outcomes" in evaluated:
         evaluated = evaluated[evaluated["outcomes"].isna() | ~evaluated.duplicated(["line", "outcomes"])]
-    metrics = [c for c in evaluated.columns if c.startswith("acc/")] + \
+    task_metrics = [c for c in evaluated.columns if "/" in c and "_stderr/" not in c and not c.startswith(NOT_TABLED)
+                    and pd.api.types.is_numeric_dtype(evaluated[c])]
+    metrics = task_metrics + \
         [c for c in ("acc_mean", "acc_mean_stderr", "word_perplexity", "token_perplexity", "token_perplexity_low",
                      "token_perplexity_high", *BYTES_COLUMNS) if c in evaluated] + \
         [c for c in evaluated.columns if c.startswith("kept/")]

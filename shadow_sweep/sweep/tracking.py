@@ -21,7 +21,12 @@ from shadow_sweep.selectors.registry import job_selection
 
 METRIC_FIELDS = ("acc_mean", "acc_mean_stderr", "token_perplexity", "token_perplexity_low", "token_perplexity_high",
                  "word_perplexity", "bits_per_byte", "bytes_fraction")
-PER_TASK_METRICS = ("acc/", "acc_stderr/", "acc_norm/", "acc_norm_stderr/")
+NOT_TASK_METRICS = ("kept/", "kept_p05/", "kept_p95/", "documents/", "pair_key/")  # row fields with a slash
+
+
+def task_metric(key: str) -> bool:
+    """`<metric>/<task>` (every metric of a task's metric_list, with its stderr)."""
+    return "/" in key and not key.startswith(NOT_TASK_METRICS)
 
 
 def point_metrics(row: dict) -> dict[str, float]:
@@ -32,7 +37,7 @@ def point_metrics(row: dict) -> dict[str, float]:
         return {"sparsity": row["sparsity"], f"ms_per_token/{name}": row["ms_per_token"],
                 f"ms_per_token_min/{name}": row["ms_per_token_min"], f"ms_per_token_max/{name}": row["ms_per_token_max"],
                 f"speedup_vs_dense/{name}": row["speedup_vs_dense"]}
-    metrics = {k: v for k, v in row.items() if k in METRIC_FIELDS or k.startswith(PER_TASK_METRICS)}
+    metrics = {k: v for k, v in row.items() if k in METRIC_FIELDS or task_metric(k)}
     own = row["predictor"] in ("dense", row.get("job_predictor"))
     prefix = "" if own else f"baseline/{row['predictor']}/"
     return {"sparsity": row["sparsity"],

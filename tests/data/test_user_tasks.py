@@ -143,3 +143,35 @@ def test_task_definitions_key_the_stages_that_use_them(user_task):
     before = definitions_digest(["copa", "sky_colours"], [str(folder)])
     (folder / "sky_colours.yaml").write_text(TASK_YAML.replace("Answer:", "A:"))
     assert definitions_digest(["copa", "sky_colours"], [str(folder)]) not in (None, before)
+
+
+def test_every_metric_of_a_loglikelihood_task_reaches_the_row(tmp_path):
+    """LAMBADA's kind of task: a loglikelihood task whose metric_list has perplexity and acc: both
+    (with lm-eval's stderr where it gives one) are in the row, the report and the W&B metrics."""
+    from shadow_sweep.report.table import summary_table
+    from shadow_sweep.sweep.tracking import point_metrics
+
+    root = tmp_path / "data"
+    (root / "words").mkdir(parents=True)
+    lines = [{"text": f"The {colour} ball is", "target": f" {colour}"} for colour in COLOURS * 3]
+    (root / "words" / "test.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    (folder / "last_word.yaml").write_text(
+        "task: last_word\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: words/test.jsonl\n"
+        "output_type: loglikelihood\ntest_split: test\ndoc_to_text: '{{text}}'\ndoc_to_target: '{{target}}'\n"
+        "metric_list:\n  - metric: perplexity\n    aggregation: perplexity\n    higher_is_better: false\n"
+        "  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n")
+    cfg = compose_app(["model=tiny-llama", f"paths.data_root={root}", f"paths.cache_dir={tmp_path / 'cache'}",
+                       "logger=none", f"eval.include_path={folder}", "eval.tasks=[last_word]", "predictor=teal",
+                       "sparsity.rule=top_k", "eval.baseline_selectors=[]", "stages.perplexity=false",
+                       "stages.bench=false", "stages.trace=false"])
+    run_job(cfg, tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
+    evaluated = [r for r in rows if r["stage"] == "evaluate"]
+    for row in evaluated:
+        assert row["perplexity/last_word"] > 1 and 0 <= row["acc/last_word"] <= 1 and "acc_stderr/last_word" in row
+        assert {"perplexity/last_word", "acc/last_word"} <= set(point_metrics(row))
+    import pandas as pd
+
+    assert "perplexity/last_word" in summary_table(pd.DataFrame(rows)).columns
