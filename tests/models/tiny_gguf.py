@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gguf import GGUFWriter, TokenType
+from gguf import GGMLQuantizationType, GGUFWriter, TokenType, quants
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -33,7 +33,10 @@ def _rotary_permute(weight: np.ndarray, heads: int) -> np.ndarray:
     return weight.reshape(heads, 2, rows // heads // 2, -1).swapaxes(1, 2).reshape(weight.shape)
 
 
-def write_tiny_llama_gguf(model: LlamaForCausalLM, path: Path, architecture: str = "llama") -> Path:
+def write_tiny_llama_gguf(model: LlamaForCausalLM, path: Path, architecture: str = "llama",
+                          quantised: dict[str, GGMLQuantizationType] = None) -> Path:
+    """`quantised`: GGUF tensor names -> a ggml type to store them in (gguf's own quantiser)."""
+    quantised = quantised or {}
     config = model.config
     writer = GGUFWriter(str(path), architecture)
     writer.add_context_length(config.max_position_embeddings)
@@ -68,7 +71,12 @@ def write_tiny_llama_gguf(model: LlamaForCausalLM, path: Path, architecture: str
                 weight = _rotary_permute(weight, config.num_attention_heads)
             if gguf_name == "attn_k":
                 weight = _rotary_permute(weight, config.num_key_value_heads)
-            writer.add_tensor(f"blk.{layer}.{gguf_name}.weight", weight)
+            name = f"blk.{layer}.{gguf_name}.weight"
+            if name in quantised:
+                blocks = quants.quantize(weight, quantised[name])
+                writer.add_tensor(name, blocks, raw_shape=blocks.shape, raw_dtype=quantised[name])
+            else:
+                writer.add_tensor(name, weight)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
