@@ -66,7 +66,8 @@ def _hydra_entry(cfg: DictConfig) -> None:
     results = ResultsFile.of_sweep(app_cfg.sweep.results_file, sweep_dir)
     name = job_name(hydra_cfg, sweep_dir)
     try:
-        if not multirun:  # before the job's imports (torch, transformers, lm-eval: seconds)
+        results.check_writable()  # before the job's imports (torch, transformers, lm-eval: seconds)
+        if not multirun:
             check_fields(app_cfg)
         import torch  # noqa: PLC0415 (the job's libraries load once the config is known good)
 
