@@ -1,9 +1,10 @@
 """An lm-eval 0.4 model over a loaded model whose masks are predicted per request.
 
 `SparseLM` is a `TemplateLM`: lm-eval's own code turns requests into (context,
-continuation) token pairs exactly as its HFLM does; we score them in length-sorted,
-right-padded batches WITH an attention mask, so that the predictor (hooked into every
-forward by `SelectionRuntime`) reads each row's own tokens. The runtime's update policy decides
+continuation) token pairs exactly as its HFLM does; we score them in batches WITH an attention
+mask, so that the predictor (hooked into every forward by `SelectionRuntime`) reads each row's
+own tokens, and requests with equal contexts share one forward of it where that is exact
+(evaluation.scoring). The runtime's update policy decides
 how: per_token, every position its own masks; per_sequence, one mask per request.
 `prefill` decides the context: `sparse`, every position masked (per_sequence: the mask chosen
 at the last input token, context + continuation[:-1], the paper's protocol); `dense`, the
@@ -13,25 +14,33 @@ last context token, so all candidate answers of a question share it. Perplexity 
 (`rolling`) always run every token sparse.
 """
 
+import logging
 from contextlib import contextmanager
+from itertools import chain
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from lm_eval.api.model import TemplateLM
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm.auto import tqdm
 
 from shadow_sweep.config import Prefill
 from shadow_sweep.data.requests import RequestEncoder
+from shadow_sweep.evaluation.scoring import RequestScorer, ScoredRequest, context_groups
 from shadow_sweep.models.loading import LoadedModel
 from shadow_sweep.selectors.runtime import SelectionRuntime
+
+log = logging.getLogger(__name__)
 
 
 class SparseLM(TemplateLM):
     def __init__(self, loaded: LoadedModel, batch_size: int = 8, max_length: int = 2048,
                  add_bos_token: Optional[bool] = None,
-                 runtime: Optional[SelectionRuntime] = None, prefill: Prefill = Prefill.sparse):
+                 runtime: Optional[SelectionRuntime] = None, prefill: Prefill = Prefill.sparse,
+                 share_contexts: bool = True, scored_logits: bool = True):
+        """`share_contexts`: requests with equal contexts share its forward where that is exact;
+        `scored_logits`: lm_head at the scored positions only (False: at every position, as a
+        model without `logits_to_keep` does; the benchmarks' baseline)."""
         super().__init__()
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
@@ -40,6 +49,9 @@ class SparseLM(TemplateLM):
         self.requests = RequestEncoder(loaded.tokenizer, add_bos_token)  # lm-eval's tokenisation rule
         self.runtime = runtime
         self.prefill = Prefill(prefill)
+        self.share_contexts = share_contexts
+        self.scored_logits = scored_logits
+        self._told = False  # the scoring path is logged once
 
     @property
     def eot_token_id(self) -> int:
@@ -57,39 +69,30 @@ class SparseLM(TemplateLM):
 
     @torch.no_grad()
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, dense_context: Optional[bool] = None,
-                              **kwargs) -> list[tuple[float, bool]]:
+                              share_contexts: Optional[bool] = None, **kwargs) -> list[tuple[float, bool]]:
         """Per request: (sum of log p(continuation | context), whether it is the greedy one).
-        `dense_context` (default: prefill is dense) runs the context positions dense."""
+        `dense_context` (default: prefill is dense) runs the context positions dense;
+        `share_contexts` (default: the model's) shares equal contexts' forwards where exact."""
         if dense_context is None:
             dense_context = self.prefill == Prefill.dense
-        inputs = []  # (model input = whole[:-1], the scored continuation = whole[-n:])
-        for _, context, continuation in requests:
-            whole = (context + continuation)[-(self.max_length + 1):]
-            inputs.append((whole[:-1], whole[-len(continuation):]))
-        order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i][0]))
-        results: list[Optional[tuple[float, bool]]] = [None] * len(inputs)
-        device = self.loaded.device
-        for start in tqdm(range(0, len(order), self.batch_size), desc="loglikelihood", disable=disable_tqdm):
-            rows = order[start:start + self.batch_size]
-            length = max(len(inputs[i][0]) for i in rows)
-            ids = torch.full((len(rows), length), self.tokenizer.pad_token_id, dtype=torch.long)
-            attention = torch.zeros_like(ids)
-            for r, i in enumerate(rows):
-                tokens = inputs[i][0]
-                ids[r, :len(tokens)] = torch.tensor(tokens)
-                attention[r, :len(tokens)] = 1
-            if self.runtime is not None and dense_context:  # input position c - 1 holds the last context token
-                context_lengths = torch.tensor([len(inputs[i][0]) - len(inputs[i][1]) + 1 for i in rows])
-                self.runtime.dense_prompt(context_lengths)
-                self.runtime.choose_at(context_lengths - 1)
-            logits = self.loaded.model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits
-            log_probs = F.log_softmax(logits.float(), dim=-1).cpu()
-            for r, i in enumerate(rows):
-                tokens, continuation = inputs[i]
-                targets = torch.tensor(continuation)
-                scored = log_probs[r, len(tokens) - len(continuation):len(tokens)]
-                results[i] = (float(scored.gather(-1, targets[:, None]).sum()), bool((scored.argmax(-1) == targets).all()))
-                self.cache_hook.add_partial("loglikelihood", requests[i][0], results[i])
+        if share_contexts is None:
+            share_contexts = self.share_contexts
+        scored = [ScoredRequest.of(context, continuation, self.max_length) for _, context, continuation in requests]
+        scorer = RequestScorer(self.loaded, self.runtime, self.batch_size, dense_context, self.scored_logits)
+        shared = share_contexts and (self.runtime is None or self.runtime.shares_contexts(dense_context))
+        groups, alone = context_groups(scored) if shared else ([], list(range(len(scored))))
+        if share_contexts and not self._told:
+            self._told = True
+            log.info("loglikelihood: %s", f"contexts shared by {sum(map(len, groups))} of {len(scored)} requests "
+                     "are computed once" if shared else "each request's context computed for it (masks "
+                     "chosen per sequence from a sparse context, or a selector that reads the whole input)")
+        results: list[Optional[tuple[float, bool]]] = [None] * len(scored)
+        with tqdm(total=len(scored), desc="loglikelihood", disable=disable_tqdm) as progress:
+            for rows, scores in chain(scorer.shared(scored, groups), scorer.whole(scored, alone)):
+                for i, score in zip(rows, scores):
+                    results[i] = score
+                    self.cache_hook.add_partial("loglikelihood", requests[i][0], score)
+                progress.update(len(rows))
         return results
 
     def rolling(self, text: str, window: int, stride: int) -> list[tuple[float, int]]:
@@ -102,7 +105,7 @@ class SparseLM(TemplateLM):
         windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
             tokens, self.prefix_token_id, max_seq_len=window, context_len=window - stride + 1)]
         requests = [(None, ctx, cont) for ctx, cont in windows]
-        scores = self._loglikelihood_tokens(requests, disable_tqdm=True, dense_context=False)
+        scores = self._loglikelihood_tokens(requests, disable_tqdm=True, dense_context=False, share_contexts=False)
         return [(score, len(cont)) for (score, _), (_, cont) in zip(scores, windows)]
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:

@@ -40,6 +40,7 @@ class SelectionAccount:
                                     full.kv_groups], dtype=torch.int32)
         self.counts: Optional[torch.Tensor] = None  # [B, T, L, 5] of the current forward
         self.counted: Optional[torch.Tensor] = None  # [B, T] bool
+        self.repeats: Optional[torch.Tensor] = None  # [B] requests each row's tokens stand for
         self.fractions: list[torch.Tensor] = []  # per forward [n, 4]
         self.bytes: list[torch.Tensor] = []  # per forward [n]
 
@@ -48,9 +49,11 @@ class SelectionAccount:
         per_layer = layer_bytes(self.sizes, dense_counts(self.sizes), Point.ahead, Point.ahead, True)
         return self.fixed + self.layers * per_layer
 
-    def start(self, counted: torch.Tensor) -> None:
-        """A forward begins; `counted` [B, T]: the tokens it masks."""
+    def start(self, counted: torch.Tensor, repeats: Optional[torch.Tensor] = None) -> None:
+        """A forward begins; `counted` [B, T]: the tokens it masks, each counted repeats[b] times
+        (default once: a shared context's tokens stand for each request that shares it)."""
         self.counted = counted.cpu()
+        self.repeats = None if repeats is None else repeats.cpu()
         self.counts = self.widths.expand(*counted.shape, self.layers, len(self.widths)).clone()
 
     def record(self, slot: Slot, layer: int, applied: torch.Tensor) -> None:
@@ -69,6 +72,9 @@ class SelectionAccount:
         if self.counts is None:
             return
         counts = self.counts[self.counted].long()  # [n, L, 5]
+        if self.repeats is not None:
+            per_token = self.repeats[:, None].expand(self.counted.shape)[self.counted]
+            counts = counts.repeat_interleave(per_token, dim=0)
         self.counts = None
         if not len(counts):
             return

@@ -152,6 +152,13 @@ class Selector:
         (update, rule, layer 0) are checked by validation for every selector."""
 
     @classmethod
+    def chooses_causally(cls, update: MaskUpdate) -> bool:
+        """Under `update`, its masks for a token depend on that token and earlier ones only (at
+        most, per_sequence, on the chosen token and earlier): what lets requests share a
+        context's forward (evaluation.scoring)."""
+        return True
+
+    @classmethod
     def uses_criterion(cls, cfg: AppConfig) -> bool:
         """Its masks depend on `criterion` (a fit on the criterion's traces, or the criterion itself)."""
         return Need.traces in cls.needs(cfg)

@@ -29,6 +29,10 @@ class OracleSelector(AheadSelector):
                     "the token's own activations; gradient oracles see later tokens)")
 
     @classmethod
+    def chooses_causally(cls, update: MaskUpdate) -> bool:
+        return update == MaskUpdate.per_token  # per_sequence scores the whole input first
+
+    @classmethod
     def key_fields(cls, cfg: AppConfig) -> dict:
         return {"criterion": plain(asdict(cfg.criterion))}
 

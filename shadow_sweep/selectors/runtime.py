@@ -9,7 +9,8 @@ the account keeps what the selection realised (selectors.accounting).
 per_token: each token's masks come from that token alone (tested: a token's masks never depend
 on later tokens); per_sequence: one mask per row, chosen at one position (each row's last real
 token, or `choose_at`). `dense_prompt(lengths)` keeps positions t < lengths[b] of the next
-forward dense.
+forward dense. A forward over cached keys and values (a shared context's continuations) gives
+`position_ids`; a token's position is then its place in its sequence, not in the batch.
 """
 
 from contextlib import contextmanager
@@ -29,10 +30,11 @@ from shadow_sweep.sparsity.policy import SparsityPolicy
 
 
 def last_real_token(attention_mask: Optional[torch.Tensor], batch: int, length: int, device) -> torch.Tensor:
-    """[B] index of each row's last attended position (left or right padding)."""
+    """[B] index of each row's last attended position (left or right padding) among the forward's
+    `length` tokens (the attention mask's last columns: earlier ones are cached)."""
     if attention_mask is None:
         return torch.full((batch,), length - 1, dtype=torch.long, device=device)
-    return attention_mask.shape[1] - 1 - attention_mask.flip(1).long().argmax(1)
+    return length - 1 - attention_mask[:, -length:].flip(1).long().argmax(1)
 
 
 class SelectionRuntime:
@@ -68,6 +70,7 @@ class SelectionRuntime:
         self._handles = []
         self._chosen: Optional[torch.Tensor] = None
         self._dense_before: Optional[torch.Tensor] = None
+        self._repeats: Optional[torch.Tensor] = None
 
     @property
     def masks(self) -> LinearInputMasks:
@@ -90,6 +93,22 @@ class SelectionRuntime:
     def dense_prompt(self, lengths: Optional[torch.Tensor]) -> None:
         """Keep positions t < lengths[b] of the next forward dense (a dense prefill)."""
         self._dense_before = lengths
+
+    def count_repeated(self, repeats: torch.Tensor) -> None:
+        """The next forward's tokens of row b stand for repeats[b] requests' (a shared context):
+        the account counts them that many times."""
+        self._repeats = repeats
+
+    def shares_contexts(self, dense_context: bool) -> bool:
+        """Whether one forward of a context serves every continuation of it exactly: every
+        selector chooses causally under this update, and either each token's masks are its own
+        (per_token) or the context runs dense and per_sequence chooses at its last token."""
+        causal = all(type(s).chooses_causally(self.update) for s in self.selectors)
+        return causal and (self.update == MaskUpdate.per_token or dense_context)
+
+    def unmasked(self):
+        """Forwards inside run dense and unread (not counted)."""
+        return self.point.unmasked()
 
     @contextmanager
     def held_after_first_forward(self):
@@ -169,10 +188,15 @@ class SelectionRuntime:
         ids = kwargs.get("input_ids", args[0] if args else None)
         batch, length = ids.shape[:2]
         attention_mask = kwargs.get("attention_mask")
-        start = kwargs.get("cache_position")
-        offset = int(start[0]) if start is not None else 0
-        positions = (torch.arange(length, device=ids.device) + offset).expand(batch, length)
-        valid = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask[:, -length:].bool()
+        positions = kwargs.get("position_ids")
+        if positions is None:
+            start = kwargs.get("cache_position")
+            offset = int(start[0]) if start is not None else 0
+            positions = torch.arange(length, device=ids.device) + offset
+        positions = positions.expand(batch, length)
+        if attention_mask is not None:
+            attention_mask = attention_mask[:, -length:]  # the forward's own tokens (earlier ones cached)
+        valid = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         if self._hold_pending:  # a later forward of a held generation: the masks stay
             self.holding = True
             dense = self._dense_tokens(positions, None)
@@ -188,7 +212,8 @@ class SelectionRuntime:
         self.masks.dense_tokens = dense
         self._chosen = None
         self._dense_before = None
-        self.account.start(valid & ~dense)
+        self.account.start(valid & ~dense, self._repeats)
+        self._repeats = None
         for selector in self.selectors:
             selector.start(self.point.inputs)
         self._hold_pending = self._hold_ready

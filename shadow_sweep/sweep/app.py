@@ -97,13 +97,28 @@ def _hydra_entry(cfg: DictConfig) -> None:
             raise
         log.exception("sweep point %s failed (recorded in %s); the sweep goes on", name, results.path)
         return
+    _print_summary(app_cfg, results, output_dir)
+
+
+def _print_summary(cfg: AppConfig, results: ResultsFile, output_dir: Path) -> None:
+    """The job's points on one short screen (report.screen), then where the rest is: the full
+    table, the results, the report command and the W&B run."""
     import pandas as pd  # noqa: PLC0415
 
+    from shadow_sweep.report.screen import first_screen  # noqa: PLC0415
     from shadow_sweep.report.table import summary_table  # noqa: PLC0415
 
-    rows = pd.DataFrame(results.job_rows(job_key(app_cfg)))
-    print(summary_table(rows).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    table = summary_table(pd.DataFrame(results.job_rows(job_key(cfg))))
+    full = output_dir / "summary_table.csv"
+    table.to_csv(full, index=False)
+    print(first_screen(table, cfg.sparsity.update.value))
+    print(f"full table ({len(table.columns)} columns): {full}")
     print(f"results: {results.path}")
+    print(f"report (CIs, paired comparisons, curves): shadow-sweep report {results.path}")
+    runs = sorted((output_dir / "wandb").glob("*run-*"))
+    if runs:
+        print(f"W&B run: {runs[-1]}" + (f"  (upload: wandb sync {runs[-1]})" if "offline" in runs[-1].name else ""))
+    print(f"log (lm-eval's messages included): {output_dir / (HydraConfig.get().job.name + '.log')}")
 
 
 def main() -> None:

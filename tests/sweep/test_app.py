@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -78,7 +79,13 @@ def test_console_command_runs_the_default_job(tmp_path, data_root):
                "bench.repeats=1", f"hydra.run.dir={tmp_path}"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "shadowllm x plainact" in done.stdout and "ms_per_token/per_token" in done.stdout
+    screen = done.stdout[done.stdout.index(" line "):]  # the first screen: the points, then where the rest is
+    assert "shadowllm x plainact" in screen and "ms/token" in screen and "speed-up" in screen
+    assert max(map(len, screen.splitlines())) <= 120 and len(screen.splitlines()) <= 12
+    assert "full table (" in screen and (tmp_path / "summary_table.csv").is_file()
+    assert "Building contexts" not in done.stdout + done.stderr  # lm-eval's INFO lines: in the log file only
+    log_file = Path(screen.split("log (lm-eval's messages included): ")[1].split()[0])
+    assert log_file.parent == tmp_path and "Building contexts" in log_file.read_text()
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     dense, sparse, teal = [r for r in rows if r["stage"] == "evaluate"]
     assert dense["model"] == "smollm2-135m" and 5 < dense["token_perplexity"] < 60
@@ -88,7 +95,7 @@ def test_console_command_runs_the_default_job(tmp_path, data_root):
     assert {"acc/copa", "acc/piqa", "acc/arc_easy"} <= set(dense)
     bench = {(r["predictor"], r["update"]) for r in rows if r["stage"] == "bench"}
     assert bench == {("dense", "dense"), ("shadowllm", "per_token"), ("teal", "per_token")}  # the job's update
-    assert "teal" in done.stdout and "speedup" in done.stdout
+    assert "teal" in screen
     assert sparse["update"] == "per_token" and rows[-1]["traces_positions"] > 0
     assert rows[-1]["stage"] == "job" and rows[-1]["status"] == "ok"
     assert done.stderr.count("\r") < 300, "progress bars flood a log that is not a terminal"

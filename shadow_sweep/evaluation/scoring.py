@@ -1,0 +1,183 @@
+"""Scoring loglikelihood requests: log p(continuation | context) and whether the continuation is
+the greedy one, with lm_head and the log-softmax run at the scored positions only.
+
+Two ways to the same scores:
+- `RequestScorer.whole`: each request's whole input (context + continuation[:-1]) in
+  length-sorted, right-padded batches. Every selector and update policy.
+- `RequestScorer.shared`: requests with equal context tokens (the choices of one
+  multiple-choice document) share one forward of the context (context[:-1], left-padded,
+  its K/V cached), then each request runs [context[-1]] + continuation[:-1] over that cache,
+  several documents' continuations in one batch. Exact where a token's masks depend on it and
+  the tokens before it only (per_token), or where the context runs dense and per_sequence
+  chooses at the last context token (dense prefill): `SelectionRuntime.shares_contexts`.
+"""
+
+import inspect
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from shadow_sweep.models.loading import LoadedModel
+from shadow_sweep.selectors.runtime import SelectionRuntime
+
+Score = tuple[float, bool]  # (sum of the continuation's log-probabilities, all of it greedy)
+
+
+@dataclass(frozen=True)
+class ScoredRequest:
+    """One request as the model runs it: `inputs` = (context + continuation)[:-1] of the last
+    max_length + 1 tokens; `targets` = the continuation, predicted at the last len(targets)
+    input positions."""
+
+    inputs: tuple[int, ...]
+    targets: tuple[int, ...]
+
+    @classmethod
+    def of(cls, context: Sequence[int], continuation: Sequence[int], max_length: int) -> "ScoredRequest":
+        whole = (list(context) + list(continuation))[-(max_length + 1):]
+        return cls(tuple(whole[:-1]), tuple(whole[-len(continuation):]))
+
+    @property
+    def split(self) -> int:
+        """Input tokens before the first scored position (c - 1 for a context of c tokens): the
+        part that requests with equal contexts share."""
+        return len(self.inputs) - len(self.targets)
+
+
+def context_groups(requests: Sequence[ScoredRequest]) -> tuple[list[list[int]], list[int]]:
+    """(groups of >= 2 request indices whose inputs share the same tokens before `split`,
+    the indices of requests whose context no other request shares)."""
+    by_prefix: dict[tuple[int, ...], list[int]] = {}
+    for i, request in enumerate(requests):
+        key = request.inputs[:request.split] if request.split > 0 else (-1 - i,)  # nothing to share
+        by_prefix.setdefault(key, []).append(i)
+    groups = [indices for indices in by_prefix.values() if len(indices) > 1]
+    alone = [indices[0] for indices in by_prefix.values() if len(indices) == 1]
+    return groups, alone
+
+
+def padded(rows: Sequence[Sequence[int]], pad: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows -> (ids [B, T], attention mask [B, T]), padded on the right (or left)."""
+    length = max(len(row) for row in rows)
+    ids = torch.full((len(rows), length), pad, dtype=torch.long)
+    attention = torch.zeros_like(ids)
+    for r, row in enumerate(rows):
+        columns = slice(length - len(row), length) if left else slice(0, len(row))
+        ids[r, columns] = torch.tensor(row, dtype=torch.long)
+        attention[r, columns] = 1
+    return ids, attention
+
+
+def continuation_scores(logits: torch.Tensor, batch: Sequence[ScoredRequest]) -> list[Score]:
+    """logits [B, N, V] at each row's scored positions (row r's first len(targets) of N) -> scores."""
+    log_probs = F.log_softmax(logits.float(), dim=-1).cpu()
+    scores = []
+    for r, request in enumerate(batch):
+        targets = torch.tensor(request.targets)
+        scored = log_probs[r, :len(targets)]
+        greedy = bool((scored.argmax(-1) == targets).all())
+        scores.append((float(scored.gather(-1, targets[:, None]).sum()), greedy))
+    return scores
+
+
+def scored_positions(starts: Sequence[int], batch: Sequence[ScoredRequest]) -> torch.Tensor:
+    """[B, N] the input columns of each row's scored positions, from column starts[r]; N is the
+    longest continuation, shorter rows repeat their last position."""
+    width = max(len(r.targets) for r in batch)
+    steps = torch.arange(width)[None, :]
+    counts = torch.tensor([len(r.targets) for r in batch])[:, None]
+    return torch.tensor(list(starts))[:, None] + torch.minimum(steps, counts - 1)
+
+
+class RequestScorer:
+    """Scores requests `batch_size` rows a forward on a loaded model whose runtime (None:
+    dense) is installed; `dense_context`: the context positions run dense; `scored_logits`:
+    lm_head at the scored positions only where the model takes `logits_to_keep`."""
+
+    def __init__(self, loaded: LoadedModel, runtime: Optional[SelectionRuntime], batch_size: int,
+                 dense_context: bool, scored_logits: bool = True):
+        self.model = loaded.model
+        self.device = loaded.device
+        self.pad = loaded.tokenizer.pad_token_id
+        self.runtime = runtime
+        self.batch_size = batch_size
+        self.dense_context = dense_context and runtime is not None
+        self.keeps_logits = scored_logits and "logits_to_keep" in inspect.signature(self.model.forward).parameters
+
+    def whole(self, requests: Sequence[ScoredRequest], indices: Sequence[int]
+              ) -> Iterator[tuple[list[int], list[Score]]]:
+        """(request indices, their scores) per batch, each request's whole input in one row."""
+        order = sorted(indices, key=lambda i: -len(requests[i].inputs))
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            batch = [requests[i] for i in rows]
+            ids, attention = padded([r.inputs for r in batch], self.pad)
+            if self.dense_context:  # input position c - 1 holds the last context token
+                context_lengths = torch.tensor([r.split + 1 for r in batch])
+                self.runtime.dense_prompt(context_lengths)
+                self.runtime.choose_at(context_lengths - 1)
+            logits = self._logits(ids, attention, scored_positions([r.split for r in batch], batch))
+            yield rows, continuation_scores(logits, batch)
+
+    def shared(self, requests: Sequence[ScoredRequest], groups: Sequence[Sequence[int]]
+               ) -> Iterator[tuple[list[int], list[Score]]]:
+        """(request indices, their scores) per batch of groups: one forward of the groups'
+        shared contexts, one of all their continuations over the cached K/V."""
+        for chunk in self._chunks(sorted(groups, key=lambda g: -requests[g[0]].split)):
+            prefixes = [requests[g[0]].inputs[:requests[g[0]].split] for g in chunk]
+            ids, attention = padded(prefixes, self.pad, left=True)
+            positions = (attention.cumsum(1) - 1).clamp(min=0)
+            with self._context_pass(torch.tensor([len(g) for g in chunk])):
+                out = self.model(input_ids=ids.to(self.device), attention_mask=attention.to(self.device),
+                                 position_ids=positions.to(self.device), use_cache=True,
+                                 **({"logits_to_keep": 1} if self.keeps_logits else {}))
+            owner = torch.tensor([j for j, group in enumerate(chunk) for _ in group])
+            cache = out.past_key_values
+            cache.reorder_cache(owner.to(self.device))  # each continuation row gets its context's K/V
+            rows = [i for group in chunk for i in group]
+            batch = [requests[i] for i in rows]
+            suffix_ids, suffix_attention = padded([r.inputs[r.split:] for r in batch], self.pad)
+            steps = torch.arange(suffix_ids.shape[1])[None, :]
+            suffix_positions = torch.tensor([len(p) for p in prefixes])[owner][:, None] + steps
+            if self.dense_context:  # the first row position holds the last context token
+                self.runtime.dense_prompt(torch.ones(len(rows), dtype=torch.long))
+                self.runtime.choose_at(torch.zeros(len(rows), dtype=torch.long))
+            logits = self._logits(suffix_ids, torch.cat([attention[owner], suffix_attention], 1),
+                                  scored_positions([0] * len(rows), batch), past_key_values=cache,
+                                  position_ids=suffix_positions.to(self.device), use_cache=True)
+            yield rows, continuation_scores(logits, batch)
+
+    def _chunks(self, groups: list[Sequence[int]]) -> Iterator[list[Sequence[int]]]:
+        """Consecutive groups with at most `batch_size` continuations together (a larger group
+        alone)."""
+        chunk: list[Sequence[int]] = []
+        for group in groups:
+            if chunk and sum(map(len, chunk)) + len(group) > self.batch_size:
+                yield chunk
+                chunk = []
+            chunk.append(group)
+        if chunk:
+            yield chunk
+
+    def _context_pass(self, repeats: torch.Tensor):
+        """The shared contexts' forward: dense and unread under a dense context; else masked as
+        always, each row's tokens counted once per request that shares them."""
+        if self.runtime is None:
+            return nullcontext()
+        if self.dense_context:
+            return self.runtime.unmasked()
+        self.runtime.count_repeated(repeats)
+        return nullcontext()
+
+    def _logits(self, ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor, **kwargs) -> torch.Tensor:
+        """The logits [B, N, V] at input columns `positions` [B, N] (lm_head on those only)."""
+        device = self.device
+        if self.keeps_logits:
+            kwargs["logits_to_keep"] = positions.to(device)
+        logits = self.model(input_ids=ids.to(device), attention_mask=attention.to(device), **kwargs).logits
+        if self.keeps_logits:
+            return logits
+        return torch.take_along_dim(logits, positions.to(device)[..., None], dim=1)
