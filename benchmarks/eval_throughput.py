@@ -5,7 +5,7 @@ the scored positions only, on the same model, tasks and documents, the two run i
 
     .venv/bin/python benchmarks/eval_throughput.py eval.limit=200 bench.repeats=2
 
-Selections (per_token at sparsity.level): dense, and each of `bench.predictors` (empty: shadowllm
+Selections (per_token at the first sparsity level): dense, and each of `bench.predictors` (empty: shadowllm
 (ahead), cats (gate), teal (input)), fitted or calibrated by the pipeline's stages (cached).
 Tasks: eval.tasks (default here: the paper's seven). Per task and selection: requests, requests/s
 of each path (median, min-max over repeats), the ratio (median of the per-repeat ratios, with
@@ -32,7 +32,7 @@ from shadow_sweep.models.loading import load_model
 from shadow_sweep.selectors.base import Need
 from shadow_sweep.selectors.registry import selection_of, selector_class
 from shadow_sweep.sweep.compose import compose_config
-from shadow_sweep.sweep.points import EvaluationPoint, point_runtime
+from shadow_sweep.sweep.points import EvaluationPoint, levels, point_runtime
 from shadow_sweep.sweep.stages import fit_stage, statistics_stage, trace_stage
 from shadow_sweep.validation import validate
 
@@ -55,7 +55,7 @@ def runtimes(cfg, loaded, cache) -> dict:
     chosen = {"dense": None}
     for name in names:
         fitted = {name: fit_stage(cfg, loaded, traces, cache, name)[0]} if Need.traces in needs[name] else {}
-        point = EvaluationPoint(selection_of(name), cfg.sparsity.levels[0], fitted)
+        point = EvaluationPoint(selection_of(name), levels(cfg)[0], fitted)
         chosen[name] = point_runtime(cfg, loaded, point, statistics, MaskUpdate.per_token)
     return chosen
 

@@ -58,7 +58,7 @@ STAGE_FORMATS: dict[str, StageFormat] = {
     "predictor": StageFormat(4, reads=("traces",), libraries=("torch",)),
     "statistics": StageFormat(1, reads=("model", "tasks"), libraries=("torch", "transformers", "lm_eval")),
     "allocation": StageFormat(1, reads=("statistics",), libraries=("torch", "transformers")),
-    "evaluation": StageFormat(6, reads=("predictor", "allocation"), libraries=("torch", "transformers", "lm_eval")),
+    "evaluation": StageFormat(7, reads=("predictor", "allocation"), libraries=("torch", "transformers", "lm_eval")),
 }
 
 

@@ -103,7 +103,7 @@ class Generator:
         if self.dense:
             with torch.no_grad():
                 out = d.loaded.model(input_ids=prompt[None], use_cache=True)
-            return out.logits[0, -1], list(d.dense), d.caches_from(out.past_key_values, self.max_len)
+            return out.logits[0, -1], list(d.dense), d.caches_from(out.cache, self.max_len)
         logits, past, kept = self.selection.prefill(prompt, dense=self.prefill == Prefill.dense)
         caches = d.caches_from(past, self.max_len)
         weights = list(d.dense)

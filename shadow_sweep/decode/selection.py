@@ -125,4 +125,4 @@ class DecodeSelection:
                 kept = KeptUnits.every(len(self.plans))
                 for selector in runtime.selectors:
                     kept.take(runtime.point.masks, Block.attention in selector.blocks, Block.mlp in selector.blocks)
-        return out.logits[0, -1], out.past_key_values, kept
+        return out.logits[0, -1], out.cache, kept

@@ -12,6 +12,7 @@ Two ways to the same scores:
   chooses at the last context token (dense prefill): `SelectionRuntime.shares_contexts`.
 """
 
+import copy
 import inspect
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from shadow_sweep.models.loading import LoadedModel
 from shadow_sweep.selectors.runtime import SelectionRuntime
 
 Score = tuple[float, bool]  # (sum of the continuation's log-probabilities, all of it greedy)
+CONTINUATIONS = 8  # continuations of one context forward: at most this x batch_size (their K/V copies)
 
 
 @dataclass(frozen=True)
@@ -124,8 +126,9 @@ class RequestScorer:
 
     def shared(self, requests: Sequence[ScoredRequest], groups: Sequence[Sequence[int]]
                ) -> Iterator[tuple[list[int], list[Score]]]:
-        """(request indices, their scores) per batch of groups: one forward of the groups'
-        shared contexts, one of all their continuations over the cached K/V."""
+        """(request indices, their scores) per batch of continuations: one forward of up to
+        `batch_size` shared contexts, then their continuations sorted by length, `batch_size`
+        rows a forward, each row over its context's cached K/V."""
         for chunk in self._chunks(sorted(groups, key=lambda g: -requests[g[0]].split)):
             prefixes = [requests[g[0]].inputs[:requests[g[0]].split] for g in chunk]
             ids, attention = padded(prefixes, self.pad, left=True)
@@ -134,31 +137,43 @@ class RequestScorer:
                 out = self.model(input_ids=ids.to(self.device), attention_mask=attention.to(self.device),
                                  position_ids=positions.to(self.device), use_cache=True,
                                  **({"logits_to_keep": 1} if self.keeps_logits else {}))
-            owner = torch.tensor([j for j, group in enumerate(chunk) for _ in group])
-            cache = out.past_key_values
-            cache.reorder_cache(owner.to(self.device))  # each continuation row gets its context's K/V
-            rows = [i for group in chunk for i in group]
-            batch = [requests[i] for i in rows]
-            suffix_ids, suffix_attention = padded([r.inputs[r.split:] for r in batch], self.pad)
-            steps = torch.arange(suffix_ids.shape[1])[None, :]
-            suffix_positions = torch.tensor([len(p) for p in prefixes])[owner][:, None] + steps
-            if self.dense_context:  # the first row position holds the last context token
-                self.runtime.dense_prompt(torch.ones(len(rows), dtype=torch.long))
-                self.runtime.choose_at(torch.zeros(len(rows), dtype=torch.long))
-            logits = self._logits(suffix_ids, torch.cat([attention[owner], suffix_attention], 1),
-                                  scored_positions([0] * len(rows), batch), past_key_values=cache,
-                                  position_ids=suffix_positions.to(self.device), use_cache=True)
-            yield rows, continuation_scores(logits, batch)
+            context_of = {i: j for j, group in enumerate(chunk) for i in group}
+            ordered = sorted(context_of, key=lambda i: -len(requests[i].targets))
+            for start in range(0, len(ordered), self.batch_size):
+                rows = ordered[start:start + self.batch_size]
+                owner = torch.tensor([context_of[i] for i in rows])
+                last = start + self.batch_size >= len(ordered)
+                cache = out.cache if last else copy.deepcopy(out.cache)
+                cache.reorder_cache(owner.to(self.device))  # each row gets its context's K/V
+                batch = [requests[i] for i in rows]
+                yield rows, self._continuations(batch, cache, attention[owner])
+
+    def _continuations(self, batch: Sequence[ScoredRequest], cache, context_attention: torch.Tensor) -> list[Score]:
+        """Scores of rows [context[-1]] + continuation[:-1] over their contexts' cache;
+        `context_attention` [B, P]: the contexts' attention mask (left-padded)."""
+        ids, attention = padded([r.inputs[r.split:] for r in batch], self.pad)
+        steps = torch.arange(ids.shape[1])[None, :]
+        positions = context_attention.sum(1)[:, None] + steps
+        if self.dense_context:  # the first row position holds the last context token
+            self.runtime.dense_prompt(torch.ones(len(batch), dtype=torch.long))
+            self.runtime.choose_at(torch.zeros(len(batch), dtype=torch.long))
+        logits = self._logits(ids, torch.cat([context_attention, attention], 1),
+                              scored_positions([0] * len(batch), batch), cache=cache,
+                              position_ids=positions.to(self.device), use_cache=True)
+        return continuation_scores(logits, batch)
 
     def _chunks(self, groups: list[Sequence[int]]) -> Iterator[list[Sequence[int]]]:
-        """Consecutive groups with at most `batch_size` continuations together (a larger group
-        alone)."""
+        """Consecutive groups, at most `batch_size` contexts and CONTINUATIONS x batch_size
+        continuations together (a larger group alone)."""
         chunk: list[Sequence[int]] = []
+        rows = 0
         for group in groups:
-            if chunk and sum(map(len, chunk)) + len(group) > self.batch_size:
+            if chunk and (len(chunk) == self.batch_size or rows + len(group) > CONTINUATIONS * self.batch_size):
                 yield chunk
                 chunk = []
+                rows = 0
             chunk.append(group)
+            rows += len(group)
         if chunk:
             yield chunk
 

@@ -31,15 +31,25 @@ def realised_sparsity(row: pd.Series) -> Optional[float]:
     return 1.0 - sum(thinned) / len(thinned) if thinned else 0.0
 
 
-def _latency_mode(table: pd.DataFrame, update: Optional[str]) -> Optional[str]:
+def _latency_modes(table: pd.DataFrame, update: Optional[str]) -> list[str]:
+    """The timed update policies, the job's first, then per_token, then the rest (dense last:
+    the dense line's only one)."""
     modes = [c.split("/", 1)[1] for c in table.columns if c.startswith("ms_per_token/")]
-    preferred = [m for m in modes if m == update] + [m for m in modes if m == "per_token"] + modes
-    return preferred[0] if preferred else None
+    return sorted(modes, key=lambda m: (m != update, m != "per_token", m == "dense", m))
+
+
+def _latency(row: pd.Series, modes: list[str]) -> tuple[str, str]:
+    """(ms per token, speed-up) of the row's first timed mode."""
+    for mode in modes:
+        ms = _number(row.get(f"ms_per_token/{mode}"), ".2f")
+        if ms is not None:
+            return ms, _number(row.get(f"speedup_vs_fastest_dense/{mode}"), ".2f") or ""
+    return "", ""
 
 
 def screen_table(table: pd.DataFrame, update: Optional[str] = None) -> pd.DataFrame:
     """The summary table's points as short strings, one row each."""
-    mode = _latency_mode(table, update)
+    modes = _latency_modes(table, update)
     rows = []
     for _, row in table.iterrows():
         line = str(row["line"])
@@ -52,14 +62,15 @@ def screen_table(table: pd.DataFrame, update: Optional[str] = None) -> pd.DataFr
         perplexity = _number(row.get("token_perplexity"), ".4g")
         low = _number(row.get("token_perplexity_low"), ".4g")
         high = _number(row.get("token_perplexity_high"), ".4g")
+        ms, speedup = _latency(row, modes)
         rows.append({
             "line": line if len(line) <= LINE_WIDTH else line[:LINE_WIDTH - 1] + "~",
             "sparsity": sparsity,
             "acc_mean": "" if accuracy is None else accuracy + (f" +- {ci}" if ci else ""),
             "token_ppl [95% CI]": "" if perplexity is None else perplexity + (f" [{low}, {high}]" if low else ""),
             "bytes": _number(row.get("bytes_fraction"), ".3f") or "",
-            "ms/token": (_number(row.get(f"ms_per_token/{mode}"), ".2f") or "") if mode else "",
-            "speed-up": (_number(row.get(f"speedup_vs_fastest_dense/{mode}"), ".2f") or "") if mode else "",
+            "ms/token": ms,
+            "speed-up": speedup,
         })
     return pd.DataFrame(rows, columns=list(SCREEN_COLUMNS))
 

@@ -112,13 +112,19 @@ def _print_summary(cfg: AppConfig, results: ResultsFile, output_dir: Path) -> No
     full = output_dir / "summary_table.csv"
     table.to_csv(full, index=False)
     print(first_screen(table, cfg.sparsity.update.value))
-    print(f"full table ({len(table.columns)} columns): {full}")
-    print(f"results: {results.path}")
-    print(f"report (CIs, paired comparisons, curves): shadow-sweep report {results.path}")
+    print(f"full table ({len(table.columns)} columns): {_shown(full)}")
+    print(f"results: {_shown(results.path)}  (report with CIs, comparisons, curves: "
+          f"shadow-sweep report {_shown(results.path)})")
     runs = sorted((output_dir / "wandb").glob("*run-*"))
     if runs:
-        print(f"W&B run: {runs[-1]}" + (f"  (upload: wandb sync {runs[-1]})" if "offline" in runs[-1].name else ""))
-    print(f"log (lm-eval's messages included): {output_dir / (HydraConfig.get().job.name + '.log')}")
+        print(f"W&B run{' (offline: wandb sync it)' if 'offline' in runs[-1].name else ''}: {_shown(runs[-1])}")
+    print(f"log, lm-eval's messages included: {_shown(output_dir / (HydraConfig.get().job.name + '.log'))}")
+
+
+def _shown(path: Path) -> str:
+    """A path as the user would type it: relative to the working folder when under it."""
+    path = Path(path).absolute()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
 def main() -> None:

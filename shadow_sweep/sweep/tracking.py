@@ -71,7 +71,8 @@ class WandbTracker(Tracker):
     def __init__(self, cfg: AppConfig, config: dict[str, Any], run_dir: Path, name: str, sweep_id: str):
         import wandb
 
-        self.wandb, self.cfg = wandb, cfg
+        self.wandb = wandb
+        self.cfg = cfg
         sparsity = cfg.sparsity
         label = job_selection(cfg).label
         tags = [label, f"ranking:{sparsity.ranking.value}", f"update:{sparsity.update.value}",
@@ -82,7 +83,8 @@ class WandbTracker(Tracker):
             self.run = wandb.init(
                 project=cfg.logger.project, entity=cfg.logger.entity, dir=str(run_dir), name=name,
                 group=f"{cfg.model.name}-{cfg.criterion.name.value}", job_type=label,
-                tags=tags + list(cfg.logger.tags), config=config, mode=resolve_mode(cfg.logger.mode))
+                tags=tags + list(cfg.logger.tags), config=config, mode=resolve_mode(cfg.logger.mode),
+                settings=wandb.Settings(quiet=True))  # the job's first screen says where the run is
             self.run.define_metric("sparsity")
             self.run.define_metric("*", step_metric="sparsity")
         except Exception as error:

@@ -37,6 +37,9 @@ def test_every_point_is_one_line_within_the_width_with_the_tables_numbers():
     assert "0.50 (0.48)" in sparse and "0.512 +- 0.041" in sparse and "21.35 [19.81, 23.02]" in sparse
     assert "0.618" in sparse and "12.35" in sparse and "1.23" in sparse and "99" not in sparse
     assert screen_table(table, "per_sequence").loc[0, "ms/token"] == "99.00"
+    dense_only = table.assign(**{"ms_per_token/dense": [8.5, None, None]})
+    dense_only.loc[0, ["ms_per_token/per_token", "ms_per_token/per_sequence"]] = None
+    assert list(screen_table(dense_only, "per_token")["ms/token"]) == ["8.50", "12.35", "12.35"]
 
 
 def test_realised_sparsity_is_over_the_thinned_slots():

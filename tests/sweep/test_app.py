@@ -84,7 +84,7 @@ def test_console_command_runs_the_default_job(tmp_path, data_root):
     assert max(map(len, screen.splitlines())) <= 120 and len(screen.splitlines()) <= 12
     assert "full table (" in screen and (tmp_path / "summary_table.csv").is_file()
     assert "Building contexts" not in done.stdout + done.stderr  # lm-eval's INFO lines: in the log file only
-    log_file = Path(screen.split("log (lm-eval's messages included): ")[1].split()[0])
+    log_file = REPO / screen.split("log, lm-eval's messages included: ")[1].split()[0]
     assert log_file.parent == tmp_path and "Building contexts" in log_file.read_text()
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     dense, sparse, teal = [r for r in rows if r["stage"] == "evaluate"]
