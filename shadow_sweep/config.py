@@ -216,6 +216,7 @@ class EvalConfig:
     num_fewshot: int = 0
     limit: Optional[int] = 40  # documents per task; null = the whole evaluation part
     batch_size: int = 8  # requests per forward; the scores equal batch size 1 (tested)
+    share_contexts: bool = True  # equal contexts computed once where exact (docs/evaluation.md)
     max_length: int = 2048  # tokens of context + continuation, cut from the left
     fewshot_seed: int = 1234  # lm-eval's default
     dense_baseline: bool = True  # also evaluate without masks (sparsity 0) in this job

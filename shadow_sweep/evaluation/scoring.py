@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from shadow_sweep.models.loading import LoadedModel
 from shadow_sweep.selectors.runtime import SelectionRuntime
@@ -74,15 +73,18 @@ def padded(rows: Sequence[Sequence[int]], pad: int, left: bool = False) -> tuple
 
 
 def continuation_scores(logits: torch.Tensor, batch: Sequence[ScoredRequest]) -> list[Score]:
-    """logits [B, N, V] at each row's scored positions (row r's first len(targets) of N) -> scores."""
-    log_probs = F.log_softmax(logits.float(), dim=-1).cpu()
-    scores = []
-    for r, request in enumerate(batch):
-        targets = torch.tensor(request.targets)
-        scored = log_probs[r, :len(targets)]
-        greedy = bool((scored.argmax(-1) == targets).all())
-        scores.append((float(scored.gather(-1, targets[:, None]).sum()), greedy))
-    return scores
+    """logits [B, N, V] at each row's scored positions (row r's first len(targets) of N) -> scores:
+    sum over the targets of logit[t] - logsumexp(logits) (log-softmax at the target only), and
+    whether every target is the argmax. Computed where the logits are; [B] numbers come back."""
+    logits = logits.float()
+    width = logits.shape[1]
+    targets = torch.tensor([list(r.targets) + [0] * (width - len(r.targets)) for r in batch], device=logits.device)
+    scored = torch.arange(width, device=logits.device)[None, :] < torch.tensor(
+        [len(r.targets) for r in batch], device=logits.device)[:, None]
+    log_probs = logits.gather(-1, targets[..., None])[..., 0] - torch.logsumexp(logits, dim=-1)
+    totals = torch.where(scored, log_probs, 0.0).sum(1).tolist()
+    greedy = ((logits.argmax(-1) == targets) | ~scored).all(1).tolist()
+    return [(total, bool(g)) for total, g in zip(totals, greedy)]
 
 
 def scored_positions(starts: Sequence[int], batch: Sequence[ScoredRequest]) -> torch.Tensor:

@@ -100,7 +100,7 @@ def point_key(cfg: AppConfig, point: EvaluationPoint) -> dict:
     """Cache key of one evaluation point: the model, what is evaluated and on which data, and
     for a sparse point its selectors (each one's fit, statistics or fields) and the sparsity."""
     accuracy = plain(asdict(cfg.eval))
-    for unused in ("dense_baseline", "batch_size", "baseline_selectors"):  # scores equal any batch size (tested)
+    for unused in ("dense_baseline", "batch_size", "share_contexts", "baseline_selectors"):  # the same scores (tested)
         accuracy.pop(unused)
     accuracy.pop("include_path")  # where the task YAMLs lie: their content is keyed below
     perplexity = asdict(cfg.perplexity)
@@ -178,7 +178,7 @@ def evaluate_point(cfg: AppConfig, loaded: LoadedModel, point: EvaluationPoint, 
     with runtime:
         if tasks:
             lm = SparseLM(loaded, cfg.eval.batch_size, cfg.eval.max_length, cfg.model.add_bos_token, runtime,
-                          sparsity.prefill)
+                          sparsity.prefill, cfg.eval.share_contexts)
             accuracy = task_accuracy(lm, tasks, cfg.eval)
             row.update(accuracy_fields(accuracy))
         if cfg.stages.perplexity:
