@@ -80,7 +80,7 @@ class SparseLM(TemplateLM):
         scored = [ScoredRequest.of(context, continuation, self.max_length) for _, context, continuation in requests]
         scorer = RequestScorer(self.loaded, self.runtime, self.batch_size, dense_context, self.scored_logits)
         shared = share_contexts and (self.runtime is None or self.runtime.shares_contexts(dense_context))
-        groups, alone = context_groups(scored) if shared else ([], list(range(len(scored))))
+        groups, whole = context_groups(scored) if shared else ([], list(range(len(scored))))
         if share_contexts and not self._told:
             self._told = True
             log.info("loglikelihood: %s", f"contexts shared by {sum(map(len, groups))} of {len(scored)} requests "
@@ -88,7 +88,7 @@ class SparseLM(TemplateLM):
                      "chosen per sequence from a sparse context, or a selector that reads the whole input)")
         results: list[Optional[tuple[float, bool]]] = [None] * len(scored)
         with tqdm(total=len(scored), desc="loglikelihood", disable=disable_tqdm) as progress:
-            for rows, scores in chain(scorer.shared(scored, groups), scorer.whole(scored, alone)):
+            for rows, scores in chain(scorer.shared(scored, groups), scorer.whole(scored, whole)):
                 for i, score in zip(rows, scores):
                     results[i] = score
                     self.cache_hook.add_partial("loglikelihood", requests[i][0], score)

@@ -49,15 +49,24 @@ class ScoredRequest:
 
 
 def context_groups(requests: Sequence[ScoredRequest]) -> tuple[list[list[int]], list[int]]:
-    """(groups of >= 2 request indices whose inputs share the same tokens before `split`,
-    the indices of requests whose context no other request shares)."""
+    """(groups of >= 2 request indices whose inputs hold the same tokens before `split`, the
+    indices of the other requests). A group shares its context only where that saves at least
+    as many tokens, (k - 1) x split, as its continuations hold: sharing gives up sorting its
+    continuations by length with every other request, so a short context (PIQA's goal before
+    two long solutions) costs more shared than whole."""
     by_prefix: dict[tuple[int, ...], list[int]] = {}
     for i, request in enumerate(requests):
         key = request.inputs[:request.split] if request.split > 0 else (-1 - i,)  # nothing to share
         by_prefix.setdefault(key, []).append(i)
-    groups = [indices for indices in by_prefix.values() if len(indices) > 1]
-    alone = [indices[0] for indices in by_prefix.values() if len(indices) == 1]
-    return groups, alone
+    groups = []
+    whole = []
+    for indices in by_prefix.values():
+        saved = (len(indices) - 1) * requests[indices[0]].split
+        if len(indices) > 1 and saved >= sum(len(requests[i].targets) for i in indices):
+            groups.append(indices)
+        else:
+            whole += indices
+    return groups, whole
 
 
 def padded(rows: Sequence[Sequence[int]], pad: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

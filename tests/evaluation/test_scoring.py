@@ -13,7 +13,8 @@ from tests.selectors.helpers import runtime_for, tiny_statistics
 
 def _requests(seed: int = 5) -> list[tuple]:
     """Multiple-choice-like requests: 5 contexts of mixed lengths with 1 to 4 continuations of
-    mixed lengths each (one context alone, one continuation of one token)."""
+    mixed lengths each (one context alone, one too short to be worth sharing, one continuation of
+    one token)."""
     g = torch.Generator().manual_seed(seed)
     requests = []
     for context_length, choices in ((17, 4), (3, 2), (29, 1), (9, 3), (23, 4)):
@@ -35,11 +36,14 @@ def _assert_equal(ours, reference):
         assert ll == pytest.approx(ref_ll, abs=1e-4) and greedy == ref_greedy
 
 
-def test_groups_are_requests_with_equal_context_tokens():
+def test_groups_are_requests_with_equal_context_tokens_where_sharing_saves_tokens():
     scored = [ScoredRequest.of(c, t, 2048) for _, c, t in _requests()]
-    groups, alone = context_groups(scored)
-    assert sorted(map(len, groups)) == [2, 3, 4, 4] and len(alone) == 1
+    groups, whole = context_groups(scored)
+    assert sorted(map(len, groups)) == [3, 4, 4] and len(whole) == 3
     assert all(len({scored[i].inputs[:scored[i].split] for i in g}) == 1 for g in groups)
+    short = [i for i in whole if scored[i].split == 2]  # a 3-token context before two longer continuations
+    assert len(short) == 2 and 1 * 2 < sum(len(scored[i].targets) for i in short)
+    assert all((len(g) - 1) * scored[g[0]].split >= sum(len(scored[i].targets) for i in g) for g in groups)
     truncated = ScoredRequest.of(list(range(10)), [7, 8, 9], max_length=6)
     assert truncated.inputs == (6, 7, 8, 9, 7, 8) and truncated.targets == (7, 8, 9) and truncated.split == 3
 
