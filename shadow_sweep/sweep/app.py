@@ -113,8 +113,8 @@ def _print_summary(cfg: AppConfig, results: ResultsFile, output_dir: Path) -> No
     table.to_csv(full, index=False)
     print(first_screen(table, cfg.sparsity.update.value))
     print(f"full table ({len(table.columns)} columns): {_shown(full)}")
-    print(f"results: {_shown(results.path)}  (report with CIs, comparisons, curves: "
-          f"shadow-sweep report {_shown(results.path)})")
+    print(f"results: {_shown(results.path)}")
+    print(f"report (CIs, comparisons, curves): shadow-sweep report {_shown(results.path)}")
     runs = sorted((output_dir / "wandb").glob("*run-*"))
     if runs:
         print(f"W&B run{' (offline: wandb sync it)' if 'offline' in runs[-1].name else ''}: {_shown(runs[-1])}")

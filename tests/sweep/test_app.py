@@ -81,7 +81,8 @@ def test_console_command_runs_the_default_job(tmp_path, data_root):
     assert done.returncode == 0, done.stderr[-3000:]
     screen = done.stdout[done.stdout.index(" line "):]  # the first screen: the points, then where the rest is
     assert "shadowllm x plainact" in screen and "ms/token" in screen and "speed-up" in screen
-    assert max(map(len, screen.splitlines())) <= 120 and len(screen.splitlines()) <= 12
+    points = screen.split("full table (")[0].splitlines()  # then where the rest is (paths of this machine)
+    assert max(map(len, points)) <= 120 and len(points) == 4 and len(screen.splitlines()) <= 10
     assert "full table (" in screen and (tmp_path / "summary_table.csv").is_file()
     assert "Building contexts" not in done.stdout + done.stderr  # lm-eval's INFO lines: in the log file only
     log_file = REPO / screen.split("log, lm-eval's messages included: ")[1].split()[0]
