@@ -7,7 +7,8 @@ Two ways to the same scores:
 - `RequestScorer.shared`: requests with equal context tokens (the choices of one
   multiple-choice document) share one forward of the context (context[:-1], left-padded,
   its K/V cached), then each request runs [context[-1]] + continuation[:-1] over that cache,
-  several documents' continuations in one batch. Exact where a token's masks depend on it and
+  several documents' continuations in one batch, where that saves tokens (`context_groups`).
+  Exact where a token's masks depend on it and
   the tokens before it only (per_token), or where the context runs dense and per_sequence
   chooses at the last context token (dense prefill): `SelectionRuntime.shares_contexts`.
 """
