@@ -215,7 +215,7 @@ class EvalConfig:
     include_path: Any = field(default_factory=list)  # a folder, or a list of folders, of your own lm-eval task YAMLs
     num_fewshot: int = 0
     limit: Optional[int] = 40  # documents per task; null = the whole evaluation part
-    batch_size: int = 8  # requests per forward; the scores equal batch size 1 (tested)
+    batch_size: int = 8  # requests per forward; scores equal batch size 1 (threshold rules: docs/evaluation.md)
     share_contexts: bool = True  # equal contexts computed once where exact (docs/evaluation.md)
     max_length: int = 2048  # tokens of context + continuation, cut from the left
     fewshot_seed: int = 1234  # lm-eval's default
