@@ -129,10 +129,7 @@ class RequestScorer:
             rows = order[start:start + self.batch_size]
             batch = [requests[i] for i in rows]
             ids, attention = padded([r.inputs for r in batch], self.pad)
-            if self.dense_context:  # input position c - 1 holds the last context token
-                context_lengths = torch.tensor([r.split + 1 for r in batch])
-                self.runtime.dense_prompt(context_lengths)
-                self.runtime.choose_at(context_lengths - 1)
+            self._dense_context_until(torch.tensor([r.split + 1 for r in batch]))  # c - 1: the last context token
             logits = self._logits(ids, attention, scored_positions([r.split for r in batch], batch))
             yield rows, continuation_scores(logits, batch)
 
@@ -166,9 +163,7 @@ class RequestScorer:
         ids, attention = padded([r.inputs[r.split:] for r in batch], self.pad)
         steps = torch.arange(ids.shape[1])[None, :]
         positions = context_attention.sum(1)[:, None] + steps
-        if self.dense_context:  # the first row position holds the last context token
-            self.runtime.dense_prompt(torch.ones(len(batch), dtype=torch.long))
-            self.runtime.choose_at(torch.zeros(len(batch), dtype=torch.long))
+        self._dense_context_until(torch.ones(len(batch), dtype=torch.long))  # position 0: the last context token
         logits = self._logits(ids, torch.cat([context_attention, attention], 1),
                               scored_positions([0] * len(batch), batch), cache=cache,
                               position_ids=positions.to(self.device), use_cache=True)
@@ -188,6 +183,13 @@ class RequestScorer:
             rows += len(group)
         if chunk:
             yield chunk
+
+    def _dense_context_until(self, lengths: torch.Tensor) -> None:
+        """Under a dense context, the next forward keeps positions t < lengths[b] dense and
+        per_sequence chooses its masks at lengths[b] - 1 (the last context token)."""
+        if self.dense_context:
+            self.runtime.dense_prompt(lengths)
+            self.runtime.choose_at(lengths - 1)
 
     def _context_pass(self, repeats: torch.Tensor):
         """The shared contexts' forward: dense and unread under a dense context; else masked as

@@ -25,9 +25,9 @@ def realised_sparsity(row: pd.Series) -> Optional[float]:
     """1 - the mean kept fraction over the slots the selection thinned (kept < 1); None where
     the row has no kept fractions."""
     kept = [row[c] for c in row.index if c.startswith(KEPT_PREFIX) and not pd.isna(row[c])]
-    thinned = [k for k in kept if k < 0.999]
     if not kept:
         return None
+    thinned = [k for k in kept if k < 0.999]
     return 1.0 - sum(thinned) / len(thinned) if thinned else 0.0
 
 
